@@ -1,0 +1,169 @@
+"""One request helper for every provider: timeouts, retry with backoff, error body to ProviderError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bot.errors import ProviderError, ProviderFault
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# Statuses that say the request was not acted on (nothing was created), so sending it again is safe.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+_MAX_RETRY_AFTER = 30.0
+_ERROR_TEXT_LIMIT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; a Retry-After header wins when present."""
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, _MAX_RETRY_AFTER)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311 (jitter)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+class MisconfigurationLog:
+    """Log a rejected key for the admin at most once a minute per provider, not once per request."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def report(self, provider: str, status: int, detail: str) -> None:
+        now = self._clock()
+        last = self._last.get(provider)
+        if last is not None and now - last < self._interval:
+            return
+        self._last[provider] = now
+        log.error(
+            "%s rejected the bot's API key or plan (HTTP %s: %s): check the key in the settings",
+            provider,
+            status,
+            detail or "no detail",
+        )
+
+
+misconfiguration_log = MisconfigurationLog()
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Any = None,
+    timeout: float,
+    retry: RetryPolicy = NO_RETRY,
+    creates: bool = False,
+    sleep: Sleep = asyncio.sleep,
+) -> Any:
+    """Send one JSON request, retrying what is safe to retry; return the parsed answer.
+
+    `creates` marks a request whose lost answer may still have created a paid task: it is then never
+    sent again after a timeout, and the caller learns it as ProviderFault.LOST.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await _send_once(session, provider, method, url, headers, body, timeout, creates)
+        except ProviderError as exc:
+            attempt += 1
+            retryable = exc.fault is ProviderFault.BUSY and exc.status in RETRYABLE_STATUSES
+            if not retryable or attempt >= retry.attempts:
+                raise
+            delay = retry.delay(attempt - 1, exc.retry_after)
+            log.info(
+                "%s answered %s; retrying in %.1f s (attempt %d)", provider, exc.status, delay, attempt + 1
+            )
+            await sleep(delay)
+
+
+async def _send_once(
+    session: aiohttp.ClientSession,
+    provider: str,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: Any,
+    timeout: float,
+    creates: bool,
+) -> Any:
+    try:
+        async with session.request(
+            method, url, headers=dict(headers), json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            raw = await response.read()
+            status = response.status
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+    except aiohttp.ClientConnectorError as exc:
+        # Nothing reached the provider, so nothing was created: safe to call busy (and retry).
+        raise ProviderError(provider, ProviderFault.BUSY, "could not connect", status=503) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        fault = ProviderFault.LOST if creates else ProviderFault.BUSY
+        raise ProviderError(provider, fault, type(exc).__name__) from exc
+
+    if 200 <= status < 300:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ProviderError(
+                provider, ProviderFault.BAD_RESULT, "answer is not JSON", status=status
+            ) from exc
+
+    detail = _error_detail(raw)
+    if status in (401, 402, 403):
+        misconfiguration_log.report(provider, status, detail)
+        raise ProviderError(provider, ProviderFault.MISCONFIGURED, detail, status=status)
+    if status == 404:
+        raise ProviderError(provider, ProviderFault.NOT_FOUND, detail, status=status)
+    if status in (400, 413, 415, 422):
+        raise ProviderError(provider, ProviderFault.REJECTED, detail, status=status)
+    raise ProviderError(provider, ProviderFault.BUSY, detail, status=status, retry_after=retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare for APIs; the exponential backoff covers it
+
+
+def _error_detail(raw: bytes) -> str:
+    """Pull a short reason out of an error body, whatever its shape (providers differ)."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw[:_ERROR_TEXT_LIMIT].decode("utf-8", "replace").strip()
+    if isinstance(parsed, dict):
+        for key in ("message", "reason", "error", "detail"):
+            value = parsed.get(key)
+            if isinstance(value, str) and value:
+                return value[:_ERROR_TEXT_LIMIT]
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return str(value["message"])[:_ERROR_TEXT_LIMIT]
+    return ""

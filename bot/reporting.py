@@ -1,0 +1,214 @@
+"""The reporter: shows a job's saved state on its Discord message, whatever became of the interaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import discord
+
+from bot.background import BackgroundTasks
+from bot.images import thumbnail
+from bot.providers.base import TaskKind, TaskState
+from bot.store.jobs import Job, JobStore
+from bot.ui import text
+from bot.ui.embeds import Rendered, render_job
+
+log = logging.getLogger(__name__)
+
+# Interaction tokens last 15 minutes; past 14 the bot reports with its own token, so that an edit
+# never races the expiry.
+INTERACTION_TOKEN_LIFETIME = 14 * 60.0
+_UNKNOWN_MESSAGE = 10008
+_UNKNOWN_WEBHOOK = 10015
+_UNKNOWN_INTERACTION = 10062
+_INVALID_WEBHOOK_TOKEN = 50027
+_MISSING_PERMISSIONS = 50013
+_MISSING_ACCESS = 50001
+
+ViewFactory = Callable[[Job], discord.ui.View | None]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What is kept per job between edits: the latest state to show and when the last edit went."""
+
+    latest: Job
+    sent_state: TaskState | None = None
+    last_sent: float = float("-inf")
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    flusher: asyncio.Task[None] | None = None
+
+
+class DiscordReporter:
+    """Edit the job's message once per new state, coalescing states that arrive close together."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        jobs: JobStore,
+        *,
+        coalesce_seconds: float,
+        view_for: ViewFactory,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._jobs = jobs
+        self._coalesce = coalesce_seconds
+        self._view_for = view_for
+        self._clock = clock
+        self._monotonic = monotonic
+        self._slots: dict[str, _Slot] = {}
+        self._tasks = BackgroundTasks()
+
+    async def report(self, job: Job) -> None:
+        slot = self._slots.get(job.id)
+        if slot is None:
+            slot = self._slots[job.id] = _Slot(latest=job, sent_state=job.reported_state)
+        slot.latest = job
+        if job.finished:
+            # The end is never held back: it replaces whatever intermediate state was waiting.
+            async with slot.lock:
+                await self._deliver(slot, job)
+            self._slots.pop(job.id, None)
+            return
+        if slot.flusher is None or slot.flusher.done():
+            slot.flusher = self._tasks.spawn(self._flush(slot), name=f"report-{job.id[:12]}")
+
+    async def forget(self, job_id: str) -> None:
+        slot = self._slots.pop(job_id, None)
+        if slot and slot.flusher:
+            slot.flusher.cancel()
+
+    async def close(self) -> None:
+        await self._tasks.cancel_all()
+
+    async def _flush(self, slot: _Slot) -> None:
+        while slot.latest.state is not slot.sent_state and not slot.latest.finished:
+            wait = slot.last_sent + self._coalesce - self._monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async with slot.lock:
+                job = slot.latest
+                if job.finished or job.state is slot.sent_state:
+                    return
+                await self._deliver(slot, job)
+
+    async def _deliver(self, slot: _Slot, job: Job) -> None:
+        try:
+            job = await self._send(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Discord being down must not stop the job: the next state (or the resume) tries again.
+            log.exception("could not show job %s on Discord", job.id)
+            return
+        slot.sent_state = job.state
+        slot.last_sent = self._monotonic()
+        slot.latest = job if slot.latest.state is job.state else slot.latest
+        await self._jobs.update(job, reported_state=job.state)
+
+    # --- the routes to the message ---------------------------------------------------------------
+
+    async def _send(self, job: Job) -> Job:
+        """Show the job through the interaction token, else the bot's own token; return the job as saved."""
+        if job.report_via == "interaction" and self._token_usable(job):
+            try:
+                message = await self._edit_original(job)
+            except discord.HTTPException as exc:
+                if exc.code == _UNKNOWN_MESSAGE:
+                    log.info("job %s: its message was deleted; the result will be posted anew", job.id)
+                    return await self._message_gone(job)
+                if (
+                    exc.code in (_INVALID_WEBHOOK_TOKEN, _UNKNOWN_WEBHOOK, _UNKNOWN_INTERACTION)
+                    or exc.status == 401
+                ):
+                    log.info(
+                        "job %s: Discord refused the interaction token; reporting in the channel", job.id
+                    )
+                    job = await self._jobs.update(job, report_via="channel")
+                else:
+                    raise
+            else:
+                if message.id != job.message_id or message.channel.id != job.channel_id:
+                    job = await self._jobs.update(job, message_id=message.id, channel_id=message.channel.id)
+                return job
+        elif job.report_via == "interaction":
+            job = await self._jobs.update(job, report_via="channel")
+        return await self._send_in_channel(job)
+
+    async def _message_gone(self, job: Job) -> Job:
+        """Stop editing a deleted message; the end is posted as a new message that mentions the member."""
+        job = await self._jobs.update(job, report_via="channel", message_id=None)
+        if not job.finished:
+            return job
+        return await self._send_in_channel(job)
+
+    async def _send_in_channel(self, job: Job) -> Job:
+        if job.channel_id is None:
+            log.warning("job %s has no channel to report in; its end is only in the usage log", job.id)
+            return job
+        channel = self._client.get_partial_messageable(job.channel_id)
+        if job.message_id is not None:
+            try:
+                rendered = await self._render(job)
+                await channel.get_partial_message(job.message_id).edit(
+                    embed=rendered.embed, attachments=rendered.files, view=self._view(job)
+                )
+                return job
+            except discord.NotFound:
+                log.info("job %s: its message is gone; posting the result anew", job.id)
+            except discord.Forbidden:
+                log.warning("job %s: no permission to edit in channel %s", job.id, job.channel_id)
+                return job
+        if not job.finished:
+            return job  # a new message is only worth posting for the end
+        rendered = await self._render(job)
+        try:
+            message = await channel.send(
+                content=text.RESULT_MESSAGE_DELETED.format(mention=f"<@{job.user_id}>"),
+                embed=rendered.embed,
+                files=rendered.files,
+                view=self._view(job) or discord.utils.MISSING,
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            )
+        except discord.Forbidden:
+            log.warning("job %s: no permission to post in channel %s", job.id, job.channel_id)
+            return job
+        return await self._jobs.update(job, message_id=message.id)
+
+    async def _edit_original(self, job: Job) -> discord.WebhookMessage:
+        assert job.application_id is not None
+        assert job.interaction_token is not None
+        webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self._client)
+        rendered = await self._render(job)
+        kwargs: dict[str, Any] = {"embed": rendered.embed, "content": rendered.content}
+        if job.finished:
+            kwargs["attachments"] = rendered.files
+            view = self._view(job)
+            if view is not None:
+                kwargs["view"] = view
+        # "@original" names the interaction's first response, whose id we may not know yet.
+        return await webhook.edit_message(cast("int", "@original"), **kwargs)
+
+    def _token_usable(self, job: Job) -> bool:
+        if job.interaction_token is None or job.application_id is None or job.token_created_at is None:
+            return False
+        return self._clock() - job.token_created_at < INTERACTION_TOKEN_LIFETIME
+
+    def _view(self, job: Job) -> discord.ui.View | None:
+        return self._view_for(job) if job.state is TaskState.COMPLETED else None
+
+    async def _render(self, job: Job) -> Rendered:
+        if job.state is not TaskState.COMPLETED:
+            return render_job(job)
+        if job.kind is TaskKind.DESCRIBE:
+            inputs = await self._jobs.images(job.id, "input")
+            small = await asyncio.to_thread(thumbnail, inputs[0]) if inputs else None
+            return render_job(job, thumbnail=small)
+        return render_job(job, outputs=await self._jobs.images(job.id, "output"))

@@ -1,0 +1,87 @@
+"""Pure functions from a job to what its Discord message shows; no I/O."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import discord
+
+from bot.errors import ProviderError, ProviderFault
+from bot.providers.base import InputImage, TaskKind, TaskState
+from bot.store.jobs import Job
+from bot.ui import text
+
+# Discord's limit for an embed description; the code fence and a note take a little of it.
+_DESCRIPTION_LIMIT = 4096
+_PROMPT_ROOM = _DESCRIPTION_LIMIT - 120
+_COLOURS = {
+    TaskState.COMPLETED: discord.Colour.green(),
+    TaskState.FAILED: discord.Colour.red(),
+}
+THUMBNAIL_NAME = "input.png"
+
+
+@dataclass(slots=True)
+class Rendered:
+    """One message edit: the embed and the files to attach (files only on the final edit)."""
+
+    embed: discord.Embed
+    files: list[discord.File] = field(default_factory=list)
+    content: str | None = None
+
+
+def code_block(prompt: str) -> str:
+    """Put a prompt in a copyable code block that its own backticks cannot break."""
+    safe = prompt.replace("```", "`\u200b``")
+    if len(safe) > _PROMPT_ROOM:
+        safe = safe[:_PROMPT_ROOM] + "…"
+    return f"```\n{safe}\n```"
+
+
+def render_job(
+    job: Job,
+    *,
+    thumbnail: bytes | None = None,
+    outputs: Sequence[InputImage] = (),
+) -> Rendered:
+    """Render a job's current state as its message."""
+    colour = _COLOURS.get(job.state, discord.Colour.blurple())
+    title = f"{text.KIND_NAMES[job.kind]} · {text.STATE_WORDS[job.state]}"
+    embed = discord.Embed(title=title, colour=colour)
+    files: list[discord.File] = []
+
+    if job.state is TaskState.COMPLETED and job.kind is TaskKind.DESCRIBE:
+        embed.description = code_block(job.result_text or "")
+        if thumbnail:
+            files.append(
+                discord.File(
+                    io.BytesIO(thumbnail), filename=THUMBNAIL_NAME, description="the described image"
+                )
+            )
+            embed.set_thumbnail(url=f"attachment://{THUMBNAIL_NAME}")
+    elif job.state is TaskState.COMPLETED and job.kind is TaskKind.IMAGINE:
+        embed.description = code_block(job.prompt or "")
+        for position, image in enumerate(outputs):
+            extension = image.mime.rsplit("/", 1)[-1].replace("jpeg", "jpg")
+            name = f"imagine-{job.id[:8]}-{position + 1}.{extension}"
+            # The prompt is the image's alt text, so screen readers say what it shows.
+            alt_text = (job.prompt or "")[:1024]
+            files.append(discord.File(io.BytesIO(image.data), filename=name, description=alt_text))
+            if position == 0:
+                embed.set_image(url=f"attachment://{name}")
+    elif job.state is TaskState.FAILED:
+        fault = job.fault or ProviderFault.FAILED
+        embed.description = text.fault_sentence(ProviderError(job.provider, fault))
+    elif job.kind is TaskKind.IMAGINE and job.prompt:
+        embed.description = code_block(job.prompt)
+
+    embed.add_field(name="Provider", value=text.provider_name(job.provider))
+    embed.add_field(name="Started", value=text.relative_time(job.created_at))
+    if job.state is TaskState.COMPLETED and job.kind is TaskKind.IMAGINE:
+        embed.add_field(name="Took", value=f"{max(0.0, job.updated_at - job.created_at):.1f} s")
+    if job.notice:
+        embed.add_field(name="Note", value=job.notice, inline=False)
+    embed.set_footer(text=f"job {job.id[:12]}")
+    return Rendered(embed=embed, files=files)

@@ -1,0 +1,177 @@
+"""/quota for members and /quota-admin for server admins (Manage Server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import ImageBot
+from bot.errors import BadInput
+from bot.interactions import member_of
+from bot.providers.base import TaskKind
+from bot.store.quotas import UNLIMITED, LimitScope
+from bot.ui import quota_text
+
+log = logging.getLogger(__name__)
+
+KIND_CHOICES = [
+    app_commands.Choice(name="describe (image to prompt)", value=TaskKind.DESCRIBE.value),
+    app_commands.Choice(name="imagine (image generation)", value=TaskKind.IMAGINE.value),
+]
+PERIODS = {"today": 1, "7 days": 7, "30 days": 30}
+
+
+class QuotaCog(commands.Cog):
+    """Quotas: what members have left, and the admins' controls."""
+
+    admin = app_commands.Group(
+        name="quota-admin",
+        description="Change limits, grant extra tasks, reset members and see usage",
+        default_permissions=discord.Permissions(manage_guild=True),
+        guild_only=True,
+    )
+
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="quota", description="See how many tasks you have left today and when they renew"
+    )
+    async def quota(self, interaction: discord.Interaction) -> None:
+        member = member_of(interaction)
+        statuses = await self.bot.quotas.status(member)
+        running = await self.bot.quotas.running(member.user_id)
+        await interaction.response.send_message(
+            embed=quota_text.quota_embed(statuses, running), ephemeral=True
+        )
+
+    async def _require_manage_server(self, interaction: discord.Interaction) -> None:
+        # Discord hides the group from members without Manage Server, but admins can change who sees
+        # it in the server's integration settings: the bot checks again itself.
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+            raise BadInput(quota_text.NEEDS_MANAGE_SERVER)
+
+    @admin.command(name="set", description="Set a daily limit for the server, a role or a member")
+    @app_commands.describe(
+        scope="Who the limit is for",
+        kind="Which kind of task",
+        limit="Tasks per UTC day; 0 blocks, -1 is unlimited",
+        role="The role (when scope is role)",
+        user="The member (when scope is user)",
+        clear="Remove this limit instead, so the next rule applies",
+    )
+    @app_commands.choices(kind=KIND_CHOICES)
+    async def set_limit(
+        self,
+        interaction: discord.Interaction,
+        scope: Literal["server", "role", "user"],
+        kind: app_commands.Choice[str],
+        limit: app_commands.Range[int, UNLIMITED, 100_000] = 0,
+        role: discord.Role | None = None,
+        user: discord.User | None = None,
+        clear: bool = False,
+    ) -> None:
+        await self._require_manage_server(interaction)
+        assert interaction.guild_id is not None
+        target_id = _target_for(scope, interaction.guild_id, role, user)
+        task_kind = TaskKind(kind.value)
+        await self.bot.quotas.set_limit(
+            interaction.guild_id, scope, target_id, task_kind, None if clear else limit, interaction.user.id
+        )
+        sentence = quota_text.limit_set(scope, target_id, task_kind, None if clear else limit)
+        await interaction.response.send_message(sentence, ephemeral=True)
+
+    @admin.command(name="grant", description="Give a member extra tasks for today")
+    @app_commands.describe(user="The member", kind="Which kind of task", amount="How many extra tasks")
+    @app_commands.choices(kind=KIND_CHOICES)
+    async def grant(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User,
+        kind: app_commands.Choice[str],
+        amount: app_commands.Range[int, 1, 10_000],
+    ) -> None:
+        await self._require_manage_server(interaction)
+        assert interaction.guild_id is not None
+        task_kind = TaskKind(kind.value)
+        await self.bot.quotas.grant(interaction.guild_id, user.id, task_kind, amount, interaction.user.id)
+        await interaction.response.send_message(
+            quota_text.granted(user.id, task_kind, amount), ephemeral=True
+        )
+
+    @admin.command(name="reset", description="Give a member back today's spent tasks")
+    @app_commands.describe(user="The member", kind="Which kind (default: all)")
+    @app_commands.choices(kind=KIND_CHOICES)
+    async def reset(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User,
+        kind: app_commands.Choice[str] | None = None,
+    ) -> None:
+        await self._require_manage_server(interaction)
+        assert interaction.guild_id is not None
+        task_kind = TaskKind(kind.value) if kind else None
+        forgiven = await self.bot.quotas.reset_today(
+            interaction.guild_id, user.id, task_kind, interaction.user.id
+        )
+        await interaction.response.send_message(quota_text.reset_done(user.id, forgiven), ephemeral=True)
+
+    @admin.command(name="usage", description="See this server's usage: totals, failures and top members")
+    @app_commands.describe(period="How far back (default: today)")
+    async def usage(
+        self, interaction: discord.Interaction, period: Literal["today", "7 days", "30 days"] = "today"
+    ) -> None:
+        await self._require_manage_server(interaction)
+        assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        report = await self.bot.quotas.usage_report(interaction.guild_id, PERIODS[period])
+        csv_file = discord.File(
+            io.BytesIO(_as_csv(report.rows)), filename=f"usage-{period.replace(' ', '')}.csv"
+        )
+        await interaction.followup.send(
+            embed=quota_text.usage_embed(report, period), file=csv_file, ephemeral=True
+        )
+
+
+def _target_for(
+    scope: LimitScope, guild_id: int, role: discord.Role | None, user: discord.User | None
+) -> int:
+    if scope == "server":
+        return guild_id
+    if scope == "role":
+        if role is None:
+            raise BadInput(quota_text.NEEDS_ROLE)
+        return role.id
+    if user is None:
+        raise BadInput(quota_text.NEEDS_USER)
+    return user.id
+
+
+def _as_csv(rows: list[dict[str, object]]) -> bytes:
+    buffer = io.StringIO()
+    columns = [
+        "id",
+        "day",
+        "user_id",
+        "kind",
+        "provider",
+        "provider_task_id",
+        "state",
+        "outcome",
+        "started_at",
+        "ended_at",
+    ]
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+async def setup(bot: ImageBot) -> None:
+    await bot.add_cog(QuotaCog(bot))

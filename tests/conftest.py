@@ -1,0 +1,138 @@
+"""Shared fixtures: a fake Discord, fake providers, and the real bot wired to them on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bot.client import ImageBot
+from bot.safe_download import IPAddress, SafeDownloader, is_public_address
+from bot.settings import Settings
+from bot.store.database import Database
+from tests.fakes.discord import FakeDiscord, RecordedCall, start_bot, stop_bot
+from tests.fakes.providers import FakeFreepik, FakeNovita
+
+FREEPIK_KEY = "test-freepik-key"
+NOVITA_KEY = "test-novita-key"
+# 127.0.0.2 stands in for "the public internet" in URL tests; every other loopback address stays refused.
+PUBLIC_STAND_IN = ipaddress.ip_address("127.0.0.2")
+
+
+def allow_stand_in(ip: IPAddress) -> bool:
+    return ip == PUBLIC_STAND_IN or is_public_address(ip)
+
+
+def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class Harness:
+    """The fakes plus a factory for bots pointed at them; everything is closed at the end of a test."""
+
+    def __init__(self, tmp_path: Path, discord: FakeDiscord, freepik: FakeFreepik, novita: FakeNovita) -> None:
+        self.tmp_path = tmp_path
+        self.discord = discord
+        self.freepik = freepik
+        self.novita = novita
+        self.bots: list[ImageBot] = []
+        self._resources: list[tuple[aiohttp.ClientSession, Database]] = []
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "discord_token": "fake-token",
+            "database_path": self.tmp_path / "bot.sqlite3",
+            "freepik_api_key": FREEPIK_KEY,
+            "freepik_base_url": self.freepik.base_url,
+            "novita_api_key": NOVITA_KEY,
+            "novita_base_url": self.novita.base_url,
+            # Fast polls and no coalescing so a test sees every state within milliseconds.
+            "poll_interval_seconds": 0.02,
+            "poll_max_interval_seconds": 0.05,
+            "task_timeout_seconds": 5,
+            "edit_coalesce_seconds": 0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    async def start_bot(
+        self, settings: Settings | None = None, *, clock: Callable[[], float] = time.time, **overrides: Any
+    ) -> ImageBot:
+        settings = settings or self.settings(**overrides)
+        session = aiohttp.ClientSession()
+        db = await Database.open(settings.database_path)
+        downloader = SafeDownloader(max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in)
+        bot = ImageBot(settings=settings, session=session, db=db, downloader=downloader, clock=clock)
+        self._resources.append((session, db))
+        self.bots.append(bot)
+        await start_bot(bot, self.discord)
+        return bot
+
+    async def stop_bot(self, bot: ImageBot) -> None:
+        if bot in self.bots:
+            self.bots.remove(bot)
+            await stop_bot(bot, self.discord)
+
+    async def settle(self, bot: ImageBot, timeout: float = 5.0) -> None:
+        """Wait until the bot has no job running."""
+        deadline = time.monotonic() + timeout
+        await asyncio.sleep(0)
+        while bot.runner.running_count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{bot.runner.running_count} jobs still running after {timeout} s")
+            await asyncio.sleep(0.01)
+
+    async def interact(self, bot: ImageBot, payload: dict[str, Any]) -> str:
+        """Send an interaction, wait until its jobs are done, and return its token."""
+        await self.discord.send_interaction(payload)
+        await self.discord.wait_for_call(lambda call: payload["token"] in call.path)
+        await asyncio.sleep(0.05)
+        await self.settle(bot)
+        return str(payload["token"])
+
+    def describe_payload(self, data: bytes | None = None, **kwargs: Any) -> dict[str, Any]:
+        attachment = self.discord.add_attachment(data if data is not None else png_bytes(), "photo.png", "image/png")
+        options = kwargs.pop("options", None)
+        return self.discord.slash("describe", options, attachments={"image": attachment}, **kwargs)
+
+    def calls_for(self, token: str) -> list[RecordedCall]:
+        return self.discord.interaction_calls(token)
+
+    async def close(self) -> None:
+        for bot in list(self.bots):
+            await self.stop_bot(bot)
+        for session, db in self._resources:
+            await session.close()
+            await db.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    discord = FakeDiscord()
+    freepik = FakeFreepik(FREEPIK_KEY)
+    novita = FakeNovita(NOVITA_KEY)
+    await discord.start()
+    await freepik.start()
+    await novita.start()
+    h = Harness(tmp_path, discord, freepik, novita)
+    try:
+        yield h
+        for bot in h.bots:
+            tree = bot.tree
+            assert not getattr(tree, "unexpected_errors", []), tree.unexpected_errors  # type: ignore[attr-defined]
+    finally:
+        await h.close()
+        await freepik.close()
+        await novita.close()
+        await discord.close()
+        discord.uninstall()

@@ -1,0 +1,80 @@
+"""/describe end to end: the real bot, the fake Discord, the fake providers."""
+
+from __future__ import annotations
+
+import base64
+
+from tests.conftest import Harness, png_bytes
+from tests.fakes.openapi import validate_freepik_request
+
+
+async def test_describe_through_freepik_edits_once_per_new_state(harness: Harness) -> None:
+    harness.freepik.prompt_text = "a red square on a plain background"
+    bot = await harness.start_bot(describe_provider="freepik")
+    token = await harness.interact(bot, harness.describe_payload())
+
+    calls = harness.calls_for(token)
+    # Acknowledge, then one edit for each new state: CREATED, IN_PROGRESS, COMPLETED. Nothing more.
+    assert [(call.method, call.path.rsplit("/", 1)[-1]) for call in calls] == [
+        ("POST", "callback"),
+        ("PATCH", "@original"),
+        ("PATCH", "@original"),
+        ("PATCH", "@original"),
+    ]
+    assert calls[0].json["type"] == 5  # deferred "thinking"
+    titles = [call.json["embeds"][0]["title"] for call in calls[1:]]
+    assert titles == [
+        "Image to prompt · Task created, waiting for the provider",
+        "Image to prompt · In progress",
+        "Image to prompt · Done",
+    ]
+    final = calls[-1]
+    embed = final.json["embeds"][0]
+    assert "a red square on a plain background" in embed["description"]
+    assert embed["description"].startswith("```")
+    assert embed["thumbnail"]["url"] == "attachment://input.png"
+    assert any(field["name"] == "Started" and field["value"].startswith("<t:") for field in embed["fields"])
+    assert [name for name, _, _ in final.files] == ["input.png"]
+    buttons = [c["custom_id"] for row in final.json["components"] for c in row["components"]]
+    assert [b.split(":")[1] for b in buttons] == ["imagine", "text"]
+
+    # One create and two polls reached Freepik, each conforming to the official OpenAPI file.
+    assert harness.freepik.count("POST") == 1
+    for request in harness.freepik.requests:
+        validate_freepik_request(request)
+    sent = harness.freepik.creates()[0].json["image"]
+    # An opaque image is re-encoded as JPEG (metadata stripped); the data URI says so truthfully.
+    assert sent.startswith("data:image/jpeg;base64,")
+    assert base64.b64decode(sent.split(",", 1)[1])[:3] == b"\xff\xd8\xff"
+
+    statuses = await bot.quotas.status(_member(harness))
+    assert statuses[0].used == 1
+
+
+async def test_describe_through_novita_is_one_edit(harness: Harness) -> None:
+    harness.novita.prompt_text = "a photo of a cat"
+    bot = await harness.start_bot(describe_provider="novita")
+    token = await harness.interact(bot, harness.describe_payload())
+    calls = harness.calls_for(token)
+    assert [call.method for call in calls] == ["POST", "PATCH"]
+    assert "a photo of a cat" in calls[-1].json["embeds"][0]["description"]
+    request = harness.novita.requests[0]
+    assert request.headers["authorization"] == "Bearer test-novita-key"
+    assert not request.json["image_file"].startswith("data:")
+
+
+async def test_provider_option_picks_the_provider(harness: Harness) -> None:
+    bot = await harness.start_bot(describe_provider="freepik")
+    await harness.interact(bot, harness.describe_payload(options={"provider": "novita"}))
+    assert harness.novita.count() == 1
+    assert harness.freepik.count() == 0
+
+
+def _member(harness: Harness):
+    from bot.store.quotas import Member
+
+    return Member(guild_id=harness.discord.guild_ids[0], user_id=harness.discord.default_user_id)
+
+
+async def test_png_helper_makes_a_png() -> None:
+    assert png_bytes()[:4] == b"\x89PNG"

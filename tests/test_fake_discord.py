@@ -1,0 +1,583 @@
+"""Prove the fake Discord with a real discord.py client: login, gateway, interactions and recorded REST calls."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from tests.fakes.discord import FakeDiscord, RecordedCall, connect_task, start_bot, stop_bot
+
+
+def _png(width: int, height: int) -> bytes:
+    """Encode a small real PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+RENDERED_PNG = _png(3, 2)
+
+
+class Outcomes:
+    """Values the bot's callbacks report, awaitable by key."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def put(self, key: str, value: Any) -> None:
+        """Record a value and wake whoever waits for it."""
+        self._values[key] = value
+        self._events[key].set()
+
+    async def get(self, key: str, wait: float = 5.0) -> Any:
+        """Wait for a value to be recorded and return it."""
+        await asyncio.wait_for(self._events[key].wait(), wait)
+        return self._values[key]
+
+
+class RecordingTree(app_commands.CommandTree):
+    """A command tree that keeps its errors instead of only logging them, so tests can fail on them."""
+
+    def __init__(self, client: discord.Client, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.errors: list[app_commands.AppCommandError] = []
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """Record the error."""
+        self.errors.append(error)
+
+
+class ErrorLog(logging.Handler):
+    """Collect the ERROR records discord.py logs for exceptions it swallows (views, events, dynamic items)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the record."""
+        self.records.append(record)
+
+
+class VoteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"vote:(?P<choice>\w+)"):
+    """A stateless button whose choice lives in its custom_id."""
+
+    def __init__(self, choice: str) -> None:
+        super().__init__(discord.ui.Button(label=choice, custom_id=f"vote:{choice}"))
+        self.choice = choice
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> VoteButton:
+        """Rebuild the button from its custom_id."""
+        return cls(match["choice"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Record the vote and update the message in place."""
+        cast(TinyBot, interaction.client).outcomes.put("vote", self.choice)
+        await interaction.response.edit_message(content=f"voted {self.choice}")
+
+
+class PersistentView(discord.ui.View):
+    """A view registered at startup, so its button works on any message."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+
+    @discord.ui.button(label="OK", custom_id="persist:ok")
+    async def ok(self, interaction: discord.Interaction, button: discord.ui.Button[PersistentView]) -> None:
+        """Acknowledge silently, then confirm with an ephemeral follow-up."""
+        await interaction.response.defer()
+        await interaction.followup.send("ok", ephemeral=True)
+        cast(TinyBot, interaction.client).outcomes.put(
+            "persist", interaction.message and interaction.message.id
+        )
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any], /
+    ) -> None:
+        """Surface the error through the bot's error list."""
+        cast(TinyBot, interaction.client).view_errors.append(error)
+
+
+class MenuView(discord.ui.View):
+    """A per-message view the /menu command sends."""
+
+    def __init__(self, outcomes: Outcomes) -> None:
+        super().__init__(timeout=60)
+        self.outcomes = outcomes
+
+    @discord.ui.select(
+        custom_id="menu:pick", options=[discord.SelectOption(label="a"), discord.SelectOption(label="b")]
+    )
+    async def pick(self, interaction: discord.Interaction, select: discord.ui.Select[MenuView]) -> None:
+        """Record the choice without changing the message."""
+        self.outcomes.put("pick", list(select.values))
+        await interaction.response.defer()
+
+    @discord.ui.button(label="Go", custom_id="menu:go")
+    async def go(self, interaction: discord.Interaction, button: discord.ui.Button[MenuView]) -> None:
+        """Replace the menu with a result and drop the components."""
+        await interaction.response.edit_message(content="went", view=None)
+        self.outcomes.put("go", interaction.message and interaction.message.id)
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any], /
+    ) -> None:
+        """Surface the error through the bot's error list."""
+        cast(TinyBot, interaction.client).view_errors.append(error)
+
+
+class FeedbackModal(discord.ui.Modal, title="Feedback"):
+    """A one-field modal."""
+
+    text: discord.ui.TextInput[FeedbackModal] = discord.ui.TextInput(label="Text", custom_id="feedback:text")
+
+    def __init__(self) -> None:
+        super().__init__(custom_id="feedback")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        """Thank the user ephemerally."""
+        await interaction.response.send_message(f"thanks: {self.text.value}", ephemeral=True)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        """Surface the error through the bot's error list."""
+        cast(TinyBot, interaction.client).view_errors.append(error)
+
+
+class TinyBot(commands.Bot):
+    """A small bot exercising the interaction paths the fake must support."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            command_prefix="!",
+            intents=discord.Intents.default(),
+            tree_cls=RecordingTree,
+            chunk_guilds_at_startup=False,
+            guild_ready_timeout=0.05,
+        )
+        self.outcomes = Outcomes()
+        self.gate = asyncio.Event()
+        self.view_errors: list[Exception] = []
+        self._add_commands()
+
+    @property
+    def recording_tree(self) -> RecordingTree:
+        """Give the tree with its recorded errors."""
+        return cast(RecordingTree, self.tree)
+
+    async def setup_hook(self) -> None:
+        """Register the stateless and persistent components."""
+        self.add_dynamic_items(VoteButton)
+        self.add_view(PersistentView())
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Report gateway messages."""
+        self.outcomes.put("on_message", message.content)
+
+    def _add_commands(self) -> None:
+        tree = self.tree
+
+        @tree.command(description="Answer pong after thinking")
+        async def ping(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(thinking=True)
+            await interaction.edit_original_response(content="pong")
+
+        @tree.command(description="Report an attachment's size")
+        async def size(interaction: discord.Interaction, image: discord.Attachment) -> None:
+            await interaction.response.defer()
+            data = await image.read()
+            await interaction.edit_original_response(content=f"{len(data)} bytes")
+
+        @tree.command(description="Answer with a file")
+        async def render(interaction: discord.Interaction) -> None:
+            await interaction.response.defer()
+            file = discord.File(io.BytesIO(RENDERED_PNG), filename="out.png")
+            await interaction.edit_original_response(content="rendered", attachments=[file])
+
+        @tree.command(description="Acknowledge only when the test opens the gate")
+        async def slow(interaction: discord.Interaction) -> None:
+            await self.gate.wait()
+            try:
+                await interaction.response.defer()
+            except discord.NotFound as exc:
+                self.outcomes.put("slow", (exc.status, exc.code))
+            else:
+                self.outcomes.put("slow", "acknowledged")
+
+        @tree.command(description="Edit only when the test opens the gate")
+        async def late_edit(interaction: discord.Interaction) -> None:
+            await interaction.response.defer()
+            await self.gate.wait()
+            try:
+                await interaction.edit_original_response(content="too late")
+            except discord.HTTPException as exc:
+                self.outcomes.put("late_edit", (exc.status, exc.code))
+            else:
+                self.outcomes.put("late_edit", "edited")
+
+        @tree.command(description="Post in the channel")
+        async def announce(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(ephemeral=True)
+            assert isinstance(interaction.channel, discord.TextChannel)
+            try:
+                await interaction.channel.send("hello")
+            except discord.Forbidden as exc:
+                await interaction.edit_original_response(content=f"failed {exc.code}")
+            else:
+                await interaction.edit_original_response(content="sent")
+
+        @tree.command(description="Show a menu")
+        async def menu(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("pick one", view=MenuView(self.outcomes))
+
+        @tree.command(description="Ask for feedback")
+        async def feedback(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(FeedbackModal())
+
+        @tree.context_menu(name="Count words")
+        async def count_words(interaction: discord.Interaction, message: discord.Message) -> None:
+            filenames = [a.filename for a in message.attachments]
+            self.outcomes.put("count", (message.id, message.content, filenames))
+            await interaction.response.send_message(str(len(message.content.split())), ephemeral=True)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    """Serve a fresh fake Discord, installed into discord.py."""
+    async with FakeDiscord() as fake_discord:
+        yield fake_discord
+
+
+@pytest.fixture
+async def bot(fake: FakeDiscord) -> AsyncIterator[TinyBot]:
+    """Run TinyBot against the fake and fail the test on any error it swallowed."""
+    errors = ErrorLog()
+    discord_logger = logging.getLogger("discord")
+    discord_logger.addHandler(errors)
+    tiny = TinyBot()
+    try:
+        await start_bot(tiny, fake)
+        yield tiny
+    finally:
+        await stop_bot(tiny, fake)
+        discord_logger.removeHandler(errors)
+    assert tiny.recording_tree.errors == []
+    assert tiny.view_errors == []
+    assert [r.getMessage() for r in errors.records] == []
+
+
+def _shape(calls: list[RecordedCall]) -> list[tuple[str, str, int]]:
+    """Reduce calls to (method, path, status) for sequence assertions."""
+    return [(c.method, c.path, c.status) for c in calls]
+
+
+async def _run(fake: FakeDiscord, payload: dict[str, Any], last: str = "PATCH") -> list[RecordedCall]:
+    """Send an interaction and return its calls once one with method `last` has been answered."""
+    token = payload["token"]
+    await fake.send_interaction(payload)
+    await fake.wait_for_call(lambda c: c.method == last and token in c.path)
+    return fake.interaction_calls(token)
+
+
+def _callback(payload: dict[str, Any]) -> str:
+    return f"/interactions/{payload['id']}/{payload['token']}/callback"
+
+
+def _original(fake: FakeDiscord, payload: dict[str, Any]) -> str:
+    return f"/webhooks/{fake.application_id}/{payload['token']}/messages/@original"
+
+
+async def test_login_and_gateway_handshake(fake: FakeDiscord, bot: TinyBot) -> None:
+    login = fake.calls[:2]
+    assert [(c.method, c.path, c.status) for c in login] == [
+        ("GET", "/users/@me", 200),
+        ("GET", "/oauth2/applications/@me", 200),
+    ]
+    # Compare booleans so a failure never prints the token.
+    assert [c.auth == "Bot fake-token" for c in login] == [True, True]
+    assert bot.user is not None
+    assert bot.user.id == fake.bot_user_id
+    assert bot.application_id == fake.application_id
+    await asyncio.wait_for(bot.wait_until_ready(), 2)
+    guild = bot.get_guild(fake.guild_ids[0])
+    assert guild is not None
+    assert guild.me is not None
+    channel = guild.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    assert channel.permissions_for(guild.me).send_messages
+    identify = [f for f in fake.gateway_received if f.get("op") == 2]
+    assert len(identify) == 1
+    assert identify[0]["d"]["token"] == "<redacted>"
+    assert fake.identify_count == 1
+
+
+async def test_ping_defers_then_edits_original(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = fake.slash("ping")
+    start = len(fake.calls)
+    calls = await _run(fake, payload)
+    assert _shape(calls) == [("POST", _callback(payload), 200), ("PATCH", _original(fake, payload), 200)]
+    assert fake.calls_since(start) == calls
+    assert calls[0].query == {"with_response": "1"}
+    assert calls[0].json == {"type": 5}
+    assert calls[1].json["content"] == "pong"
+    original = fake.original_message(payload["token"])
+    assert original is not None
+    assert original["content"] == "pong"
+    assert original["flags"] == 0  # the edit cleared the "thinking" flag
+    assert original["author"]["id"] == str(fake.bot_user_id)
+    assert fake.channel_messages(fake.channel_id) == [original]
+
+
+async def test_attachment_option_is_read_through_the_cdn(fake: FakeDiscord, bot: TinyBot) -> None:
+    data = _png(40, 30)
+    attachment = fake.add_attachment(data, filename="cat.png")
+    assert (attachment["width"], attachment["height"]) == (40, 30)
+    payload = fake.slash("size", attachments={"image": attachment})
+    assert payload["data"]["options"] == [{"name": "image", "type": 11, "value": attachment["id"]}]
+    start = len(fake.calls)
+    await _run(fake, payload)
+    assert _shape(fake.calls_since(start)) == [
+        ("POST", _callback(payload), 200),
+        ("GET", f"/cdn/attachments/{attachment['id']}/cat.png", 200),
+        ("PATCH", _original(fake, payload), 200),
+    ]
+    original = fake.original_message(payload["token"])
+    assert original is not None
+    assert original["content"] == f"{len(data)} bytes"
+
+
+async def test_file_in_edit_is_recorded_as_multipart(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = fake.slash("render")
+    calls = await _run(fake, payload)
+    patch = calls[-1]
+    assert patch.json["content"] == "rendered"
+    assert patch.json["attachments"] == [{"id": 0, "filename": "out.png"}]
+    assert patch.files == [("out.png", RENDERED_PNG, "application/octet-stream")]
+    original = fake.original_message(payload["token"])
+    assert original is not None
+    [uploaded] = original["attachments"]
+    assert (uploaded["filename"], uploaded["size"], uploaded["width"], uploaded["height"]) == (
+        "out.png",
+        len(RENDERED_PNG),
+        3,
+        2,
+    )
+    async with aiohttp.ClientSession() as session, session.get(uploaded["url"]) as response:
+        assert await response.read() == RENDERED_PNG
+
+
+async def test_callback_after_the_ack_window_gets_unknown_interaction(
+    fake: FakeDiscord, bot: TinyBot
+) -> None:
+    payload = fake.slash("slow")
+    await fake.send_interaction(payload)
+    fake.age_interaction(payload["token"], fake.ack_window + 1)
+    bot.gate.set()
+    assert await bot.outcomes.get("slow") == (404, 10062)
+    assert _shape(fake.interaction_calls(payload["token"])) == [("POST", _callback(payload), 404)]
+
+
+async def test_expired_token_gets_invalid_webhook_token(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = fake.slash("late_edit")
+    await fake.send_interaction(payload)
+    await fake.wait_for_call(lambda c: c.path == _callback(payload))
+    fake.age_interaction(payload["token"], fake.token_lifetime + 1)
+    bot.gate.set()
+    assert await bot.outcomes.get("late_edit") == (401, 50027)
+    assert [c.status for c in fake.interaction_calls(payload["token"])] == [200, 401]
+
+
+async def test_fail_next_injects_a_forbidden_once(fake: FakeDiscord, bot: TinyBot) -> None:
+    fake.fail_next("POST", r"^/channels/\d+/messages$", status=403, code=50013, message="Missing Permissions")
+    first = fake.slash("announce")
+    await _run(fake, first)
+    failed = fake.original_message(first["token"])
+    assert failed is not None
+    assert failed["content"] == "failed 50013"
+    assert failed["flags"] & 64  # the deferral was ephemeral, so is its message
+    assert "hello" not in [m["content"] for m in fake.channel_messages()]
+
+    second = fake.slash("announce")
+    await _run(fake, second)
+    sent = fake.original_message(second["token"])
+    assert sent is not None
+    assert sent["content"] == "sent"
+    posts = [
+        c for c in fake.calls if c.method == "POST" and c.path == f"/channels/{fake.channel_id}/messages"
+    ]
+    assert [c.status for c in posts] == [403, 200]
+    assert [m["content"] for m in fake.channel_messages(fake.channel_id) if not m["flags"] & 64] == ["hello"]
+
+
+async def test_fail_next_rate_limit_is_retried(fake: FakeDiscord, bot: TinyBot) -> None:
+    fake.fail_next("PATCH", "@original$", status=429, retry_after=0.05)
+    payload = fake.slash("ping")
+    await fake.send_interaction(payload)
+    await fake.wait_for_call(lambda c: c.method == "PATCH" and c.status == 200 and payload["token"] in c.path)
+    assert [c.status for c in fake.interaction_calls(payload["token"])] == [200, 429, 200]
+    original = fake.original_message(payload["token"])
+    assert original is not None
+    assert original["content"] == "pong"
+
+
+async def test_message_context_menu_gets_the_resolved_message(fake: FakeDiscord, bot: TinyBot) -> None:
+    attachment = fake.add_attachment(b"not really a png", filename="notes.txt", content_type="text/plain")
+    target = fake.make_message(content="three little words", attachments=[attachment])
+    payload = fake.message_command("Count words", target)
+    calls = await _run(fake, payload, last="POST")
+    assert await bot.outcomes.get("count") == (int(target["id"]), "three little words", ["notes.txt"])
+    assert _shape(calls) == [("POST", _callback(payload), 200)]
+    assert calls[0].json["type"] == 4
+    original = fake.original_message(payload["token"])
+    assert original is not None
+    assert (original["content"], original["flags"]) == ("3", 64)
+
+
+async def test_dynamic_item_button_reaches_its_callback(fake: FakeDiscord, bot: TinyBot) -> None:
+    row = {"type": 1, "components": [{"type": 2, "style": 1, "label": "yes", "custom_id": "vote:yes"}]}
+    message = fake.make_message(content="vote?", author_id=fake.bot_user_id, components=[row])
+    payload = fake.button_click("vote:yes", message)
+    calls = await _run(fake, payload, last="POST")
+    assert await bot.outcomes.get("vote") == "yes"
+    assert calls[0].json["type"] == 7
+    updated = fake.get_message(int(message["id"]))
+    assert updated is not None
+    assert updated["content"] == "voted yes"
+    assert fake.original_message(payload["token"]) == updated
+
+
+async def test_persistent_view_button_defers_and_follows_up(fake: FakeDiscord, bot: TinyBot) -> None:
+    row = {"type": 1, "components": [{"type": 2, "style": 3, "label": "OK", "custom_id": "persist:ok"}]}
+    message = fake.make_message(content="confirm?", author_id=fake.bot_user_id, components=[row])
+    payload = fake.button_click("persist:ok", message)
+    await fake.send_interaction(payload)
+    assert await bot.outcomes.get("persist") == int(message["id"])
+    calls = fake.interaction_calls(payload["token"])
+    assert _shape(calls) == [
+        ("POST", _callback(payload), 200),
+        ("POST", f"/webhooks/{fake.application_id}/{payload['token']}", 200),
+    ]
+    assert calls[0].json == {"type": 6}
+    assert calls[1].query["wait"] == "1"  # discord.py asks for the created message back
+    [followup] = fake.followup_messages(payload["token"])
+    assert (followup["content"], followup["flags"]) == ("ok", 64)
+
+
+async def test_view_sent_by_a_command_handles_select_and_button(fake: FakeDiscord, bot: TinyBot) -> None:
+    command = fake.slash("menu")
+    await _run(fake, command, last="POST")
+    menu = fake.original_message(command["token"])
+    assert menu is not None
+    assert menu["content"] == "pick one"
+
+    pick = fake.select("menu:pick", ["b"], menu)
+    await fake.send_interaction(pick)
+    assert await bot.outcomes.get("pick") == ["b"]
+
+    go = fake.button_click("menu:go", menu)
+    await fake.send_interaction(go)
+    assert await bot.outcomes.get("go") == int(menu["id"])
+    assert [c.json["type"] for c in fake.interaction_calls(pick["token"])] == [6]
+    assert [c.json["type"] for c in fake.interaction_calls(go["token"])] == [7]
+    updated = fake.get_message(int(menu["id"]))
+    assert updated is not None
+    assert (updated["content"], updated["components"]) == ("went", [])
+
+
+async def test_modal_round_trip(fake: FakeDiscord, bot: TinyBot) -> None:
+    command = fake.slash("feedback")
+    calls = await _run(fake, command, last="POST")
+    assert calls[0].json["type"] == 9
+    assert calls[0].json["data"]["custom_id"] == "feedback"
+    submit = fake.modal_submit("feedback", {"feedback:text": "great bot"})
+    await _run(fake, submit, last="POST")
+    thanks = fake.original_message(submit["token"])
+    assert thanks is not None
+    assert (thanks["content"], thanks["flags"]) == ("thanks: great bot", 64)
+
+
+async def test_dm_interaction(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = fake.slash("ping", guild_id=None)
+    assert "member" not in payload
+    assert payload["user"]["id"] == str(fake.default_user_id)
+    await _run(fake, payload)
+    original = fake.original_message(payload["token"])
+    assert original is not None
+    assert original["content"] == "pong"
+    assert original["channel_id"] == str(fake.dm_channel_id(fake.default_user_id))
+    assert "guild_id" not in original
+
+
+async def test_gateway_resume_and_message_events(fake: FakeDiscord, bot: TinyBot) -> None:
+    await fake.disconnect_gateway()
+    await fake.wait_connected()
+    assert (fake.identify_count, fake.resume_count) == (1, 1)
+    await fake.dispatch("MESSAGE_CREATE", fake.make_message(content="hi there"))
+    assert await bot.outcomes.get("on_message") == "hi there"
+    payload = fake.slash("ping")
+    await _run(fake, payload)
+    assert [c.status for c in fake.interaction_calls(payload["token"])] == [200, 200]
+
+
+async def test_tree_sync_is_answered_with_command_ids(fake: FakeDiscord, bot: TinyBot) -> None:
+    synced = await bot.tree.sync()
+    [put] = [c for c in fake.calls if c.method == "PUT"]
+    assert put.path == f"/applications/{fake.application_id}/commands"
+    assert sorted(c.name for c in synced) == sorted(c["name"] for c in put.json)
+    stored = {c["name"]: int(c["id"]) for c in fake.synced_commands()}
+    assert {c.name: c.id for c in synced} == stored
+    assert int(fake.slash("ping")["data"]["id"]) == stored["ping"]
+
+
+async def test_malformed_dispatch_crash_is_surfaced(fake: FakeDiscord) -> None:
+    tiny = TinyBot()
+    await start_bot(tiny, fake)
+    await fake.dispatch("INTERACTION_CREATE", {"type": 2})
+    # Waits on the fake fail fast (instead of timing out) once the bot's gateway task has died.
+    with pytest.raises(RuntimeError, match="gateway task crashed"):
+        await fake.wait_for_call(lambda c: False, timeout=5)
+    task = connect_task(tiny)
+    assert task is not None
+    assert isinstance(task.exception(), KeyError)
+    with pytest.raises(RuntimeError, match="crashed"):
+        await stop_bot(tiny, fake)
+
+
+async def test_raw_http_contract(fake: FakeDiscord) -> None:
+    bad_command = [{"name": "Ping", "description": "x", "type": 1}]
+    async with aiohttp.ClientSession(headers={"Authorization": "Bot raw"}) as session:
+        async with session.get(f"{fake.base_url}/api/v10/guilds/1/bans") as response:
+            assert response.status == 404
+            assert response.headers["Content-Type"] == "application/json"
+            assert await response.json() == {"message": "Unknown route (fake)", "code": 0}
+        url = f"{fake.base_url}/api/v10/applications/{fake.application_id}/commands"
+        async with session.put(url, json=bad_command) as response:
+            assert response.status == 400
+            body = await response.json()
+            assert body["code"] == 50035
+            assert "0" in body["errors"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{fake.base_url}/api/v10/users/@me") as response,
+    ):
+        assert response.status == 401
+    assert _shape(fake.calls) == [
+        ("GET", "/guilds/1/bans", 404),
+        ("PUT", f"/applications/{fake.application_id}/commands", 400),
+        ("GET", "/users/@me", 401),
+    ]
