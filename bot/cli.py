@@ -1,8 +1,9 @@
-"""The terminal commands: check, describe, invite, backup."""
+"""The terminal commands: check, health, describe, invite, backup."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,10 +11,11 @@ from pathlib import Path
 import aiohttp
 
 from bot.client import build_providers
-from bot.errors import BotError, ProviderError
+from bot.errors import BotError, ProviderError, ProviderFault
+from bot.heartbeat import heartbeat_age, heartbeat_path
 from bot.images import check_image
 from bot.interactions import ReportTarget
-from bot.invite import application_id_from_token, invite_url
+from bot.invite import SCOPES, application_id_from_token, invite_url, permission_names, required_permissions
 from bot.jobs import JobRunner, RunnerConfig
 from bot.providers.base import TaskKind, TaskState
 from bot.providers.breaker import CircuitBreaker
@@ -37,23 +39,13 @@ def complain(line: str) -> None:
 async def check(settings: Settings, *, live: bool) -> int:
     """Validate settings, database and providers; one line per finding, non-zero on any problem."""
     problems = list(settings.run_problems())
-    try:
-        db = await Database.open(settings.database_path)
-        try:
-            version = await db.schema_version()
-            await db.set_meta("last_check", str(time.time()))
-            say(
-                f"ok: database {settings.database_path} is writable, schema version {version}/{len(migration_files())}"
-            )
-        finally:
-            await db.close()
-    except Exception as exc:  # any failure here is the finding to report
-        problems.append(f"database {settings.database_path}: {exc}")
+    problems += await _check_database(settings.database_path)
     configured = settings.configured_providers
     for name in ("freepik", "novita"):
-        say(
-            f"{'ok' if name in configured else '--'}: {name} is {'configured' if name in configured else 'not configured'}"
-        )
+        if name in configured:
+            say(f"ok: {name} is configured")
+        else:
+            say(f"--: {name} is not configured ({name.upper()}_API_KEY is empty)")
     if settings.default_describe_provider:
         say(f"ok: /describe uses {settings.default_describe_provider} by default")
     if live and configured:
@@ -61,12 +53,77 @@ async def check(settings: Settings, *, live: bool) -> int:
             for name, provider in build_providers(settings, session).items():
                 try:
                     await provider.check_key()
-                    say(f"ok: {name} accepted the key")
                 except ProviderError as exc:
-                    problems.append(f"{name}: {exc.fault.value}" + (f" ({exc.detail})" if exc.detail else ""))
+                    problems.append(_key_problem(name, exc))
+                else:
+                    say(f"ok: {name} accepted {name.upper()}_API_KEY")
     for problem in problems:
         complain(f"error: {problem}")
     return 1 if problems else 0
+
+
+async def _check_database(path: Path) -> list[str]:
+    """Open, migrate and write the database; return what went wrong, one line each."""
+    try:
+        db = await Database.open(path)
+        try:
+            version = await db.schema_version()
+            await db.set_meta("last_check", str(time.time()))
+        finally:
+            await db.close()
+    except Exception as exc:  # any failure here is the finding to report
+        return [f"DATABASE_PATH {path} cannot be opened and written: {_one_line(exc)}"]
+    say(f"ok: database {path} is writable, schema version {version}/{len(migration_files())} (current)")
+    return []
+
+
+def _key_problem(name: str, exc: ProviderError) -> str:
+    variable = f"{name.upper()}_API_KEY"
+    detail = f" ({_one_line(exc.detail)})" if exc.detail else ""
+    if exc.fault is ProviderFault.MISCONFIGURED:
+        return f"{name} rejected {variable}{detail}: copy the key again from the provider's dashboard and check the plan"
+    if exc.fault is ProviderFault.BUSY:
+        return f"{name} could not be asked{detail}: the key was not tried; check the network and {name.upper()}_BASE_URL"
+    return f"{name} did not confirm {variable}: {exc.fault.value}{detail}"
+
+
+def _one_line(error: BaseException | str) -> str:
+    """Return an error as one short line (an exception's text may span lines)."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+async def health(settings: Settings, *, max_age: float) -> int:
+    """Exit 0 while the running bot is connected: a fresh heartbeat, and /healthz when webhooks are on."""
+    path = heartbeat_path(settings)
+    age = await asyncio.to_thread(heartbeat_age, path)
+    if age is None:
+        complain(f"error: no heartbeat at {path}: the bot is not running or not connected to Discord yet")
+        return 1
+    if age > max_age:
+        complain(
+            f"error: the last heartbeat is {age:.0f} s old (more than {max_age:.0f} s): the bot is not connected to Discord"
+        )
+        return 1
+    if settings.webhooks_enabled:
+        url = f"http://127.0.0.1:{settings.webhook_port}/healthz"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                session.get(url) as response,
+            ):
+                body = await response.text()
+                if response.status != 200:
+                    complain(f"error: {url} answered {response.status}: {_one_line(body)}")
+                    return 1
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            complain(f"error: the webhook listener at {url} does not answer: {_one_line(exc)}")
+            return 1
+    say(f"ok: heartbeat {age:.0f} s old")
+    return 0
 
 
 class _TerminalReporter:
@@ -158,6 +215,7 @@ async def describe(settings: Settings, source: str, provider_name: str | None) -
 
 
 def invite(settings: Settings) -> int:
+    """Print the link that adds the bot to a server with the scopes and the least permissions it needs."""
     if settings.discord_token is None:
         complain("error: DISCORD_TOKEN is not set: the link is made from the bot's id, which the token holds")
         return 2
@@ -167,22 +225,48 @@ def invite(settings: Settings) -> int:
             "error: DISCORD_TOKEN does not look like a bot token: copy it again from the developer portal"
         )
         return 2
+    permissions = required_permissions(mention_trigger=settings.mention_trigger)
     say(invite_url(application_id, mention_trigger=settings.mention_trigger))
+    # The link alone on stdout (so it can be piped); what it asks for on stderr, for the admin.
+    complain(f"scopes: {' '.join(SCOPES)}; permissions {permissions.value}: {permission_names(permissions)}")
     return 0
 
 
 async def backup(settings: Settings, target: str) -> int:
+    """Write a consistent copy of the database to `target` (SQLite's backup API), safe while the bot runs."""
     path = Path(target)
+    if not settings.database_path.exists():
+        complain(f"error: there is no database at {settings.database_path} (DATABASE_PATH) to back up")
+        return 2
+    if path.is_dir():
+        path /= (
+            f"{settings.database_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{settings.database_path.suffix}"
+        )
     if _same_file(path, settings.database_path):
         complain("error: the backup must go to another file than the database itself")
         return 2
-    db = await Database.open(settings.database_path)
+    # Copy to a file beside the target, then rename: an interrupted backup never leaves half a copy
+    # under the name of a good one.
+    partial = path.with_name(path.name + ".partial")
     try:
-        await db.backup_to(path)
-    finally:
-        await db.close()
+        await asyncio.to_thread(_remove_copy, partial)
+        db = await Database.open(settings.database_path)
+        try:
+            await db.backup_to(partial)
+        finally:
+            await db.close()
+        await asyncio.to_thread(os.replace, partial, path)
+    except Exception as exc:  # any failure is reported in one line; the partial copy is removed
+        await asyncio.to_thread(_remove_copy, partial)
+        complain(f"error: the backup to {path} failed: {_one_line(exc)}")
+        return 1
     say(f"ok: wrote a consistent copy of {settings.database_path} to {path}")
     return 0
+
+
+def _remove_copy(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -50,12 +50,15 @@ def build_providers(settings: Settings, session: aiohttp.ClientSession) -> dict[
             api_key=settings.freepik_api_key.get_secret_value(),
             base_url=str(settings.freepik_base_url),
             key_header=settings.freepik_api_key_header,
+            request_timeout=settings.request_timeout_seconds,
         )
     if settings.novita_api_key is not None:
         providers["novita"] = NovitaProvider(
             session,
             api_key=settings.novita_api_key.get_secret_value(),
             base_url=str(settings.novita_base_url),
+            # Novita is synchronous and can take a minute when overloaded: never give it less than 90 s.
+            request_timeout=max(90.0, settings.request_timeout_seconds),
         )
     return providers
 

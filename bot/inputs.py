@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from urllib.parse import unquote
 
+import aiohttp
 import discord
+from yarl import URL
 
 from bot.errors import BadInput
 from bot.images import CheckedImage
@@ -16,6 +20,11 @@ from bot.ui import input_text
 log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
+_WEB_SCHEMES = frozenset({"http", "https"})
+# Embed types whose thumbnail is the previewed picture itself (a pasted image link, a GIF).
+_PICTURE_EMBED_TYPES = frozenset({"image", "gifv"})
+# Discord's CDN answers within seconds; this only stops a stalled read from holding the reply forever.
+_ATTACHMENT_READ_TIMEOUT = 60.0
 ATTACHMENT_UNREADABLE = "Discord could not hand me that attachment; upload it again."
 
 
@@ -35,18 +44,50 @@ def looks_like_image(attachment: discord.Attachment) -> bool:
     return PurePosixPath(attachment.filename).suffix.lower() in _IMAGE_SUFFIXES
 
 
+def _embed_image_url(embed: discord.Embed) -> str | None:
+    """Return the picture an embed shows: its image, or the thumbnail of a previewed image link."""
+    if embed.image.url:
+        return embed.image.url
+    if embed.type in _PICTURE_EMBED_TYPES and embed.thumbnail.url:
+        return embed.thumbnail.url
+    return None
+
+
 def message_images(message: discord.Message) -> list[ImageSource]:
     """Return a message's images in order: attachments first, then previewed image links."""
-    sources = [
-        ImageSource(label=attachment.filename, attachment=attachment)
+    found: list[tuple[str, discord.Attachment | None, str | None]] = [
+        (attachment.filename, attachment, None)
         for attachment in message.attachments
         if looks_like_image(attachment)
     ]
+    seen_urls: set[str] = set()
     for embed in message.embeds:
-        url = embed.image.url or (embed.thumbnail.url if embed.type in ("image", "gifv") else None)
-        if url:
-            sources.append(ImageSource(label=_label_for_url(url), url=url))
-    return sources
+        url = _embed_image_url(embed)
+        # The same link pasted twice gives two embeds of one picture: offer it once.
+        if url and url not in seen_urls:
+            seen_urls.add(url)
+            found.append((_label_for_url(url), None, url))
+    # Numbered, because phones name every pasted picture "image.png" and a picker of equal names
+    # would not tell them apart.
+    return [
+        ImageSource(label=f"{position}. {name}", attachment=attachment, url=url)
+        for position, (name, attachment, url) in enumerate(found, start=1)
+    ]
+
+
+def checked_link(url: str) -> str:
+    """Refuse, before anything is acknowledged, a link that is not http(s); return it trimmed."""
+    link = url.strip()
+    try:
+        scheme = URL(link.removeprefix("<").removesuffix(">")).scheme.lower()
+    except (ValueError, TypeError):
+        raise BadInput(input_text.LINK_INVALID) from None
+    if not scheme:
+        raise BadInput(input_text.LINK_INVALID)
+    if scheme not in _WEB_SCHEMES:
+        raise BadInput(input_text.LINK_NOT_WEB)
+    # Everything else (the address, redirects, size, time) is the guarded downloader's to judge.
+    return link
 
 
 async def load_attachment(
@@ -57,14 +98,16 @@ async def load_attachment(
     if attachment.size > max_bytes:
         raise BadInput(input_text.image_too_large(max_bytes))
     try:
-        data = await attachment.read()
-    except (discord.HTTPException, discord.NotFound) as exc:
-        log.info("attachment %s could not be read: %s", attachment.id, exc)
+        async with asyncio.timeout(_ATTACHMENT_READ_TIMEOUT):
+            data = await attachment.read()
+    except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+        log.info("attachment %s could not be read: %r", attachment.id, exc)
         raise BadInput(ATTACHMENT_UNREADABLE) from exc
     return await service.check_bytes(data)
 
 
 async def load_source(source: ImageSource, service: TaskService, max_bytes: int) -> CheckedImage:
+    """Load one of a message's images: an attachment through Discord, a link through the downloader."""
     if source.attachment is not None:
         return await load_attachment(source.attachment, service, max_bytes)
     assert source.url is not None
@@ -72,5 +115,6 @@ async def load_source(source: ImageSource, service: TaskService, max_bytes: int)
 
 
 def _label_for_url(url: str) -> str:
-    name = PurePosixPath(url.split("?", 1)[0]).name
+    """Name a linked picture by its file name, or by the link itself when the path has none."""
+    name = unquote(PurePosixPath(url.split("?", 1)[0].split("#", 1)[0]).name)
     return name or url[:80]

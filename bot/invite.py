@@ -25,6 +25,17 @@ def required_permissions(*, mention_trigger: bool) -> discord.Permissions:
     return permissions
 
 
+# discord.py names some flags differently from Discord's settings screen, which admins compare with.
+_SCREEN_NAMES = {"read_messages": "View Channels", "send_messages_in_threads": "Send Messages in Threads"}
+
+
+def permission_names(permissions: discord.Permissions) -> str:
+    """Return the granted permissions as Discord's settings screen names them, comma-separated."""
+    return ", ".join(
+        _SCREEN_NAMES.get(name, name.replace("_", " ").title()) for name, granted in permissions if granted
+    )
+
+
 def application_id_from_token(token: str) -> int | None:
     """Read the bot's id from its token (the first part is the id in base64), without any network."""
     first = token.split(".", 1)[0]
@@ -36,6 +47,7 @@ def application_id_from_token(token: str) -> int | None:
 
 
 def invite_url(application_id: int, *, mention_trigger: bool) -> str:
+    """Return the OAuth2 link that adds the bot with SCOPES and `required_permissions`."""
     return discord.utils.oauth_url(
         application_id, permissions=required_permissions(mention_trigger=mention_trigger), scopes=SCOPES
     )

@@ -107,7 +107,7 @@ class JobRunner:
         jobs = await self._jobs.unfinished()
         for job in jobs:
             log.info("resuming job %s (%s, %s)", job.id, job.provider, job.state)
-            self._spawn(job)
+            self._spawn(job, resumed=True)
         return len(jobs)
 
     async def deliver(self, provider_name: str, payload: Mapping[str, object]) -> bool:
@@ -139,12 +139,12 @@ class JobRunner:
 
     # --- driving one job --------------------------------------------------------------------
 
-    def _spawn(self, job: Job) -> None:
-        task = self._tasks.spawn(self._drive(job), name=f"job-{job.id[:12]}")
+    def _spawn(self, job: Job, *, resumed: bool = False) -> None:
+        task = self._tasks.spawn(self._drive(job, resumed=resumed), name=f"job-{job.id[:12]}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._running.pop(job.id, None))
 
-    async def _drive(self, job: Job) -> None:
+    async def _drive(self, job: Job, *, resumed: bool) -> None:
         key: tuple[str, str] | None = None
         try:
             if not job.finished:
@@ -158,7 +158,7 @@ class JobRunner:
                     )
                 if job.provider_task_id is not None:
                     key = self._listen(job.provider, job.provider_task_id, job.kind)
-                job = await self._poll_until_finished(job, key)
+                job = await self._poll_until_finished(job, key, resumed=resumed)
             await self._settle_and_report(job)
         except _Stopping:
             await self._reporter.forget(job.id)
@@ -256,7 +256,7 @@ class JobRunner:
                 queue.put_nowait(self._providers[provider_name].snapshot_from_webhook(kind, early[1]))
         return key
 
-    async def _poll_until_finished(self, job: Job, key: tuple[str, str] | None) -> Job:
+    async def _poll_until_finished(self, job: Job, key: tuple[str, str] | None, *, resumed: bool) -> Job:
         provider = self._providers[job.provider]
         webhooks = self._webhook_url_for(job.provider) is not None
         interval = self._config.webhook_poll_interval if webhooks else self._config.poll_interval
@@ -264,14 +264,19 @@ class JobRunner:
         deadline = job.created_at + self._config.task_timeout
         listening = self._deliveries.get(key) if key else None
         queue = listening[1] if listening else None
+        # A resumed job is polled at once: the task may have finished while the bot was away, and
+        # its result beats a timeout.
+        poll_now = resumed
         while not job.finished:
             remaining = deadline - self._clock()
-            if remaining <= 0:
+            if remaining <= 0 and not poll_now:
                 raise ProviderError(job.provider, ProviderFault.TIMEOUT)
-            snapshot = await self._wait_for_delivery(queue, min(interval, remaining))
+            if poll_now:
+                poll_now = False
+                snapshot = None
+            else:
+                snapshot = await self._wait_for_delivery(queue, min(interval, remaining))
             if snapshot is None:
-                if self._clock() >= deadline:
-                    raise ProviderError(job.provider, ProviderFault.TIMEOUT)
                 snapshot = await self._poll_once(provider, job)
                 interval = min(interval * self._config.poll_growth, ceiling)
             if snapshot is not None:

@@ -5,15 +5,53 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
+
+from bot.settings import Settings
+
 # Fields that `log.info(..., extra={...})` may attach; they are printed after the message.
-_EXTRA_FIELDS = ("job_id", "user_id", "guild_id", "provider", "kind", "state", "fault", "duration")
+TASK_FIELDS = ("job_id", "user_id", "guild_id", "provider", "kind", "state", "fault", "duration")
+REDACTED = "[redacted]"
+# Shorter values are not secrets worth the name, and replacing them would mangle ordinary words.
+_MIN_SECRET_LENGTH = 8
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Return the values of every secret setting (tokens, keys, signing secrets) that is set."""
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            values.append(value.get_secret_value())
+    return values
+
+
+class _Redactor:
+    """Replace known secret values in a finished log line: the last guard if one slips into a message."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        unique = {secret for secret in secrets if len(secret) >= _MIN_SECRET_LENGTH}
+        forms = unique | {json.dumps(secret)[1:-1] for secret in unique}  # as it appears inside JSON
+        # Longest first, so a secret that contains another is replaced whole.
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for form in self._forms:
+            if form in line:
+                line = line.replace(form, REDACTED)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the task fields a log shipper can index."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._redact = _Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -22,31 +60,32 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in _EXTRA_FIELDS:
+        for name in TASK_FIELDS:
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
     """A readable line, with the task fields as key=value pairs after the message."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+        self._redact = _Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(
-            f"{name}={getattr(record, name)}" for name in _EXTRA_FIELDS if hasattr(record, name)
-        )
-        return f"{line} {extras}" if extras else line
+        extras = " ".join(f"{name}={getattr(record, name)}" for name in TASK_FIELDS if hasattr(record, name))
+        return self._redact(f"{line} {extras}" if extras else line)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "text", *, secrets: Iterable[str] = ()) -> None:
+    """Send every log line to stderr in `fmt`; any of `secrets` that reaches a line is replaced."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    secrets = list(secrets)
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import discord
@@ -38,6 +38,9 @@ class _Slot:
     """What is kept per job between edits: the latest state to show and when the last edit went."""
 
     latest: Job
+    # Where the message is and how to reach it, as the reporter learnt it (the runner's copy of the
+    # job does not know): applied to every later state of the job.
+    route: dict[str, Any] = field(default_factory=dict)
     sent_state: TaskState | None = None
     last_sent: float = float("-inf")
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -70,6 +73,7 @@ class DiscordReporter:
         slot = self._slots.get(job.id)
         if slot is None:
             slot = self._slots[job.id] = _Slot(latest=job, sent_state=job.reported_state)
+        job = replace(job, **slot.route)
         slot.latest = job
         if job.finished:
             # The end is never held back: it replaces whatever intermediate state was waiting.
@@ -108,9 +112,14 @@ class DiscordReporter:
             # Discord being down must not stop the job: the next state (or the resume) tries again.
             log.exception("could not show job %s on Discord", job.id)
             return
+        slot.route = {
+            "report_via": job.report_via,
+            "message_id": job.message_id,
+            "channel_id": job.channel_id,
+        }
         slot.sent_state = job.state
         slot.last_sent = self._monotonic()
-        slot.latest = job if slot.latest.state is job.state else slot.latest
+        slot.latest = job if slot.latest.state is job.state else replace(slot.latest, **slot.route)
         await self._jobs.update(job, reported_state=job.state)
 
     # --- the routes to the message ---------------------------------------------------------------

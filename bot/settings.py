@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         600.0, gt=0, description="a task not finished by then is reported as timed out (and refunded)"
     )
 
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long one request to a provider may take before it is given up"
+    )
+
     quota_describe_per_day: int = Field(
         25, ge=-1, description="default image-to-prompt tasks per user per UTC day (-1: unlimited)"
     )

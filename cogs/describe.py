@@ -10,9 +10,9 @@ from discord.ext import commands
 
 from bot.client import ImageBot
 from bot.errors import BadInput, BotError
-from bot.inputs import ImageSource, load_attachment, load_source, message_images
+from bot.inputs import ImageSource, checked_link, load_attachment, load_source, message_images
 from bot.interactions import ReportTarget, member_of, member_of_message, reply
-from bot.providers.base import TaskState
+from bot.providers.base import TaskKind, TaskState
 from bot.ui import input_text, text
 from bot.ui.views import ImagePicker
 
@@ -28,6 +28,20 @@ NEEDED_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
 
 def missing_channel_permissions(interaction: discord.Interaction) -> bool:
     return not NEEDED_PERMISSIONS.is_subset(interaction.app_permissions)
+
+
+def missing_permissions_in(channel: discord.abc.MessageableChannel, me: discord.Member | None) -> bool:
+    """Tell whether the bot surely cannot show a result in a server channel (unknown counts as able)."""
+    if me is None or not isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+        return False
+    return not NEEDED_PERMISSIONS.is_subset(channel.permissions_for(me))
+
+
+def queued_embed() -> discord.Embed:
+    """Build the first state of a describe shown in a channel reply, before its job exists."""
+    # An embed, not content: the job's reports replace the embed and would leave content behind.
+    title = f"{text.KIND_NAMES[TaskKind.DESCRIBE]} · {text.STATE_WORDS[TaskState.QUEUED]}"
+    return discord.Embed(title=title, colour=discord.Colour.blurple())
 
 
 class DescribeCog(commands.Cog):
@@ -67,12 +81,13 @@ class DescribeCog(commands.Cog):
         provider_name = self.bot.service.describe_provider(provider.value if provider else None)
         if image is not None and image.size > self.bot.settings.max_image_bytes:
             raise BadInput(input_text.image_too_large(self.bot.settings.max_image_bytes))
+        link = checked_link(url) if url is not None else None
         await interaction.response.defer(thinking=True)
         if image is not None:
             checked = await load_attachment(image, self.bot.service, self.bot.settings.max_image_bytes)
         else:
-            assert url is not None
-            checked = await self.bot.service.fetch_url(url.strip())
+            assert link is not None
+            checked = await self.bot.service.fetch_url(link)
         await self.bot.service.describe(
             member_of(interaction), checked, provider_name, ReportTarget.from_interaction(interaction)
         )
@@ -92,6 +107,11 @@ class DescribeCog(commands.Cog):
 
         async def picked(pick: discord.Interaction, index: int) -> None:
             await pick.response.defer(thinking=True)
+            # The choice is made: take the private picker away so it cannot be used twice.
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException as exc:
+                log.info("could not remove the image picker: %s", exc.text or exc.status)
             await self._describe_source(pick, sources[index], provider_name)
 
         picker = ImagePicker(interaction.user.id, [source.label for source in sources], picked)
@@ -110,30 +130,55 @@ class DescribeCog(commands.Cog):
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         """Describe the image of the message a member replied to when they mention the bot."""
-        if not self.bot.settings.mention_trigger or message.author.bot or self.bot.user is None:
+        me = self.bot.user
+        if not self.bot.settings.mention_trigger or message.author.bot or me is None:
             return
-        if self.bot.user not in message.mentions or message.reference is None:
+        # The typed mention, not `mentions`: a reply that pings the author of a bot message puts
+        # the bot in `mentions` without the member asking it for anything.
+        if me.id not in message.raw_mentions:
             return
-        target = await self._replied_message(message)
-        if target is None:
+        reference = message.reference
+        if reference is None or reference.type is not discord.MessageReferenceType.reply:
             return
-        sources = message_images(target)
-        ack: discord.Message | None = None
+        acks: list[discord.Message] = []  # the reply, once sent: errors are shown in it
         try:
-            if not sources:
-                raise BadInput(text.NO_IMAGE_IN_MESSAGE)
-            provider_name = self.bot.service.describe_provider(None)
-            # The reply is the acknowledgement; the job edits it as the task moves.
-            ack = await message.reply(text.STATE_WORDS[TaskState.QUEUED], mention_author=False)
-            checked = await load_source(sources[0], self.bot.service, self.bot.settings.max_image_bytes)
-            await self.bot.service.describe(
-                member_of_message(message), checked, provider_name, ReportTarget.from_message(ack)
-            )
+            await self._describe_replied(message, acks)
         except BotError as exc:
-            if ack is None:
-                await message.reply(text.error_sentence(exc), mention_author=False)
+            await self._answer(message, acks, text.error_sentence(exc))
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not answer a mention in channel %s: %s", message.channel.id, exc.text or exc.status
+            )
+        except Exception as exc:
+            log.exception("describing the image replied to in message %s failed", message.id)
+            await self._answer(message, acks, text.error_sentence(exc))
+
+    async def _describe_replied(self, message: discord.Message, acks: list[discord.Message]) -> None:
+        target = await self._replied_message(message)
+        sources = message_images(target) if target is not None else []
+        if not sources:
+            raise BadInput(text.NO_IMAGE_IN_MESSAGE)
+        if missing_permissions_in(message.channel, message.guild.me if message.guild else None):
+            raise BotError(text.MISSING_CHANNEL_PERMISSION)
+        provider_name = self.bot.service.describe_provider(None)
+        # The reply is the acknowledgement; the job edits it as the task moves.
+        acks.append(await message.reply(embed=queued_embed(), mention_author=False))
+        checked = await load_source(sources[0], self.bot.service, self.bot.settings.max_image_bytes)
+        await self.bot.service.describe(
+            member_of_message(message), checked, provider_name, ReportTarget.from_message(acks[0])
+        )
+
+    async def _answer(self, message: discord.Message, acks: list[discord.Message], sentence: str) -> None:
+        """Say one sentence in the acknowledgement if there is one, else in a reply."""
+        try:
+            if acks:
+                await acks[0].edit(content=sentence, embed=None)
             else:
-                await ack.edit(content=text.error_sentence(exc))
+                await message.reply(sentence, mention_author=False)
+        except discord.HTTPException as exc:
+            log.warning(
+                "could not answer a mention in channel %s: %s", message.channel.id, exc.text or exc.status
+            )
 
     async def _replied_message(self, message: discord.Message) -> discord.Message | None:
         reference = message.reference
@@ -143,7 +188,8 @@ class DescribeCog(commands.Cog):
             return reference.resolved
         try:
             return await message.channel.fetch_message(reference.message_id)
-        except discord.HTTPException:
+        except discord.HTTPException as exc:
+            log.info("replied-to message %s could not be fetched: %s", reference.message_id, exc.status)
             return None
 
 

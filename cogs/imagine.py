@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 import discord
 from discord import app_commands
@@ -10,13 +11,35 @@ from discord.ext import commands
 
 from bot.client import ImageBot
 from bot.errors import BadInput
-from bot.inputs import load_attachment, load_source, message_images
-from bot.interactions import ReportTarget, member_of
+from bot.inputs import ImageSource, load_attachment, load_source, message_images
+from bot.interactions import ReportTarget, member_of, reply
 from bot.service import MAX_PROMPT_LENGTH, MAX_REFERENCES
-from bot.ui import text
+from bot.ui import input_text, text
 from bot.ui.views import PromptModal
 
 log = logging.getLogger(__name__)
+
+# What the bot needs in the channel to show a result: an embed with the generated image attached.
+NEEDED_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
+
+
+def missing_channel_permissions(interaction: discord.Interaction) -> bool:
+    return not NEEDED_PERMISSIONS.is_subset(interaction.app_permissions)
+
+
+def distinct_images(message: discord.Message) -> list[ImageSource]:
+    """Return a message's images, without the embeds that only show one of its own attachments again."""
+    # An embed image can point at the message's own attachment ("attachment://name", which Discord
+    # turns into that attachment's CDN URL): the bot's own results are made so. Counted twice, one
+    # picture would take two of the three reference places.
+    attached = {urlsplit(a.url).path for a in message.attachments}
+    attached |= {urlsplit(a.proxy_url).path for a in message.attachments}
+    return [
+        source
+        for source in message_images(message)
+        if source.url is None
+        or not (source.url.startswith("attachment://") or urlsplit(source.url).path in attached)
+    ]
 
 
 class ImagineCog(commands.Cog):
@@ -24,6 +47,7 @@ class ImagineCog(commands.Cog):
 
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
+        # Context menus cannot be decorators inside a cog: build it here, remove it on unload.
         self.edit_menu = app_commands.ContextMenu(name="Edit image", callback=self.edit_message)
         self.bot.tree.add_command(self.edit_menu)
 
@@ -47,20 +71,29 @@ class ImagineCog(commands.Cog):
         reference2: discord.Attachment | None = None,
         reference3: discord.Attachment | None = None,
     ) -> None:
+        # Cheap checks answer privately before anything is acknowledged or spent.
         prompt = self.bot.service.clean_prompt(prompt)
+        if missing_channel_permissions(interaction):
+            await reply(interaction, text.MISSING_CHANNEL_PERMISSION)
+            return
         self.bot.service.imagine_provider()
         attachments = [ref for ref in (reference1, reference2, reference3) if ref is not None]
-        await interaction.response.defer(thinking=True)
         max_bytes = self.bot.settings.max_image_bytes
+        if any(ref.size > max_bytes for ref in attachments):
+            raise BadInput(input_text.image_too_large(max_bytes))
+        await interaction.response.defer(thinking=True)
         references = [await load_attachment(ref, self.bot.service, max_bytes) for ref in attachments]
         await self.bot.service.imagine(
             member_of(interaction), prompt, references, ReportTarget.from_interaction(interaction)
         )
 
     async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        sources = message_images(message)
+        sources = distinct_images(message)
         if not sources:
             raise BadInput(text.NO_IMAGE_IN_MESSAGE)
+        if missing_channel_permissions(interaction):
+            await reply(interaction, text.MISSING_CHANNEL_PERMISSION)
+            return
         self.bot.service.imagine_provider()
         chosen = sources[:MAX_REFERENCES]
         notice = text.MORE_IMAGES_NOTICE.format(count=len(sources)) if len(sources) > MAX_REFERENCES else None
@@ -78,6 +111,7 @@ class ImagineCog(commands.Cog):
                 notice=notice,
             )
 
+        # The modal is the answer; the images are read once the prompt comes back.
         await interaction.response.send_modal(PromptModal(run))
 
 

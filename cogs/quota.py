@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 from typing import Literal
@@ -15,14 +14,13 @@ from bot.client import ImageBot
 from bot.errors import BadInput
 from bot.interactions import member_of
 from bot.providers.base import TaskKind
-from bot.store.quotas import UNLIMITED, LimitScope
+from bot.store.quotas import UNLIMITED, LimitScope, Member
 from bot.ui import quota_text
 
 log = logging.getLogger(__name__)
 
 KIND_CHOICES = [
-    app_commands.Choice(name="describe (image to prompt)", value=TaskKind.DESCRIBE.value),
-    app_commands.Choice(name="imagine (image generation)", value=TaskKind.IMAGINE.value),
+    app_commands.Choice(name=quota_text.KIND_CHOICE_NAMES[kind], value=kind.value) for kind in TaskKind
 ]
 PERIODS = {"today": 1, "7 days": 7, "30 days": 30}
 
@@ -47,15 +45,20 @@ class QuotaCog(commands.Cog):
         member = member_of(interaction)
         statuses = await self.bot.quotas.status(member)
         running = await self.bot.quotas.running(member.user_id)
-        await interaction.response.send_message(
-            embed=quota_text.quota_embed(statuses, running), ephemeral=True
-        )
+        embed = quota_text.quota_embed(statuses, running, self.bot.quotas.max_inflight_per_user)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    async def _require_manage_server(self, interaction: discord.Interaction) -> None:
-        # Discord hides the group from members without Manage Server, but admins can change who sees
-        # it in the server's integration settings: the bot checks again itself.
-        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+    @staticmethod
+    def _require_manage_server(interaction: discord.Interaction) -> int:
+        """Return the server's id, or refuse a member without Manage Server (or a DM)."""
+        # Discord hides /quota-admin from members without Manage Server, but a server can change who
+        # sees it in its integration settings: the bot checks again itself.
+        if interaction.guild_id is None:
+            raise BadInput(quota_text.SERVERS_ONLY)
+        permissions = interaction.permissions
+        if not (permissions.manage_guild or permissions.administrator):
             raise BadInput(quota_text.NEEDS_MANAGE_SERVER)
+        return interaction.guild_id
 
     @admin.command(name="set", description="Set a daily limit for the server, a role or a member")
     @app_commands.describe(
@@ -72,19 +75,19 @@ class QuotaCog(commands.Cog):
         interaction: discord.Interaction,
         scope: Literal["server", "role", "user"],
         kind: app_commands.Choice[str],
-        limit: app_commands.Range[int, UNLIMITED, 100_000] = 0,
+        limit: app_commands.Range[int, UNLIMITED, 100_000] | None = None,
         role: discord.Role | None = None,
         user: discord.User | None = None,
         clear: bool = False,
     ) -> None:
-        await self._require_manage_server(interaction)
-        assert interaction.guild_id is not None
-        target_id = _target_for(scope, interaction.guild_id, role, user)
+        guild_id = self._require_manage_server(interaction)
+        if limit is None and not clear:
+            raise BadInput(quota_text.NEEDS_LIMIT)
+        target_id = _target_for(scope, guild_id, role, user)
         task_kind = TaskKind(kind.value)
-        await self.bot.quotas.set_limit(
-            interaction.guild_id, scope, target_id, task_kind, None if clear else limit, interaction.user.id
-        )
-        sentence = quota_text.limit_set(scope, target_id, task_kind, None if clear else limit)
+        new_limit = None if clear else limit
+        await self.bot.quotas.set_limit(guild_id, scope, target_id, task_kind, new_limit, interaction.user.id)
+        sentence = quota_text.limit_set(scope, target_id, task_kind, new_limit)
         await interaction.response.send_message(sentence, ephemeral=True)
 
     @admin.command(name="grant", description="Give a member extra tasks for today")
@@ -97,12 +100,13 @@ class QuotaCog(commands.Cog):
         kind: app_commands.Choice[str],
         amount: app_commands.Range[int, 1, 10_000],
     ) -> None:
-        await self._require_manage_server(interaction)
-        assert interaction.guild_id is not None
+        guild_id = self._require_manage_server(interaction)
         task_kind = TaskKind(kind.value)
-        await self.bot.quotas.grant(interaction.guild_id, user.id, task_kind, amount, interaction.user.id)
+        await self.bot.quotas.grant(guild_id, user.id, task_kind, amount, interaction.user.id)
+        statuses = await self.bot.quotas.status(_member_from(guild_id, user))
+        left = next(status.left for status in statuses if status.kind is task_kind)
         await interaction.response.send_message(
-            quota_text.granted(user.id, task_kind, amount), ephemeral=True
+            quota_text.granted(user.id, task_kind, amount, left), ephemeral=True
         )
 
     @admin.command(name="reset", description="Give a member back today's spent tasks")
@@ -114,25 +118,24 @@ class QuotaCog(commands.Cog):
         user: discord.User,
         kind: app_commands.Choice[str] | None = None,
     ) -> None:
-        await self._require_manage_server(interaction)
-        assert interaction.guild_id is not None
+        guild_id = self._require_manage_server(interaction)
         task_kind = TaskKind(kind.value) if kind else None
-        forgiven = await self.bot.quotas.reset_today(
-            interaction.guild_id, user.id, task_kind, interaction.user.id
+        forgiven = await self.bot.quotas.reset_today(guild_id, user.id, task_kind, interaction.user.id)
+        await interaction.response.send_message(
+            quota_text.reset_done(user.id, task_kind, forgiven), ephemeral=True
         )
-        await interaction.response.send_message(quota_text.reset_done(user.id, forgiven), ephemeral=True)
 
     @admin.command(name="usage", description="See this server's usage: totals, failures and top members")
     @app_commands.describe(period="How far back (default: today)")
     async def usage(
         self, interaction: discord.Interaction, period: Literal["today", "7 days", "30 days"] = "today"
     ) -> None:
-        await self._require_manage_server(interaction)
-        assert interaction.guild_id is not None
+        guild_id = self._require_manage_server(interaction)
+        # A 30-day report of a busy server can take a moment: acknowledge first.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        report = await self.bot.quotas.usage_report(interaction.guild_id, PERIODS[period])
+        report = await self.bot.quotas.usage_report(guild_id, PERIODS[period])
         csv_file = discord.File(
-            io.BytesIO(_as_csv(report.rows)), filename=f"usage-{period.replace(' ', '')}.csv"
+            io.BytesIO(quota_text.usage_csv(report.rows)), filename=quota_text.usage_filename(period)
         )
         await interaction.followup.send(
             embed=quota_text.usage_embed(report, period), file=csv_file, ephemeral=True
@@ -153,24 +156,10 @@ def _target_for(
     return user.id
 
 
-def _as_csv(rows: list[dict[str, object]]) -> bytes:
-    buffer = io.StringIO()
-    columns = [
-        "id",
-        "day",
-        "user_id",
-        "kind",
-        "provider",
-        "provider_task_id",
-        "state",
-        "outcome",
-        "started_at",
-        "ended_at",
-    ]
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
+def _member_from(guild_id: int, user: discord.User | discord.Member) -> Member:
+    """Return the quota member for a user picked in an option (a Member in a server, with roles)."""
+    roles = tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else ()
+    return Member(guild_id=guild_id, user_id=user.id, role_ids=roles)
 
 
 async def setup(bot: ImageBot) -> None:

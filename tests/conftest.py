@@ -40,7 +40,9 @@ def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (
 class Harness:
     """The fakes plus a factory for bots pointed at them; everything is closed at the end of a test."""
 
-    def __init__(self, tmp_path: Path, discord: FakeDiscord, freepik: FakeFreepik, novita: FakeNovita) -> None:
+    def __init__(
+        self, tmp_path: Path, discord: FakeDiscord, freepik: FakeFreepik, novita: FakeNovita
+    ) -> None:
         self.tmp_path = tmp_path
         self.discord = discord
         self.freepik = freepik
@@ -71,7 +73,9 @@ class Harness:
         settings = settings or self.settings(**overrides)
         session = aiohttp.ClientSession()
         db = await Database.open(settings.database_path)
-        downloader = SafeDownloader(max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in)
+        downloader = SafeDownloader(
+            max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in
+        )
         bot = ImageBot(settings=settings, session=session, db=db, downloader=downloader, clock=clock)
         self._resources.append((session, db))
         self.bots.append(bot)
@@ -101,7 +105,9 @@ class Harness:
         return str(payload["token"])
 
     def describe_payload(self, data: bytes | None = None, **kwargs: Any) -> dict[str, Any]:
-        attachment = self.discord.add_attachment(data if data is not None else png_bytes(), "photo.png", "image/png")
+        attachment = self.discord.add_attachment(
+            data if data is not None else png_bytes(), "photo.png", "image/png"
+        )
         options = kwargs.pop("options", None)
         return self.discord.slash("describe", options, attachments={"image": attachment}, **kwargs)
 

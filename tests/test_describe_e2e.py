@@ -78,3 +78,67 @@ def _member(harness: Harness):
 
 async def test_png_helper_makes_a_png() -> None:
     assert png_bytes()[:4] == b"\x89PNG"
+
+
+async def test_failed_task_refunds_the_quota(harness: Harness) -> None:
+    harness.freepik.outcome = "FAILED"
+    bot = await harness.start_bot(describe_provider="freepik")
+    token = await harness.interact(bot, harness.describe_payload())
+    final = harness.calls_for(token)[-1].json["embeds"][0]
+    assert final["title"] == "Image to prompt · Failed"
+    assert final["description"] == (
+        "Freepik could not finish this task; try again or with another image (this did not use your quota)."
+    )
+    statuses = await bot.quotas.status(_member(harness))
+    assert statuses[0].used == 0
+
+
+async def test_exhausted_quota_is_refused_before_any_provider_request(harness: Harness) -> None:
+    bot = await harness.start_bot(describe_provider="freepik", quota_describe_per_day=1)
+    await harness.interact(bot, harness.describe_payload())
+    assert harness.freepik.count("POST") == 1
+    token = await harness.interact(bot, harness.describe_payload(png_bytes(colour=(1, 2, 3))))
+    sentence = harness.discord.original_message(token)["content"]
+    assert sentence.startswith("You have used all 1 descriptions for today; your quota renews <t:")
+    assert harness.freepik.count("POST") == 1
+
+
+async def test_wrong_key_says_the_bot_is_misconfigured(harness: Harness, caplog) -> None:
+    # Novita is not configured here, so there is nothing to fall back to.
+    bot = await harness.start_bot(
+        describe_provider="freepik", freepik_api_key="wrong-key", novita_api_key=None
+    )
+    token = await harness.interact(bot, harness.describe_payload())
+    await harness.interact(bot, harness.describe_payload(png_bytes(colour=(9, 9, 9))))
+    final = harness.calls_for(token)[-1].json["embeds"][0]
+    assert final["description"] == (
+        "The bot is misconfigured: Freepik rejected its API key or plan; please tell a server admin "
+        "(this did not use your quota)."
+    )
+    assert (await bot.quotas.status(_member(harness)))[0].used == 0
+    # The admin reads it in the log once a minute, not once per request; the key never appears.
+    key_lines = [r for r in caplog.records if "rejected the bot's API key" in r.getMessage()]
+    assert len(key_lines) == 1
+    assert "wrong-key" not in caplog.text
+
+
+async def test_503_then_success_still_completes(harness: Harness) -> None:
+    harness.freepik.fail_next(
+        "POST", "/v1/ai/image-to-prompt", 503, {"message": "Service Unavailable. Please try again later."}
+    )
+    bot = await harness.start_bot(describe_provider="freepik")
+    token = await harness.interact(bot, harness.describe_payload())
+    assert harness.freepik.count("POST") == 2
+    assert harness.calls_for(token)[-1].json["embeds"][0]["title"] == "Image to prompt · Done"
+
+
+async def test_non_image_attachment_is_refused_without_a_provider_request(harness: Harness) -> None:
+    bot = await harness.start_bot()
+    attachment = harness.discord.add_attachment(b"just some text, not a picture\n", "notes.png", "image/png")
+    token = await harness.interact(bot, harness.discord.slash("describe", attachments={"image": attachment}))
+    assert harness.discord.original_message(token)["content"].startswith(
+        "That file is not an image I can read"
+    )
+    assert harness.freepik.count() == 0
+    assert harness.novita.count() == 0
+    assert (await bot.quotas.status(_member(harness)))[0].used == 0

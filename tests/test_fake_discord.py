@@ -81,7 +81,7 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"vote
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> VoteButton:
         """Rebuild the button from its custom_id."""
         return cls(match["choice"])
@@ -154,7 +154,8 @@ class FeedbackModal(discord.ui.Modal, title="Feedback"):
         """Thank the user ephemerally."""
         await interaction.response.send_message(f"thanks: {self.text.value}", ephemeral=True)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+    # Modal.on_error drops BaseView's `item` argument; discord.py's own signature trips mypy's override check.
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         """Surface the error through the bot's error list."""
         cast(TinyBot, interaction.client).view_errors.append(error)
 
@@ -249,6 +250,67 @@ class TinyBot(commands.Bot):
         async def feedback(interaction: discord.Interaction) -> None:
             await interaction.response.send_modal(FeedbackModal())
 
+        admin = app_commands.Group(name="admin", description="Administration")
+        config = app_commands.Group(name="config", description="Configuration", parent=admin)
+
+        @admin.command(description="Grant a level")
+        async def grant(
+            interaction: discord.Interaction,
+            member: discord.Member,
+            level: int,
+            reason: str = "none",
+            loud: bool = False,
+        ) -> None:
+            roles = sorted(r.id for r in member.roles if not r.is_default())
+            assert isinstance(interaction.user, discord.Member)
+            caller_roles = sorted(r.id for r in interaction.user.roles if not r.is_default())
+            self.outcomes.put(
+                "grant",
+                (member.id, roles, level, reason, loud, caller_roles, interaction.permissions.manage_guild),
+            )
+            await interaction.response.send_message("granted")
+
+        @config.command(name="set", description="Set a key")
+        async def config_set(interaction: discord.Interaction, key: str) -> None:
+            self.outcomes.put("config_set", key)
+            await interaction.response.send_message(f"set {key}")
+
+        tree.add_command(admin)
+
+        async def fruit_choices(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            self.outcomes.put("typed", current)
+            return [
+                app_commands.Choice(name=f, value=f)
+                for f in ("apple", "apricot", "banana")
+                if f.startswith(current)
+            ]
+
+        @tree.command(description="Choose a fruit")
+        @app_commands.autocomplete(fruit=fruit_choices)
+        async def choose(interaction: discord.Interaction, fruit: str) -> None:
+            await interaction.response.send_message(fruit)
+
+        @tree.command(description="Edit a message by id")
+        async def edit_other(interaction: discord.Interaction, message_id: str) -> None:
+            assert isinstance(interaction.channel, discord.TextChannel)
+            try:
+                message = await interaction.channel.fetch_message(int(message_id))
+                await message.edit(content="edited")
+            except discord.HTTPException as exc:
+                self.outcomes.put("edit_other", (exc.status, exc.code))
+            else:
+                self.outcomes.put("edit_other", "edited")
+            await interaction.response.send_message("done", ephemeral=True)
+
+        @tree.command(description="Answer with nothing")
+        async def empty(interaction: discord.Interaction) -> None:
+            try:
+                await interaction.response.send_message()
+            except discord.HTTPException as exc:
+                self.outcomes.put("empty", (exc.status, exc.code))
+
         @tree.context_menu(name="Count words")
         async def count_words(interaction: discord.Interaction, message: discord.Message) -> None:
             filenames = [a.filename for a in message.attachments]
@@ -295,10 +357,12 @@ async def _run(fake: FakeDiscord, payload: dict[str, Any], last: str = "PATCH") 
 
 
 def _callback(payload: dict[str, Any]) -> str:
+    """Give the recorded path of the interaction's callback."""
     return f"/interactions/{payload['id']}/{payload['token']}/callback"
 
 
 def _original(fake: FakeDiscord, payload: dict[str, Any]) -> str:
+    """Give the recorded path of the interaction's original response."""
     return f"/webhooks/{fake.application_id}/{payload['token']}/messages/@original"
 
 
@@ -581,3 +645,79 @@ async def test_raw_http_contract(fake: FakeDiscord) -> None:
         ("PUT", f"/applications/{fake.application_id}/commands", 400),
         ("GET", "/users/@me", 401),
     ]
+
+
+async def test_typed_options_roles_and_subcommand_groups(fake: FakeDiscord, bot: TinyBot) -> None:
+    target = fake.make_user(777777777777777777, "target")
+    payload = fake.slash(
+        "admin",
+        {"member": target, "level": 3, "loud": True},
+        subcommand="grant",
+        roles=[888888888888888888],
+        permissions=int(discord.Permissions(manage_guild=True).value),
+    )
+    assert [o["type"] for o in payload["data"]["options"][0]["options"]] == [6, 4, 5]
+    await _run(fake, payload, last="POST")
+    # The role was unknown to the guild, so the fake announced it with GUILD_ROLE_CREATE first.
+    caller_roles = [888888888888888888]
+    assert await bot.outcomes.get("grant") == (777777777777777777, [], 3, "none", True, caller_roles, True)
+
+    nested = fake.slash("admin", {"key": "colour"}, subcommand="config set")
+    assert nested["data"]["options"][0]["type"] == 2  # a subcommand group holding the subcommand
+    await _run(fake, nested, last="POST")
+    assert await bot.outcomes.get("config_set") == "colour"
+
+
+async def test_autocomplete(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = fake.autocomplete("choose", {"fruit": "ap"}, focused="fruit")
+    calls = await _run(fake, payload, last="POST")
+    assert await bot.outcomes.get("typed") == "ap"
+    assert calls[0].json == {
+        "type": 8,
+        "data": {"choices": [{"name": "apple", "value": "apple"}, {"name": "apricot", "value": "apricot"}]},
+    }
+
+
+async def test_message_edit_rules(fake: FakeDiscord, bot: TinyBot) -> None:
+    someone_elses = fake.make_message(content="not yours")
+    await _run(fake, fake.slash("edit_other", {"message_id": someone_elses["id"]}), last="POST")
+    assert await bot.outcomes.get("edit_other") == (403, 50005)
+
+    mine = fake.make_message(content="mine", author_id=fake.bot_user_id)
+    fake.delete_message(int(mine["id"]))
+    bot.outcomes = Outcomes()
+    await _run(fake, fake.slash("edit_other", {"message_id": mine["id"]}), last="POST")
+    assert await bot.outcomes.get("edit_other") == (404, 10008)
+
+    payload = fake.slash("empty")
+    await fake.send_interaction(payload)
+    assert await bot.outcomes.get("empty") == (400, 50006)
+    assert [c.status for c in fake.interaction_calls(payload["token"])] == [400]
+
+
+class NoIdentifyDelayBot(TinyBot):
+    """TinyBot without discord.py's 5 s pause before a non-initial IDENTIFY (meant for real rate limits)."""
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Identify at once."""
+
+
+async def test_restart_and_non_resumable_reconnect(fake: FakeDiscord) -> None:
+    first = TinyBot()
+    await start_bot(first, fake)
+    await stop_bot(first, fake)
+
+    second = NoIdentifyDelayBot()
+    await start_bot(second, fake)
+    try:
+        await fake.disconnect_gateway(resumable=False)
+        await fake.wait_connected()
+        payload = fake.slash("ping")
+        await _run(fake, payload)
+        original = fake.original_message(payload["token"])
+        assert original is not None
+        assert original["content"] == "pong"
+    finally:
+        await stop_bot(second, fake)
+    assert fake.identify_count == 3  # two bots, then a re-identify after the refused RESUME
+    assert [f["op"] for f in fake.gateway_received if f.get("op") in (2, 6)] == [2, 2, 6, 2]

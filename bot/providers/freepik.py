@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from bot.errors import BadInput, ProviderError, ProviderFault
 from bot.images import check_image
 from bot.providers.base import GeneratedImage, ImageLimits, InputImage, TaskKind, TaskSnapshot, TaskState
-from bot.providers.http import RetryPolicy, request_json
+from bot.providers.http import MisconfigurationLog, RetryPolicy, request_json
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class FreepikProvider:
         self._headers = {key_header: api_key, "Accept": "application/json"}
         self._timeout = request_timeout
         self._retry = retry or RetryPolicy()
+        self._key_log = MisconfigurationLog()
 
     async def start_describe(self, image: InputImage, *, webhook_url: str | None) -> TaskSnapshot:
         encoded = base64.b64encode(image.data).decode("ascii")
@@ -102,6 +103,7 @@ class FreepikProvider:
             "GET",
             f"{self._base}{_PATHS[kind]}/{task_id}",
             headers=self._headers,
+            key_log=self._key_log,
             timeout=self._timeout,
         )
         return snapshot_from_body(self._parse(answer), kind)
@@ -126,6 +128,7 @@ class FreepikProvider:
             "GET",
             f"{self._base}{_PATHS[TaskKind.DESCRIBE]}",
             headers=self._headers,
+            key_log=self._key_log,
             timeout=self._timeout,
         )
 
@@ -138,6 +141,7 @@ class FreepikProvider:
             "POST",
             f"{self._base}{_PATHS[kind]}",
             headers=self._headers,
+            key_log=self._key_log,
             body=body,
             timeout=self._timeout,
             retry=self._retry,

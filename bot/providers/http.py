@@ -64,9 +64,6 @@ class MisconfigurationLog:
         )
 
 
-misconfiguration_log = MisconfigurationLog()
-
-
 async def request_json(
     session: aiohttp.ClientSession,
     provider: str,
@@ -78,6 +75,7 @@ async def request_json(
     timeout: float,
     retry: RetryPolicy = NO_RETRY,
     creates: bool = False,
+    key_log: MisconfigurationLog | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Any:
     """Send one JSON request, retrying what is safe to retry; return the parsed answer.
@@ -88,7 +86,7 @@ async def request_json(
     attempt = 0
     while True:
         try:
-            return await _send_once(session, provider, method, url, headers, body, timeout, creates)
+            return await _send_once(session, provider, method, url, headers, body, timeout, creates, key_log)
         except ProviderError as exc:
             attempt += 1
             retryable = exc.fault is ProviderFault.BUSY and exc.status in RETRYABLE_STATUSES
@@ -110,6 +108,7 @@ async def _send_once(
     body: Any,
     timeout: float,
     creates: bool,
+    key_log: MisconfigurationLog | None,
 ) -> Any:
     try:
         async with session.request(
@@ -135,7 +134,8 @@ async def _send_once(
 
     detail = _error_detail(raw)
     if status in (401, 402, 403):
-        misconfiguration_log.report(provider, status, detail)
+        if key_log is not None:
+            key_log.report(provider, status, detail)
         raise ProviderError(provider, ProviderFault.MISCONFIGURED, detail, status=status)
     if status == 404:
         raise ProviderError(provider, ProviderFault.NOT_FOUND, detail, status=status)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from bot.errors import ProviderError, ProviderFault
 from bot.providers.base import ImageLimits, InputImage, TaskKind, TaskSnapshot, TaskState
-from bot.providers.http import RetryPolicy, request_json
+from bot.providers.http import MisconfigurationLog, RetryPolicy, request_json
 
 _PATH = "/v3/img2prompt"
 
@@ -40,6 +40,7 @@ class NovitaProvider:
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._timeout = request_timeout
         self._retry = retry or RetryPolicy()
+        self._key_log = MisconfigurationLog()
 
     async def start_describe(self, image: InputImage, *, webhook_url: str | None) -> TaskSnapshot:
         # Raw base64 without a data: prefix, as the official SDK sends it.
@@ -50,6 +51,7 @@ class NovitaProvider:
             "POST",
             self._url,
             headers=self._headers,
+            key_log=self._key_log,
             body=body,
             timeout=self._timeout,
             retry=self._retry,
@@ -87,6 +89,7 @@ class NovitaProvider:
                 "POST",
                 self._url,
                 headers=self._headers,
+                key_log=self._key_log,
                 body={"image_file": ""},
                 timeout=self._timeout,
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -19,6 +19,19 @@ UNLIMITED = -1
 LimitScope = Literal["server", "role", "user"]
 # A scope's precedence: a user override beats any role, a role beats the server's limit.
 _SCOPES: tuple[LimitScope, ...] = ("user", "role", "server")
+USAGE_COLUMNS = (
+    "id",
+    "day",
+    "user_id",
+    "kind",
+    "provider",
+    "provider_task_id",
+    "state",
+    "outcome",
+    "forgiven",
+    "started_at",
+    "ended_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +56,10 @@ class KindStatus:
 
     kind: TaskKind
     limit: int  # the resolved daily limit plus today's grants; UNLIMITED when there is none
-    used: int
+    used: int  # spent today, plus what is running now
     renews_at: datetime
     source: str  # which rule gave the limit: user, role, server or default
+    granted: int = 0  # extra tasks granted for today, already part of `limit`
 
     @property
     def left(self) -> int | None:
@@ -54,11 +68,15 @@ class KindStatus:
 
 @dataclass(frozen=True, slots=True)
 class UsageLine:
+    """One kind and provider's tasks over a report's period."""
+
     kind: str
     provider: str
-    completed: int
-    failed: int
-    cached: int
+    completed: int  # finished with a result the member was charged for
+    failed: int  # ended without a result: refunded, or spent when the provider rejected the input
+    refunded: int  # of the failed, those given back to the member
+    cached: int  # answered from the describe cache, free
+    running: int  # still reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +86,7 @@ class UsageReport:
     until: datetime
     lines: list[UsageLine]
     top_members: list[tuple[int, int]]  # (user id, tasks spent)
-    rows: list[dict[str, object]]  # every usage row of the period, for the CSV
+    rows: list[dict[str, object]]  # every usage row of the period, for the CSV (USAGE_COLUMNS)
 
 
 def utc_day(timestamp: float) -> str:
@@ -95,10 +113,10 @@ class QuotaStore:
     ) -> None:
         self._db = db
         self._defaults = dict(defaults)
-        self._max_user = max_inflight_per_user
-        self._max_provider = max_inflight_per_provider
+        self.max_inflight_per_user = max_inflight_per_user
+        self.max_inflight_per_provider = max_inflight_per_provider
         # A reservation older than this belongs to a task that can no longer be running (the bot died
-        # and its job was never resumed): it stops counting as in flight and is settled by `expire`.
+        # and its job was never resumed): it stops counting as used or in flight, and `expire` settles it.
         self._ttl = reservation_ttl
         self._clock = clock
 
@@ -106,33 +124,40 @@ class QuotaStore:
 
     async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
         """Hold one task for the member, or raise QuotaExceeded or TooManyInFlight."""
-        now = self._clock()
-        day = utc_day(now)
         async with self._db.transaction() as conn:
-            live_since = now - self._ttl
-            running_user = await _scalar(
+            # The clock is read once the write lock is held: a request that waited in line counts
+            # against the day (and the in-flight window) it is granted in, not the one it arrived in.
+            now = self._clock()
+            day = utc_day(now)
+            limit, source = await self._resolve_limit(conn, member, kind)
+            counts = await _row(
                 conn,
-                "SELECT COUNT(*) FROM usage WHERE user_id = ? AND state = 'reserved' AND started_at > ?",
-                (member.user_id, live_since),
+                _RESERVE_COUNTS_SQL,
+                (
+                    *self._member_day(member, kind, day, now),
+                    *self._member_day(member, kind, day),
+                    member.user_id,
+                    now - self._ttl,
+                    provider,
+                    now - self._ttl,
+                ),
             )
-            if running_user >= self._max_user:
-                raise TooManyInFlight("user", self._max_user)
-            running_provider = await _scalar(
-                conn,
-                "SELECT COUNT(*) FROM usage WHERE provider = ? AND state = 'reserved' AND started_at > ?",
-                (provider, live_since),
-            )
-            if running_provider >= self._max_provider:
-                raise TooManyInFlight("provider", self._max_provider)
-            status = await self._status(conn, member, kind, now)
-            if status.left is not None and status.left <= 0:
+            status = _kind_status(kind, limit, source, counts, now)
+            # The quota first: when none is left, waiting for a running task would not help.
+            if status.left == 0:
                 raise QuotaExceeded(kind.value, status.limit, status.renews_at)
+            if counts["running_user"] >= self.max_inflight_per_user:
+                raise TooManyInFlight("user", self.max_inflight_per_user)
+            if counts["running_provider"] >= self.max_inflight_per_provider:
+                raise TooManyInFlight("provider", self.max_inflight_per_provider)
             cursor = await conn.execute(
                 "INSERT INTO usage (guild_id, user_id, kind, provider, state, day, started_at) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
                 (member.guild_id, member.user_id, kind.value, provider, day, now),
             )
-            return Reservation(usage_id=cursor.lastrowid or 0, kind=kind, day=day)
+            if cursor.lastrowid is None:
+                raise RuntimeError("SQLite gave no id for the reservation")
+            return Reservation(usage_id=cursor.lastrowid, kind=kind, day=day)
 
     async def commit(self, usage_id: int, *, outcome: str = "COMPLETED") -> bool:
         """Spend a reservation; False when it was already settled."""
@@ -162,27 +187,39 @@ class QuotaStore:
 
     async def status(self, member: Member) -> list[KindStatus]:
         """Return each kind's limit, use and renewal for the member today."""
-        now = self._clock()
         async with self._db.transaction() as conn:
-            return [await self._status(conn, member, kind, now) for kind in TaskKind]
+            now = self._clock()
+            day = utc_day(now)
+            statuses = []
+            for kind in TaskKind:
+                limit, source = await self._resolve_limit(conn, member, kind)
+                counts = await _row(
+                    conn,
+                    _STATUS_COUNTS_SQL,
+                    (*self._member_day(member, kind, day, now), *self._member_day(member, kind, day)),
+                )
+                statuses.append(_kind_status(kind, limit, source, counts, now))
+            return statuses
 
     async def running(self, user_id: int) -> int:
         """Return how many of the member's tasks are running."""
         row = await self._db.fetchone(
-            "SELECT COUNT(*) FROM usage WHERE user_id = ? AND state = 'reserved' AND started_at > ?",
+            "SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND user_id = ? AND started_at > ?",
             (user_id, self._clock() - self._ttl),
         )
         return int(row[0]) if row else 0
 
     async def expire(self) -> int:
         """Refund reservations older than the task lifetime (their task cannot still be running)."""
-        now = self._clock()
-        cutoff = now - self._ttl
         async with self._db.transaction() as conn:
+            now = self._clock()
+            # A reservation whose job is unfinished is left to that job: the runner resumed it at start
+            # and settles it (a job that completed just before the bot died is charged, not forgiven).
             cursor = await conn.execute(
                 "UPDATE usage SET state = 'refunded', outcome = 'EXPIRED', ended_at = ? "
-                "WHERE state = 'reserved' AND started_at <= ?",
-                (now, cutoff),
+                "WHERE state = 'reserved' AND started_at <= ? AND id NOT IN "
+                "(SELECT usage_id FROM jobs WHERE usage_id IS NOT NULL AND finished_at IS NULL)",
+                (now, now - self._ttl),
             )
             return cursor.rowcount
 
@@ -198,6 +235,10 @@ class QuotaStore:
         actor_id: int,
     ) -> None:
         """Set (or with None remove) a daily limit for a server, a role or a user."""
+        if scope not in _SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
+        if limit is not None and limit < UNLIMITED:
+            raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
         async with self._db.transaction() as conn:
             if limit is None:
                 await conn.execute(
@@ -221,26 +262,33 @@ class QuotaStore:
 
     async def grant(self, guild_id: int, user_id: int, kind: TaskKind, amount: int, actor_id: int) -> None:
         """Give a member extra tasks for today (UTC)."""
-        now = self._clock()
+        if amount <= 0:
+            raise ValueError(f"a grant is one task or more, not {amount}")
         async with self._db.transaction() as conn:
+            day = utc_day(self._clock())
             await conn.execute(
                 "INSERT INTO quota_grants (guild_id, user_id, kind, day, amount) VALUES (?, ?, ?, ?, ?)",
-                (guild_id, user_id, kind.value, utc_day(now), amount),
+                (guild_id, user_id, kind.value, day, amount),
             )
             await self._audit(
-                conn, guild_id, actor_id, "grant", {"user_id": user_id, "kind": kind.value, "amount": amount}
+                conn,
+                guild_id,
+                actor_id,
+                "grant",
+                {"user_id": user_id, "kind": kind.value, "amount": amount, "day": day},
             )
 
     async def reset_today(self, guild_id: int, user_id: int, kind: TaskKind | None, actor_id: int) -> int:
         """Forgive a member's spent tasks today (all kinds when kind is None); return how many."""
-        now = self._clock()
         kinds = [kind.value] if kind else [k.value for k in TaskKind]
         marks = ",".join("?" * len(kinds))
         async with self._db.transaction() as conn:
+            day = utc_day(self._clock())
+            # Running tasks are not forgiven: they are still in flight and may yet be refunded.
             cursor = await conn.execute(
                 f"UPDATE usage SET forgiven = 1 WHERE guild_id = ? AND user_id = ? AND day = ? "  # noqa: S608
                 f"AND state = 'committed' AND forgiven = 0 AND kind IN ({marks})",
-                (guild_id, user_id, utc_day(now), *kinds),
+                (guild_id, user_id, day, *kinds),
             )
             await self._audit(
                 conn,
@@ -253,52 +301,75 @@ class QuotaStore:
 
     async def usage_report(self, guild_id: int, days: int, *, top: int = 10) -> UsageReport:
         """Summarise a server's usage over the last `days` UTC days (today included)."""
-        now = self._clock()
-        until = datetime.fromtimestamp(now, UTC)
-        first_day = until.date() - timedelta(days=days - 1)
-        since = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
-        params = (guild_id, first_day.isoformat())
-        lines = [
-            UsageLine(row["kind"], row["provider"], row["completed"], row["failed"], row["cached"])
-            for row in await self._db.fetchall(
-                "SELECT kind, provider, "
-                "SUM(state = 'committed') AS completed, SUM(state = 'refunded') AS failed, "
-                "SUM(state = 'cached') AS cached "
-                "FROM usage WHERE guild_id = ? AND day >= ? GROUP BY kind, provider ORDER BY kind, provider",
-                params,
-            )
-        ]
-        top_members = [
-            (int(row["user_id"]), int(row["spent"]))
-            for row in await self._db.fetchall(
-                "SELECT user_id, COUNT(*) AS spent FROM usage WHERE guild_id = ? AND day >= ? "
-                "AND state = 'committed' GROUP BY user_id ORDER BY spent DESC, user_id LIMIT ?",
-                (*params, top),
-            )
-        ]
-        rows = [
-            dict(row)
-            for row in await self._db.fetchall(
-                "SELECT id, day, user_id, kind, provider, provider_task_id, state, outcome, started_at, ended_at "
-                "FROM usage WHERE guild_id = ? AND day >= ? ORDER BY id",
-                params,
-            )
-        ]
+        if days < 1:
+            raise ValueError(f"a report covers one day or more, not {days}")
+        async with self._db.transaction() as conn:
+            until = datetime.fromtimestamp(self._clock(), UTC)
+            first_day = until.date() - timedelta(days=days - 1)
+            since = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
+            params = (guild_id, first_day.isoformat())
+            lines = [
+                UsageLine(
+                    str(row["kind"]),
+                    str(row["provider"]),
+                    int(row["completed"]),
+                    int(row["failed"]),
+                    int(row["refunded"]),
+                    int(row["cached"]),
+                    int(row["running"]),
+                )
+                for row in await conn.execute_fetchall(
+                    "SELECT kind, provider, "
+                    "SUM(state = 'committed' AND outcome = 'COMPLETED') AS completed, "
+                    "SUM(state IN ('committed', 'refunded') AND COALESCE(outcome, '') != 'COMPLETED') "
+                    "AS failed, "
+                    "SUM(state = 'refunded') AS refunded, SUM(state = 'cached') AS cached, "
+                    "SUM(state = 'reserved') AS running "
+                    "FROM usage WHERE guild_id = ? AND day >= ? GROUP BY kind, provider ORDER BY kind, provider",
+                    params,
+                )
+            ]
+            top_members = [
+                (int(row["user_id"]), int(row["spent"]))
+                for row in await conn.execute_fetchall(
+                    "SELECT user_id, COUNT(*) AS spent FROM usage WHERE guild_id = ? AND day >= ? "
+                    "AND state = 'committed' GROUP BY user_id ORDER BY spent DESC, user_id LIMIT ?",
+                    (*params, top),
+                )
+            ]
+            rows = [
+                dict(row)
+                for row in await conn.execute_fetchall(
+                    f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage "  # noqa: S608 (fixed column names)
+                    "WHERE guild_id = ? AND day >= ? ORDER BY id",
+                    params,
+                )
+            ]
         return UsageReport(guild_id, since, until, lines, top_members, rows)
 
     async def prune(self, retention_days: int) -> int:
         """Delete usage rows older than the retention; return how many went."""
-        cutoff = (
-            datetime.fromtimestamp(self._clock(), UTC).date() - timedelta(days=retention_days)
-        ).isoformat()
         async with self._db.transaction() as conn:
+            cutoff = (
+                datetime.fromtimestamp(self._clock(), UTC).date() - timedelta(days=retention_days)
+            ).isoformat()
+            # A row a job still points at (jobs.usage_id is a foreign key) stays until that job is
+            # pruned; it goes at the next round.
             cursor = await conn.execute(
                 "DELETE FROM usage WHERE day < ? AND state != 'reserved' "
-                "AND id NOT IN (SELECT usage_id FROM jobs WHERE usage_id IS NOT NULL AND finished_at IS NULL)",
+                "AND id NOT IN (SELECT usage_id FROM jobs WHERE usage_id IS NOT NULL)",
                 (cutoff,),
             )
             await conn.execute("DELETE FROM quota_grants WHERE day < ?", (cutoff,))
             return cursor.rowcount
+
+    async def audit_log(self, guild_id: int, limit: int = 50) -> list[dict[str, object]]:
+        """Return the server's latest admin changes, newest first."""
+        rows = await self._db.fetchall(
+            "SELECT actor_id, action, detail, at FROM audit WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
+            (guild_id, limit),
+        )
+        return [dict(row) for row in rows]
 
     # --- inside ------------------------------------------------------------------------------
 
@@ -310,49 +381,26 @@ class QuotaStore:
             )
             return cursor.rowcount == 1
 
-    async def _status(
-        self, conn: aiosqlite.Connection, member: Member, kind: TaskKind, now: float
-    ) -> KindStatus:
-        day = utc_day(now)
-        limit, source = await self._resolve_limit(conn, member, kind)
-        used = await _scalar(
-            conn,
-            "SELECT COUNT(*) FROM usage WHERE guild_id = ? AND user_id = ? AND kind = ? AND day = ? "
-            "AND state IN ('reserved', 'committed') AND forgiven = 0",
-            (member.guild_id, member.user_id, kind.value, day),
-        )
-        if limit != UNLIMITED:
-            limit += await _scalar(
-                conn,
-                "SELECT COALESCE(SUM(amount), 0) FROM quota_grants "
-                "WHERE guild_id = ? AND user_id = ? AND kind = ? AND day = ?",
-                (member.guild_id, member.user_id, kind.value, day),
-            )
-        return KindStatus(kind, limit, used, next_utc_midnight(now), source)
+    def _member_day(
+        self, member: Member, kind: TaskKind, day: str, now: float | None = None
+    ) -> tuple[object, ...]:
+        """Return the parameters of _USED_SQL (with `now`) or _GRANTED_SQL (without)."""
+        base = (member.guild_id, member.user_id, kind.value, day)
+        return base if now is None else (*base, now - self._ttl)
 
     async def _resolve_limit(
         self, conn: aiosqlite.Connection, member: Member, kind: TaskKind
     ) -> tuple[int, str]:
         """Return the member's daily limit and its source: user, else the best role, else server, else default."""
-        cursor = await conn.execute(
+        rows = await conn.execute_fetchall(
             "SELECT scope, target_id, daily_limit FROM quota_limits WHERE guild_id = ? AND kind = ?",
             (member.guild_id, kind.value),
         )
-        by_scope: dict[str, list[int]] = {scope: [] for scope in _SCOPES}
-        for row in await cursor.fetchall():
-            scope, target, value = row["scope"], int(row["target_id"]), int(row["daily_limit"])
-            if (
-                (scope == "user" and target == member.user_id)
-                or (scope == "role" and target in member.role_ids)
-                or (scope == "server" and target == member.guild_id)
-            ):
-                by_scope[scope].append(value)
-        for scope in _SCOPES:
-            values = by_scope[scope]
-            if values:
-                # Among several roles the most generous wins; unlimited beats any number.
-                return (UNLIMITED if UNLIMITED in values else max(values)), scope
-        return self._defaults[kind], "default"
+        return resolve_limit(
+            ((str(r["scope"]), int(r["target_id"]), int(r["daily_limit"])) for r in rows),
+            member,
+            self._defaults[kind],
+        )
 
     async def _audit(
         self, conn: aiosqlite.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]
@@ -362,15 +410,53 @@ class QuotaStore:
             (guild_id, actor_id, action, json.dumps(detail, sort_keys=True), self._clock()),
         )
 
-    async def audit_log(self, guild_id: int, limit: int = 50) -> list[dict[str, object]]:
-        rows = await self._db.fetchall(
-            "SELECT actor_id, action, detail, at FROM audit WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
-            (guild_id, limit),
-        )
-        return [dict(row) for row in rows]
+
+# What counts against today's quota: spent tasks not forgiven by a reset, and running ones. A reservation
+# older than the reservation lifetime cannot be running any more (the bot died): it counts for nothing.
+_USED_SQL = (
+    "SELECT COUNT(*) FROM usage WHERE guild_id = ? AND user_id = ? AND kind = ? AND day = ? AND forgiven = 0 "
+    "AND (state = 'committed' OR (state = 'reserved' AND started_at > ?))"
+)
+_GRANTED_SQL = (
+    "SELECT COALESCE(SUM(amount), 0) FROM quota_grants WHERE guild_id = ? AND user_id = ? AND kind = ? "
+    "AND day = ?"
+)
+
+_STATUS_COUNTS_SQL = f"SELECT ({_USED_SQL}) AS used, ({_GRANTED_SQL}) AS granted"
+# In-flight counts read only 'reserved' rows, which the usage_state index finds without a scan.
+_RESERVE_COUNTS_SQL = (
+    f"SELECT ({_USED_SQL}) AS used, ({_GRANTED_SQL}) AS granted, "  # noqa: S608 (constants)
+    "(SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND user_id = ? AND started_at > ?) AS running_user, "
+    "(SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND provider = ? AND started_at > ?) "
+    "AS running_provider"
+)
 
 
-async def _scalar(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> int:
-    cursor = await conn.execute(sql, tuple(params))
-    row = await cursor.fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+def resolve_limit(limits: Iterable[tuple[str, int, int]], member: Member, default: int) -> tuple[int, str]:
+    """Pick the member's limit from (scope, target id, limit) rows: user, else best role, else server."""
+    by_scope: dict[str, list[int]] = {scope: [] for scope in _SCOPES}
+    for scope, target, value in limits:
+        if (
+            (scope == "user" and target == member.user_id)
+            or (scope == "role" and target in member.role_ids)
+            or (scope == "server" and target == member.guild_id)
+        ):
+            by_scope[scope].append(value)
+    for scope in _SCOPES:
+        values = by_scope[scope]
+        if values:
+            # Among several roles the most generous wins; unlimited beats any number.
+            return (UNLIMITED if UNLIMITED in values else max(values)), scope
+    return default, "default"
+
+
+def _kind_status(kind: TaskKind, limit: int, source: str, counts: aiosqlite.Row, now: float) -> KindStatus:
+    granted = int(counts["granted"])
+    if limit != UNLIMITED:
+        limit += granted
+    return KindStatus(kind, limit, int(counts["used"]), next_utc_midnight(now), source, granted)
+
+
+async def _row(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> aiosqlite.Row:
+    rows = list(await conn.execute_fetchall(sql, tuple(params)))
+    return rows[0]

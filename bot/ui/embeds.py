@@ -21,6 +21,12 @@ _COLOURS = {
     TaskState.FAILED: discord.Colour.red(),
 }
 THUMBNAIL_NAME = "input.png"
+# Discord refuses a whole message whose files weigh more than the server's upload limit (10 MiB without
+# boosts); a result over it is left off, so the end is still shown rather than the edit failing.
+UPLOAD_LIMIT = 10 * 1024 * 1024
+# The prompt is the image's alt text; Discord keeps at most this much of it.
+_ALT_TEXT_LIMIT = 1024
+RESULT_TOO_LARGE = "The generated image is larger than Discord lets me attach here, so it is not shown."
 
 
 @dataclass(slots=True)
@@ -40,6 +46,31 @@ def code_block(prompt: str) -> str:
     return f"```\n{safe}\n```"
 
 
+def duration(seconds: float) -> str:
+    """Say how long something took: "8.4 s" under a minute, "2 min 5 s" above."""
+    seconds = max(0.0, seconds)
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def _result_files(job: Job, outputs: Sequence[InputImage]) -> tuple[list[discord.File], int]:
+    """Return the generated images as files within Discord's upload limit, and how many were left off."""
+    files: list[discord.File] = []
+    total = 0
+    for position, image in enumerate(outputs):
+        if total + len(image.data) > UPLOAD_LIMIT:
+            continue
+        total += len(image.data)
+        extension = image.mime.rsplit("/", 1)[-1].replace("jpeg", "jpg")
+        name = f"imagine-{job.id[:8]}-{position + 1}.{extension}"
+        # The prompt is the image's alt text, so screen readers say what it shows.
+        alt_text = (job.prompt or "")[:_ALT_TEXT_LIMIT]
+        files.append(discord.File(io.BytesIO(image.data), filename=name, description=alt_text))
+    return files, len(outputs) - len(files)
+
+
 def render_job(
     job: Job,
     *,
@@ -51,6 +82,7 @@ def render_job(
     title = f"{text.KIND_NAMES[job.kind]} · {text.STATE_WORDS[job.state]}"
     embed = discord.Embed(title=title, colour=colour)
     files: list[discord.File] = []
+    left_off = 0
 
     if job.state is TaskState.COMPLETED and job.kind is TaskKind.DESCRIBE:
         embed.description = code_block(job.result_text or "")
@@ -63,14 +95,9 @@ def render_job(
             embed.set_thumbnail(url=f"attachment://{THUMBNAIL_NAME}")
     elif job.state is TaskState.COMPLETED and job.kind is TaskKind.IMAGINE:
         embed.description = code_block(job.prompt or "")
-        for position, image in enumerate(outputs):
-            extension = image.mime.rsplit("/", 1)[-1].replace("jpeg", "jpg")
-            name = f"imagine-{job.id[:8]}-{position + 1}.{extension}"
-            # The prompt is the image's alt text, so screen readers say what it shows.
-            alt_text = (job.prompt or "")[:1024]
-            files.append(discord.File(io.BytesIO(image.data), filename=name, description=alt_text))
-            if position == 0:
-                embed.set_image(url=f"attachment://{name}")
+        files, left_off = _result_files(job, outputs)
+        if files:
+            embed.set_image(url=f"attachment://{files[0].filename}")
     elif job.state is TaskState.FAILED:
         fault = job.fault or ProviderFault.FAILED
         embed.description = text.fault_sentence(ProviderError(job.provider, fault))
@@ -80,8 +107,11 @@ def render_job(
     embed.add_field(name="Provider", value=text.provider_name(job.provider))
     embed.add_field(name="Started", value=text.relative_time(job.created_at))
     if job.state is TaskState.COMPLETED and job.kind is TaskKind.IMAGINE:
-        embed.add_field(name="Took", value=f"{max(0.0, job.updated_at - job.created_at):.1f} s")
+        # updated_at is when the result was saved: from the member's request to the image in hand.
+        embed.add_field(name="Took", value=duration(job.updated_at - job.created_at))
     if job.notice:
         embed.add_field(name="Note", value=job.notice, inline=False)
+    if left_off:
+        embed.add_field(name="Note", value=RESULT_TOO_LARGE, inline=False)
     embed.set_footer(text=f"job {job.id[:12]}")
     return Rendered(embed=embed, files=files)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from bot.errors import BotError
+from bot.errors import BadInput, BotError
 from bot.interactions import ReportTarget, member_of, reply
 from bot.providers.base import TaskKind
 from bot.store.jobs import Job
@@ -40,47 +40,65 @@ async def _answering_errors(interaction: discord.Interaction, action: Awaitable[
         await reply(interaction, text.error_sentence(exc))
 
 
-JobAction = Callable[[discord.Interaction, Job], Awaitable[None]]
+JobAction = Callable[[discord.Interaction, str], Awaitable[None]]
 
 
-async def _imagine_this(interaction: discord.Interaction, job: Job) -> None:
+async def _finished_job(interaction: discord.Interaction, job_id: str, kind: TaskKind) -> Job:
+    """Read the job a button names; a button of another kind of job is as good as gone."""
+    job = await _bot(interaction).service.job(job_id)
+    if job.kind is not kind:
+        # Only a hand-made custom id gets here: the bot puts each action under its own kind of result.
+        raise BadInput(text.JOB_GONE)
+    return job
+
+
+# Every action answers Discord before it reads the database: the 3-second window allows nothing slow first.
+
+
+async def _imagine_this(interaction: discord.Interaction, job_id: str) -> None:
     """Run /imagine with a describe result's prompt."""
     await interaction.response.defer(thinking=True)
+    job = await _finished_job(interaction, job_id, TaskKind.DESCRIBE)
     await _bot(interaction).service.imagine(
         member_of(interaction), job.result_text or "", [], ReportTarget.from_interaction(interaction)
     )
 
 
-async def _show_as_text(interaction: discord.Interaction, job: Job) -> None:
+async def _show_as_text(interaction: discord.Interaction, job_id: str) -> None:
     """Send the prompt as plain text, which phones copy more easily than a code block."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    job = await _finished_job(interaction, job_id, TaskKind.DESCRIBE)
     prompt = job.result_text or ""
     if len(prompt) <= _MESSAGE_LIMIT:
-        await interaction.response.send_message(prompt, ephemeral=True)
+        await interaction.followup.send(prompt, ephemeral=True)
     else:
-        await interaction.response.send_message(
+        await interaction.followup.send(
             file=discord.File(io.BytesIO(prompt.encode()), filename="prompt.txt"), ephemeral=True
         )
 
 
-async def _run_again(interaction: discord.Interaction, job: Job) -> None:
+async def _run_again(interaction: discord.Interaction, job_id: str) -> None:
     """Run an imagine again with the same prompt and references."""
     await interaction.response.defer(thinking=True)
+    job = await _finished_job(interaction, job_id, TaskKind.IMAGINE)
     await _bot(interaction).service.rerun(
         job, member_of(interaction), ReportTarget.from_interaction(interaction)
     )
 
 
-async def _edit_this(interaction: discord.Interaction, job: Job) -> None:
+async def _edit_this(interaction: discord.Interaction, job_id: str) -> None:
     """Ask for a new prompt, then imagine with the generated image as the reference."""
     service = _bot(interaction).service
 
     async def run(modal_interaction: discord.Interaction, prompt: str) -> None:
         prompt = service.clean_prompt(prompt)
         await modal_interaction.response.defer(thinking=True)
+        job = await _finished_job(modal_interaction, job_id, TaskKind.IMAGINE)
         await service.edit_result(
             job, member_of(modal_interaction), prompt, ReportTarget.from_interaction(modal_interaction)
         )
 
+    # The modal is the answer, so it goes first; the job is read once the prompt comes back.
     await interaction.response.send_modal(PromptModal(run))
 
 
@@ -120,11 +138,7 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         # Everything a button needs is read from the job row, so a click works after any restart.
-        async def act() -> None:
-            job = await _bot(interaction).service.job(self.job_id)
-            await _ACTIONS[self.action][2](interaction, job)
-
-        await _answering_errors(interaction, act())
+        await _answering_errors(interaction, _ACTIONS[self.action][2](interaction, self.job_id))
 
 
 PERSISTENT_BUTTONS: tuple[type[JobButton], ...] = (JobButton,)

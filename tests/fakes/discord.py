@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_APP_PERMISSIONS",
     "DEFAULT_GUILD",
     "FakeDiscord",
+    "InteractionOptions",
     "RecordedCall",
     "connect_task",
     "start_bot",
@@ -112,6 +113,19 @@ class _Default(enum.Enum):
 
 DEFAULT_GUILD = _Default.GUILD
 GuildArg = int | None | Literal[_Default.GUILD]
+
+
+class InteractionOptions(TypedDict, total=False):
+    """Keyword arguments every interaction payload builder accepts."""
+
+    user_id: int  # who interacts; default FakeDiscord.default_user_id
+    roles: Sequence[int]  # the member's role ids (unknown ones are announced with GUILD_ROLE_CREATE)
+    permissions: int  # member.permissions, the user's permissions in the channel
+    guild_id: GuildArg  # default: the first guild; None makes a DM interaction
+    channel_id: int | None  # default: the guild's text channel, or the DM channel
+    app_permissions: int  # the bot's permissions in the channel
+    locale: str
+    command_guild_id: int | None  # data.guild_id, for guild-scoped commands that were not synced
 
 
 @dataclass
@@ -556,7 +570,11 @@ class FakeDiscord:
         self._interaction_for_token(token).created -= seconds
 
     async def disconnect_gateway(self, *, resumable: bool = True, code: int = 4000) -> None:
-        """Close the bot's gateway websocket; the client reconnects and RESUMEs (or re-identifies)."""
+        """Close the bot's gateway websocket; the client reconnects and RESUMEs (or re-identifies).
+
+        With resumable=False the RESUME is refused (op 9) and the client IDENTIFYs again, but only after
+        the 5 s sleep of discord.py's default `Client.before_identify_hook`; override it in tests to skip that.
+        """
         ws = self._ws
         self._ws = None
         self._resumable = resumable
@@ -672,7 +690,7 @@ class FakeDiscord:
         *,
         subcommand: str | None = None,
         attachments: Mapping[str, dict[str, Any]] | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[InteractionOptions],
     ) -> dict[str, Any]:
         """Build a slash command INTERACTION_CREATE payload.
 
@@ -705,7 +723,7 @@ class FakeDiscord:
         focused: str,
         *,
         subcommand: str | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[InteractionOptions],
     ) -> dict[str, Any]:
         """Build an autocomplete INTERACTION_CREATE payload with `focused` as the option being typed."""
         payload = self.slash(name, options, subcommand=subcommand, **kwargs)
@@ -718,7 +736,9 @@ class FakeDiscord:
                 option["focused"] = True
         return payload
 
-    def message_command(self, name: str, message: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def message_command(
+        self, name: str, message: dict[str, Any], **kwargs: Unpack[InteractionOptions]
+    ) -> dict[str, Any]:
         """Build a message context menu INTERACTION_CREATE payload targeting `message`."""
         data = {
             "id": str(self._command_id(name, 3)),
@@ -729,7 +749,9 @@ class FakeDiscord:
         }
         return self._interaction(_APP_COMMAND, data, command_name=name, **kwargs)
 
-    def user_command(self, name: str, user: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def user_command(
+        self, name: str, user: dict[str, Any], **kwargs: Unpack[InteractionOptions]
+    ) -> dict[str, Any]:
         """Build a user context menu INTERACTION_CREATE payload targeting `user`."""
         resolved: dict[str, dict[str, Any]] = {}
         self._option("target", user, resolved, self._resolve_guild(kwargs.get("guild_id", DEFAULT_GUILD)))
@@ -742,14 +764,16 @@ class FakeDiscord:
         }
         return self._interaction(_APP_COMMAND, data, command_name=name, **kwargs)
 
-    def button_click(self, custom_id: str, message: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def button_click(
+        self, custom_id: str, message: dict[str, Any], **kwargs: Unpack[InteractionOptions]
+    ) -> dict[str, Any]:
         """Build a button click INTERACTION_CREATE payload; the button must be on `message`."""
         component = self._find_component(message, custom_id)
         data = {"custom_id": custom_id, "component_type": component.get("type", 2)}
         return self._interaction(_COMPONENT, data, message=message, **kwargs)
 
     def select(
-        self, custom_id: str, values: list[str], message: dict[str, Any], **kwargs: Any
+        self, custom_id: str, values: list[str], message: dict[str, Any], **kwargs: Unpack[InteractionOptions]
     ) -> dict[str, Any]:
         """Build a select menu INTERACTION_CREATE payload; the select must be on `message`."""
         component = self._find_component(message, custom_id)
@@ -762,7 +786,7 @@ class FakeDiscord:
         fields: Mapping[str, str],
         *,
         message: dict[str, Any] | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[InteractionOptions],
     ) -> dict[str, Any]:
         """Build a modal submit INTERACTION_CREATE payload; `fields` maps text input custom_id -> value."""
         data = {
@@ -779,23 +803,23 @@ class FakeDiscord:
         itype: int,
         data: dict[str, Any],
         *,
-        user_id: int | None = None,
-        roles: Sequence[int] = (),
-        permissions: int = 0,
-        guild_id: GuildArg = DEFAULT_GUILD,
-        channel_id: int | None = None,
-        app_permissions: int = DEFAULT_APP_PERMISSIONS,
-        locale: str = "en-US",
         message: dict[str, Any] | None = None,
         command_name: str | None = None,
-        command_guild_id: int | None = None,
+        **options: Unpack[InteractionOptions],
     ) -> dict[str, Any]:
         """Build the common part of an INTERACTION_CREATE payload.
 
-        guild_id None makes a DM interaction. For application commands, `command_guild_id` (or a guild the
-        command was synced to) sets data.guild_id, which discord.py needs to find guild-scoped commands.
+        For application commands, `command_guild_id` (or a guild the command was synced to) sets
+        data.guild_id, which discord.py needs to find guild-scoped commands.
         """
-        user_id = self.default_user_id if user_id is None else user_id
+        user_id = options.get("user_id", self.default_user_id)
+        roles = options.get("roles", ())
+        permissions = options.get("permissions", 0)
+        guild_id = options.get("guild_id", DEFAULT_GUILD)
+        channel_id = options.get("channel_id")
+        app_permissions = options.get("app_permissions", DEFAULT_APP_PERMISSIONS)
+        locale = options.get("locale", "en-US")
+        command_guild_id = options.get("command_guild_id")
         user = copy.deepcopy(self._users.get(user_id) or self._register_user(user_id))
         resolved_guild = self._resolve_guild(guild_id)
         payload: dict[str, Any] = {
@@ -1051,11 +1075,14 @@ class FakeDiscord:
             ) from None
 
     def _live_message(self, message_id: int, channel_id: int | None = None) -> dict[str, Any]:
+        """Find a message that exists; with channel_id, as the channel endpoints see it."""
         message = self._messages.get(message_id)
         if (
             message is None
             or message_id in self._deleted
             or (channel_id is not None and int(message["channel_id"]) != channel_id)
+            # Ephemeral messages exist only for their interaction's webhook, never for channel endpoints.
+            or (channel_id is not None and message["flags"] & _FLAG_EPHEMERAL)
         ):
             raise _DiscordError(404, 10008, "Unknown Message")
         return message
@@ -1624,7 +1651,9 @@ class FakeDiscord:
             (
                 msg
                 for mid, msg in self._messages.items()
-                if int(msg["channel_id"]) == channel_id and mid not in self._deleted
+                if int(msg["channel_id"]) == channel_id
+                and mid not in self._deleted
+                and not msg["flags"] & _FLAG_EPHEMERAL
             ),
             key=lambda msg: int(msg["id"]),
             reverse=True,
@@ -1705,7 +1734,7 @@ class FakeDiscord:
         elif op == 8:
             guild_ids = (data or {}).get("guild_id")
             for guild_id in guild_ids if isinstance(guild_ids, list) else [guild_ids]:
-                chunk = {
+                chunk: dict[str, Any] = {
                     "guild_id": str(guild_id),
                     "members": [],
                     "chunk_index": 0,

@@ -1,0 +1,76 @@
+"""A walk over every command the bot syncs: the names of the interface contract, and every option described."""
+
+from __future__ import annotations
+
+from tests.conftest import Harness
+
+# The product surface of docs/interface.md: these names are a contract with admins and members.
+EXPECTED = {
+    ("describe", 1): {"image", "url", "provider"},
+    ("imagine", 1): {"prompt", "reference1", "reference2", "reference3"},
+    ("quota", 1): set(),
+    ("quota-admin", 1): {"set", "grant", "reset", "usage"},
+    ("Describe image", 3): set(),
+    ("Edit image", 3): set(),
+}
+
+
+def _walk_options(options: list[dict]) -> list[dict]:
+    found = []
+    for option in options:
+        found.append(option)
+        found.extend(_walk_options(option.get("options", [])))
+    return found
+
+
+async def test_every_command_matches_the_contract_and_is_described(harness: Harness) -> None:
+    await harness.start_bot()
+    synced = harness.discord.synced_commands()
+    names = [(command["name"], command.get("type", 1)) for command in synced]
+    assert len(names) == len(set(names)), "command names must be unique"
+    assert set(names) == set(EXPECTED)
+    for command in synced:
+        key = (command["name"], command.get("type", 1))
+        top_level = {option["name"] for option in command.get("options", [])}
+        assert top_level == EXPECTED[key], key
+        if command.get("type", 1) == 1:
+            assert 1 <= len(command["description"]) <= 100, command["name"]
+        for option in _walk_options(command.get("options", [])):
+            assert option["name"] == option["name"].lower() and len(option["name"]) <= 32
+            assert 1 <= len(option["description"]) <= 100, (command["name"], option["name"])
+
+
+async def test_describe_options_are_optional_and_provider_is_a_choice(harness: Harness) -> None:
+    await harness.start_bot()
+    describe = next(c for c in harness.discord.synced_commands() if c["name"] == "describe")
+    options = {option["name"]: option for option in describe["options"]}
+    assert options["image"]["type"] == 11 and not options["image"].get("required", False)
+    assert options["url"]["type"] == 3 and not options["url"].get("required", False)
+    assert [choice["value"] for choice in options["provider"]["choices"]] == ["freepik", "novita"]
+    imagine = next(c for c in harness.discord.synced_commands() if c["name"] == "imagine")
+    prompt = next(option for option in imagine["options"] if option["name"] == "prompt")
+    assert prompt["required"] is True and prompt["max_length"] == 2000
+
+
+async def test_quota_admin_needs_manage_server_and_a_server(harness: Harness) -> None:
+    await harness.start_bot()
+    admin = next(c for c in harness.discord.synced_commands() if c["name"] == "quota-admin")
+    assert int(admin["default_member_permissions"]) == 1 << 5  # Manage Server
+    assert admin.get("contexts") == [0] or admin.get("dm_permission") is False
+
+
+async def test_commands_sync_only_when_their_definition_changed(harness: Harness) -> None:
+    bot = await harness.start_bot()
+    puts = [call for call in harness.discord.calls if call.method == "PUT" and "/commands" in call.path]
+    assert len(puts) == 1
+    await harness.stop_bot(bot)
+    await harness.start_bot()  # the same definitions, the same database: no second sync
+    puts = [call for call in harness.discord.calls if call.method == "PUT" and "/commands" in call.path]
+    assert len(puts) == 1
+
+
+async def test_guild_ids_sync_to_those_guilds(harness: Harness) -> None:
+    guild = harness.discord.guild_ids[0]
+    await harness.start_bot(discord_guild_ids=str(guild))
+    puts = [call.path for call in harness.discord.calls if call.method == "PUT" and "/commands" in call.path]
+    assert puts == [f"/applications/{harness.discord.application_id}/guilds/{guild}/commands"]
