@@ -36,7 +36,8 @@ async def test_every_command_matches_the_contract_and_is_described(harness: Harn
         if command.get("type", 1) == 1:
             assert 1 <= len(command["description"]) <= 100, command["name"]
         for option in _walk_options(command.get("options", [])):
-            assert option["name"] == option["name"].lower() and len(option["name"]) <= 32
+            assert option["name"] == option["name"].lower()
+            assert len(option["name"]) <= 32
             assert 1 <= len(option["description"]) <= 100, (command["name"], option["name"])
 
 
@@ -44,12 +45,15 @@ async def test_describe_options_are_optional_and_provider_is_a_choice(harness: H
     await harness.start_bot()
     describe = next(c for c in harness.discord.synced_commands() if c["name"] == "describe")
     options = {option["name"]: option for option in describe["options"]}
-    assert options["image"]["type"] == 11 and not options["image"].get("required", False)
-    assert options["url"]["type"] == 3 and not options["url"].get("required", False)
+    assert options["image"]["type"] == 11
+    assert not options["image"].get("required", False)
+    assert options["url"]["type"] == 3
+    assert not options["url"].get("required", False)
     assert [choice["value"] for choice in options["provider"]["choices"]] == ["freepik", "novita"]
     imagine = next(c for c in harness.discord.synced_commands() if c["name"] == "imagine")
     prompt = next(option for option in imagine["options"] if option["name"] == "prompt")
-    assert prompt["required"] is True and prompt["max_length"] == 2000
+    assert prompt["required"] is True
+    assert prompt["max_length"] == 2000
 
 
 async def test_quota_admin_needs_manage_server_and_a_server(harness: Harness) -> None:

@@ -42,7 +42,8 @@ async def test_restart_mid_task_finishes_on_the_original_message(harness: Harnes
     await harness.stop_bot(first)  # graceful: the job is paused, its state saved
 
     job = (await first.jobs.unfinished())[0]
-    assert job.state is TaskState.CREATED and job.provider_task_id
+    assert job.state is TaskState.CREATED
+    assert job.provider_task_id
 
     second = await harness.start_bot()
     await harness.settle(second)

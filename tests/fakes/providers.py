@@ -307,7 +307,7 @@ class _FakeServer:
     # -- test-facing API -------------------------------------------------------------------------
 
     # Positional to match how tests read: fail_next("POST", "/v1/ai", 429, {...}).
-    def fail_next(  # noqa: PLR0917
+    def fail_next(
         self,
         method: str,
         path_prefix: str,
