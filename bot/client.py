@@ -248,8 +248,9 @@ class ImageBot(commands.Bot):
         while True:
             try:
                 expired = await self.quotas.expire()
-                pruned = await self.quotas.prune(self.settings.usage_retention_days)
-                pruned += await self.jobs.prune(self.settings.usage_retention_days)
+                # Jobs first: their usage rows can only go once no job points at them.
+                pruned = await self.jobs.prune(self.settings.usage_retention_days)
+                pruned += await self.quotas.prune(self.settings.usage_retention_days)
                 if expired or pruned:
                     log.info("maintenance: %d reservations expired, %d old rows pruned", expired, pruned)
             except Exception:

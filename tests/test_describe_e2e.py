@@ -99,7 +99,7 @@ async def test_exhausted_quota_is_refused_before_any_provider_request(harness: H
     assert harness.freepik.count("POST") == 1
     token = await harness.interact(bot, harness.describe_payload(png_bytes(colour=(1, 2, 3))))
     sentence = harness.discord.original_message(token)["content"]
-    assert sentence.startswith("You have used all 1 descriptions for today; your quota renews <t:")
+    assert sentence.startswith("You have used your description for today; your quota renews <t:")
     assert harness.freepik.count("POST") == 1
 
 

@@ -217,7 +217,7 @@ async def test_the_used_up_sentence_names_the_renewal(db: Database, clock: Clock
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
     midnight = int(datetime(2025, 3, 15, tzinfo=UTC).timestamp())
     assert text.error_sentence(used_up.value) == (
-        f"You have used all 1 descriptions for today; your quota renews <t:{midnight}:R>."
+        f"You have used your description for today; your quota renews <t:{midnight}:R>."
     )
 
 

@@ -19,6 +19,7 @@ STATE_WORDS = {
 }
 
 KIND_NAMES = {TaskKind.DESCRIBE: "Image to prompt", TaskKind.IMAGINE: "Image generation"}
+KIND_UNIT = {TaskKind.DESCRIBE: "description", TaskKind.IMAGINE: "generation"}
 KIND_UNITS = {TaskKind.DESCRIBE: "descriptions", TaskKind.IMAGINE: "generations"}
 
 
@@ -77,10 +78,8 @@ def error_sentence(error: BaseException) -> str:
 def quota_exceeded(kind: TaskKind, limit: int, renews_at: datetime) -> str:
     if limit <= 0:
         return f"{KIND_NAMES[kind]} is switched off for you on this server."
-    return (
-        f"You have used all {limit} {KIND_UNITS[kind]} for today; your quota renews "
-        f"{relative_time(renews_at)}."
-    )
+    used = f"your {KIND_UNIT[kind]}" if limit == 1 else f"all {limit} {KIND_UNITS[kind]}"
+    return f"You have used {used} for today; your quota renews {relative_time(renews_at)}."
 
 
 PROVIDER_NOT_CONFIGURED = (
