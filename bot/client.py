@@ -173,6 +173,11 @@ class ImageBot(commands.Bot):
         )
         self.webhooks: WebhookListener | None = None
 
+    async def on_message(self, message: discord.Message, /) -> None:
+        # No prefix commands exist: skipping their processing keeps a mention from logging
+        # CommandNotFound. Cog listeners (the mention trigger) still receive every message.
+        return
+
     @property
     def service_accepting(self) -> bool:
         return self.runner.accepting

@@ -25,7 +25,6 @@ _WEB_SCHEMES = frozenset({"http", "https"})
 _PICTURE_EMBED_TYPES = frozenset({"image", "gifv"})
 # Discord's CDN answers within seconds; this only stops a stalled read from holding the reply forever.
 _ATTACHMENT_READ_TIMEOUT = 60.0
-ATTACHMENT_UNREADABLE = "Discord could not hand me that attachment; upload it again."
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +101,7 @@ async def load_attachment(
             data = await attachment.read()
     except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
         log.info("attachment %s could not be read: %r", attachment.id, exc)
-        raise BadInput(ATTACHMENT_UNREADABLE) from exc
+        raise BadInput(input_text.ATTACHMENT_UNREADABLE) from exc
     return await service.check_bytes(data)
 
 

@@ -167,7 +167,10 @@ class DiscordReporter:
             try:
                 rendered = await self._render(job)
                 await channel.get_partial_message(job.message_id).edit(
-                    embed=rendered.embed, attachments=rendered.files, view=self._view(job)
+                    content=rendered.content,
+                    embed=rendered.embed,
+                    attachments=rendered.files,
+                    view=self._view(job),
                 )
                 return job
             except discord.NotFound:

@@ -133,9 +133,7 @@ class DescribeCog(commands.Cog):
         me = self.bot.user
         if not self.bot.settings.mention_trigger or message.author.bot or me is None:
             return
-        # The typed mention, not `mentions`: a reply that pings the author of a bot message puts
-        # the bot in `mentions` without the member asking it for anything.
-        if me.id not in message.raw_mentions:
+        if not self._asked_by_name(message, me.id):
             return
         reference = message.reference
         if reference is None or reference.type is not discord.MessageReferenceType.reply:
@@ -152,6 +150,17 @@ class DescribeCog(commands.Cog):
         except Exception as exc:
             log.exception("describing the image replied to in message %s failed", message.id)
             await self._answer(message, acks, text.error_sentence(exc))
+
+    @staticmethod
+    def _asked_by_name(message: discord.Message, my_id: int) -> bool:
+        """Tell whether the member typed a mention of the bot (its user, or its own role)."""
+        # The typed text, not `mentions`: a reply that pings the author of a bot message puts the
+        # bot in `mentions` without the member asking it for anything.
+        if my_id in message.raw_mentions:
+            return True
+        # Discord's mention list offers the bot's managed role next to the bot; members pick either.
+        own_role = message.guild.self_role if message.guild else None
+        return own_role is not None and own_role.id in message.raw_role_mentions
 
     async def _describe_replied(self, message: discord.Message, acks: list[discord.Message]) -> None:
         target = await self._replied_message(message)

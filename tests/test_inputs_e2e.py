@@ -315,9 +315,7 @@ PRIVATE_LINKS = [
 
 
 @pytest.mark.parametrize("template", PRIVATE_LINKS)
-async def test_link_to_a_private_address_is_refused(
-    harness: Harness, site: Site, loopback_only: list[str], template: str
-) -> None:
+async def test_link_to_a_private_address_is_refused(harness: Harness, site: Site, template: str) -> None:
     site.files["photo.png"] = (png_bytes(), "image/png")
     bot = await harness.start_bot(describe_provider="novita")
     url = template.format(port=site.port, stand_in=STAND_IN)
@@ -487,7 +485,7 @@ async def test_oversized_photo_arrives_upright_downscaled_and_without_exif(
     harness: Harness, provider: str, max_side: int, max_bytes: int
 ) -> None:
     bot = await harness.start_bot(describe_provider=provider)
-    photo = photo_with_exif((6000, 4000))
+    photo = photo_with_exif((4800, 3200))
     with Image.open(io.BytesIO(photo)) as sent:
         assert sent.getexif()[0x0112] == 6
         assert sent.getexif().get_ifd(0x8825)
@@ -501,8 +499,8 @@ async def test_oversized_photo_arrives_upright_downscaled_and_without_exif(
     assert received["format"] == "JPEG"
     assert not received["has_exif"]
     assert received["bytes"] <= max_bytes
-    # Upright: the EXIF rotation turned the 6000 x 4000 landscape into a portrait, then it shrank.
-    assert (received["width"], received["height"]) == (round(4000 * max_side / 6000), max_side)
+    # Upright: the EXIF rotation turned the 4800 x 3200 landscape into a portrait, then it shrank.
+    assert (received["width"], received["height"]) == (round(3200 * max_side / 4800), max_side)
     member = Member(harness.discord.guild_ids[0], harness.discord.default_user_id)
     assert (await bot.quotas.status(member))[0].used == 1
 
@@ -665,6 +663,40 @@ async def test_mention_in_a_reply_describes_the_replied_image(harness: Harness) 
     assert [(i["width"], i["height"]) for i in harness.novita.received_images] == [(72, 54)]
     member = Member(harness.discord.guild_ids[0], harness.discord.default_user_id)
     assert (await bot.quotas.status(member))[0].used == 1
+
+
+async def test_mention_of_the_bots_own_role_counts_as_a_mention(harness: Harness) -> None:
+    bot = await harness.start_bot(describe_provider="novita", mention_trigger=True)
+    fake = harness.discord
+    guild_id = fake.guild_ids[0]
+    role_id = 777777777777777777
+    role = {
+        "id": str(role_id),
+        "name": "fake-bot",
+        "permissions": "0",
+        "position": 1,
+        "color": 0,
+        "hoist": False,
+        "managed": True,
+        "mentionable": False,
+        "flags": 0,
+        "tags": {"bot_id": str(fake.bot_user_id)},
+    }
+    await fake.dispatch("GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role})
+    photo = fake.add_attachment(png_bytes(), "photo.png", "image/png")
+    target = fake.make_message(attachments=[photo])
+
+    await fake.dispatch(
+        "MESSAGE_CREATE",
+        mention_reply(harness, target, content=f"<@&{role_id}> describe", mentions_bot=False),
+    )
+    await wait_until(
+        lambda: any(m["embeds"] and m["embeds"][0]["title"] == DONE_TITLE for m in bot_replies(harness)),
+        "the reply to show the result",
+    )
+    await harness.settle(bot)
+
+    assert harness.novita.count() == 1
 
 
 async def test_mention_reply_to_a_bad_image_says_why_with_nothing_spent(harness: Harness) -> None:

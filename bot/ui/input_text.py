@@ -20,6 +20,7 @@ IMAGE_IS_HTML = "That is a web page, not a picture; send the image itself or a d
 IMAGE_IS_PDF = f"That file is a PDF document, not a picture; send a {ACCEPTED_FORMATS} instead."
 IMAGE_IS_HEIC = "That file is a HEIC photo, which I cannot read; send it as a JPEG or PNG instead."
 IMAGE_IS_VIDEO = f"That file is a video, not a picture; send a {ACCEPTED_FORMATS} instead."
+ATTACHMENT_UNREADABLE = "Discord could not hand me that attachment; upload it again."
 IMAGE_CANNOT_SHRINK = "That image cannot be made small enough to pass on; send a smaller one."
 
 # Pillow's format names, spelt the way a member knows them, with their article.
