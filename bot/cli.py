@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -235,10 +236,10 @@ def invite(settings: Settings) -> int:
 async def backup(settings: Settings, target: str) -> int:
     """Write a consistent copy of the database to `target` (SQLite's backup API), safe while the bot runs."""
     path = Path(target)
-    if not settings.database_path.exists():
+    if not await asyncio.to_thread(settings.database_path.exists):
         complain(f"error: there is no database at {settings.database_path} (DATABASE_PATH) to back up")
         return 2
-    if path.is_dir():
+    if await asyncio.to_thread(path.is_dir):
         path /= (
             f"{settings.database_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{settings.database_path.suffix}"
         )
@@ -266,7 +267,9 @@ async def backup(settings: Settings, target: str) -> int:
 
 def _remove_copy(path: Path) -> None:
     for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        leftover.unlink(missing_ok=True)
+        # Missing, or its folder is missing or a file: either way there is nothing to remove.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            leftover.unlink()
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 30.0
 # Three missed beats: a gateway reconnect (seconds) passes, a dead connection (minutes) does not.
 DEFAULT_MAX_AGE = 3 * HEARTBEAT_INTERVAL
+_LOOK_EVERY = 1.0
 
 
 def heartbeat_path(settings: Settings) -> Path:
@@ -34,7 +35,10 @@ def gateway_connected(client: discord.Client) -> bool:
 
 
 class Heartbeat:
-    """Write the current unix time to a file every `interval` seconds while `is_alive()` holds."""
+    """Write the current unix time to a file every `interval` seconds while `is_alive()` holds.
+
+    Run it as one of the bot's kept background tasks; cancelling it removes the file.
+    """
 
     def __init__(
         self,
@@ -52,15 +56,21 @@ class Heartbeat:
     async def run(self) -> None:
         """Beat until cancelled; the file is removed at the start and the end, so only a live bot has one."""
         await asyncio.to_thread(self._remove)
+        last_beat: float | None = None
         try:
             while True:
-                if self._is_alive():
+                now = self._clock()
+                if not self._is_alive():
+                    last_beat = None  # beat again as soon as the connection is back
+                elif last_beat is None or now - last_beat >= self._interval:
                     try:
-                        await asyncio.to_thread(self._write, self._clock())
+                        await asyncio.to_thread(self._write, now)
+                        last_beat = now
                     except OSError as exc:
                         # A full or read-only disk must not stop the bot; the health check will say so.
                         log.warning("cannot write the heartbeat %s: %s", self.path, exc.strerror)
-                await asyncio.sleep(self._interval)
+                # Looking often costs nothing and makes the first beat follow the connection closely.
+                await asyncio.sleep(min(self._interval, _LOOK_EVERY))
         finally:
             with contextlib.suppress(OSError):
                 self._remove()

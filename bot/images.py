@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from bot.errors import BadInput
-from bot.providers.base import ImageLimits, InputImage
+from bot.providers.base import GeneratedImage, ImageLimits, InputImage
 from bot.ui import input_text
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,18 @@ def prepare_for_provider(image: CheckedImage, limits: ImageLimits) -> InputImage
         if side < _MIN_SIDE:
             break
     raise _refuse(input_text.IMAGE_CANNOT_SHRINK, f"cannot fit {limits.max_bytes} bytes")
+
+
+def refit(image: InputImage | GeneratedImage, limits: ImageLimits) -> InputImage:
+    """Fit image bytes the bot already holds (a stored input, a generated result) to other limits."""
+    checked = check_image(image.data, max_bytes=len(image.data) + 1)
+    fits = (
+        len(image.data) <= limits.max_bytes
+        and max(checked.width, checked.height) <= limits.max_side
+        and checked.format in ("PNG", "JPEG")
+    )
+    # Bytes that already fit are kept as they are: re-encoding would only lose quality.
+    return InputImage(data=image.data, mime=image.mime) if fits else prepare_for_provider(checked, limits)
 
 
 def image_hash(image: InputImage) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import discord
@@ -60,8 +60,15 @@ def message_images(message: discord.Message) -> list[ImageSource]:
         if looks_like_image(attachment)
     ]
     seen_urls: set[str] = set()
+    # An embed image can point at the message's own attachment ("attachment://name", which Discord
+    # turns into that attachment's CDN URL): the bot's own results are made so. Counted twice, one
+    # picture would be offered twice, or take two of imagine's three reference places.
+    attached = {urlsplit(a.url).path for a in message.attachments}
+    attached |= {urlsplit(a.proxy_url).path for a in message.attachments}
     for embed in message.embeds:
         url = _embed_image_url(embed)
+        if url and (url.startswith("attachment://") or urlsplit(url).path in attached):
+            continue
         # The same link pasted twice gives two embeds of one picture: offer it once.
         if url and url not in seen_urls:
             seen_urls.add(url)

@@ -11,8 +11,16 @@ from typing import Protocol
 
 from bot.background import BackgroundTasks
 from bot.errors import BadInput, ProviderError, ProviderFault
-from bot.images import CheckedImage, check_image, prepare_for_provider
-from bot.providers.base import InputImage, Provider, TaskKind, TaskSnapshot, TaskState
+from bot.images import refit
+from bot.providers.base import (
+    GeneratedImage,
+    ImageLimits,
+    InputImage,
+    Provider,
+    TaskKind,
+    TaskSnapshot,
+    TaskState,
+)
 from bot.providers.breaker import CircuitBreaker
 from bot.store.jobs import Job, JobStore
 from bot.store.quotas import QuotaStore
@@ -24,6 +32,8 @@ log = logging.getLogger(__name__)
 _FALLBACK_FAULTS = frozenset({ProviderFault.BUSY, ProviderFault.UNAVAILABLE, ProviderFault.MISCONFIGURED})
 # Poll failures that say nothing about the task itself: keep polling until the deadline.
 _TRANSIENT_POLL_FAULTS = frozenset({ProviderFault.BUSY, ProviderFault.LOST, ProviderFault.BAD_RESULT})
+# Generated images are shown as Discord uploads, which may not exceed 10 MiB on a server without boosts.
+RESULT_UPLOAD_LIMITS = ImageLimits(max_side=8192, max_bytes=9_500_000)
 # Deliveries that arrive before the create answer is saved wait here this long for their job.
 _EARLY_DELIVERY_TTL = 120.0
 
@@ -192,12 +202,7 @@ class JobRunner:
                 alternative,
             )
             limits = self._providers[alternative].image_limits
-            refitted = [
-                await asyncio.to_thread(
-                    prepare_for_provider, await asyncio.to_thread(_recheck, image), limits
-                )
-                for image in inputs
-            ]
+            refitted = [await _refit(image, limits) for image in inputs]
             notice = text.FALLBACK_NOTICE.format(
                 failed=text.provider_name(job.provider), used=text.provider_name(alternative)
             )
@@ -330,7 +335,8 @@ class JobRunner:
             else:
                 # Provider URLs expire: fetch the images now and keep them with the job.
                 fetched = await provider.fetch_results(snapshot)
-                job = await self._jobs.save_outputs(job, fetched.images, state=TaskState.COMPLETED)
+                uploadable = [await _refit(image, RESULT_UPLOAD_LIMITS) for image in fetched.images]
+                job = await self._jobs.save_outputs(job, uploadable, state=TaskState.COMPLETED)
             return job
         job = await self._jobs.update(job, state=snapshot.state)
         await self._reporter.report(job)
@@ -370,8 +376,8 @@ class JobRunner:
             del self._early[key]
 
 
-def _recheck(image: InputImage) -> CheckedImage:
+async def _refit(image: InputImage | GeneratedImage, limits: ImageLimits) -> InputImage:
     try:
-        return check_image(image.data, max_bytes=len(image.data) + 1)
-    except BadInput as exc:  # it passed once; failing now is the bot's own fault
-        raise ProviderError("bot", ProviderFault.BAD_RESULT, "stored input no longer decodes") from exc
+        return await asyncio.to_thread(refit, image, limits)
+    except BadInput as exc:  # the bytes passed the checks once: failing now is not the member's doing
+        raise ProviderError("bot", ProviderFault.BAD_RESULT, "stored image no longer fits") from exc

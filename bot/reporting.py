@@ -108,6 +108,19 @@ class DiscordReporter:
             job = await self._send(job)
         except asyncio.CancelledError:
             raise
+        except discord.HTTPException as exc:
+            if not (job.finished and 400 <= exc.status < 500):
+                log.exception("could not show job %s on Discord", job.id)
+                return
+            # The end must show even when its files cannot go (too large, refused): show it without them.
+            log.warning(
+                "job %s: Discord refused the result (%s); showing it without files", job.id, exc.status
+            )
+            try:
+                job = await self._send(job, with_files=False)
+            except discord.HTTPException:
+                log.exception("could not show job %s on Discord", job.id)
+                return
         except Exception:
             # Discord being down must not stop the job: the next state (or the resume) tries again.
             log.exception("could not show job %s on Discord", job.id)
@@ -124,11 +137,11 @@ class DiscordReporter:
 
     # --- the routes to the message ---------------------------------------------------------------
 
-    async def _send(self, job: Job) -> Job:
+    async def _send(self, job: Job, *, with_files: bool = True) -> Job:
         """Show the job through the interaction token, else the bot's own token; return the job as saved."""
         if job.report_via == "interaction" and self._token_usable(job):
             try:
-                message = await self._edit_original(job)
+                message = await self._edit_original(job, with_files=with_files)
             except discord.HTTPException as exc:
                 if exc.code == _UNKNOWN_MESSAGE:
                     log.info("job %s: its message was deleted; the result will be posted anew", job.id)
@@ -149,7 +162,7 @@ class DiscordReporter:
                 return job
         elif job.report_via == "interaction":
             job = await self._jobs.update(job, report_via="channel")
-        return await self._send_in_channel(job)
+        return await self._send_in_channel(job, with_files=with_files)
 
     async def _message_gone(self, job: Job) -> Job:
         """Stop editing a deleted message; the end is posted as a new message that mentions the member."""
@@ -158,14 +171,14 @@ class DiscordReporter:
             return job
         return await self._send_in_channel(job)
 
-    async def _send_in_channel(self, job: Job) -> Job:
+    async def _send_in_channel(self, job: Job, *, with_files: bool = True) -> Job:
         if job.channel_id is None:
             log.warning("job %s has no channel to report in; its end is only in the usage log", job.id)
             return job
         channel = self._client.get_partial_messageable(job.channel_id)
         if job.message_id is not None:
             try:
-                rendered = await self._render(job)
+                rendered = await self._render(job, with_files=with_files)
                 await channel.get_partial_message(job.message_id).edit(
                     content=rendered.content,
                     embed=rendered.embed,
@@ -180,7 +193,7 @@ class DiscordReporter:
                 return job
         if not job.finished:
             return job  # a new message is only worth posting for the end
-        rendered = await self._render(job)
+        rendered = await self._render(job, with_files=with_files)
         try:
             message = await channel.send(
                 content=text.RESULT_MESSAGE_DELETED.format(mention=f"<@{job.user_id}>"),
@@ -194,11 +207,11 @@ class DiscordReporter:
             return job
         return await self._jobs.update(job, message_id=message.id)
 
-    async def _edit_original(self, job: Job) -> discord.WebhookMessage:
+    async def _edit_original(self, job: Job, *, with_files: bool = True) -> discord.WebhookMessage:
         assert job.application_id is not None
         assert job.interaction_token is not None
         webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self._client)
-        rendered = await self._render(job)
+        rendered = await self._render(job, with_files=with_files)
         kwargs: dict[str, Any] = {"embed": rendered.embed, "content": rendered.content}
         if job.finished:
             kwargs["attachments"] = rendered.files
@@ -216,8 +229,8 @@ class DiscordReporter:
     def _view(self, job: Job) -> discord.ui.View | None:
         return self._view_for(job) if job.state is TaskState.COMPLETED else None
 
-    async def _render(self, job: Job) -> Rendered:
-        if job.state is not TaskState.COMPLETED:
+    async def _render(self, job: Job, *, with_files: bool = True) -> Rendered:
+        if job.state is not TaskState.COMPLETED or not with_files:
             return render_job(job)
         if job.kind is TaskKind.DESCRIBE:
             inputs = await self._jobs.images(job.id, "input")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from bot.errors import BadInput, BotError
-from bot.images import CheckedImage, check_image, image_hash, prepare_for_provider
+from bot.images import CheckedImage, check_image, image_hash, prepare_for_provider, refit
 from bot.interactions import ReportTarget
 from bot.jobs import JobRunner
 from bot.providers.base import InputImage, Provider, TaskKind, TaskState
@@ -143,7 +143,9 @@ class TaskService:
         outputs = await self._jobs.images(job.id, "output")
         if not outputs:
             raise BadInput(text.JOB_GONE)
-        return await self.imagine(member, prompt, outputs[:1], target)
+        limits = self._providers[self.imagine_provider()].image_limits
+        reference = await asyncio.to_thread(refit, outputs[0], limits)
+        return await self.imagine(member, prompt, [reference], target)
 
     async def job(self, job_id: str) -> Job:
         job = await self._jobs.get(job_id)

@@ -144,3 +144,32 @@ def _required_to_run(model: type[Settings], prefix: str) -> set[str]:
     return {
         problem.split(" ", 1)[0] for problem in defaults.run_problems() if problem.split(" ", 1)[0] in names
     }
+
+
+def write_docs(root: Path) -> list[str]:
+    """Rewrite `.env.example`, and the README table between its markers; return the files changed."""
+    changed = []
+    env_example = root / ".env.example"
+    text = render_env_example()
+    if not env_example.exists() or env_example.read_text(encoding="utf-8") != text:
+        env_example.write_text(text, encoding="utf-8")
+        changed.append(env_example.name)
+    readme = root / "README.md"
+    if readme.exists():
+        current = readme.read_text(encoding="utf-8")
+        if readme_table(current) is not None:
+            head, rest = current.split(TABLE_START, 1)
+            tail = rest.split(TABLE_END, 1)[1]
+            updated = f"{head}{TABLE_START}\n{render_markdown_table()}\n{TABLE_END}{tail}"
+            if updated != current:
+                readme.write_text(updated, encoding="utf-8")
+                changed.append(readme.name)
+    return changed
+
+
+if __name__ == "__main__":
+    # `python -m bot.settings_docs` after changing the settings model: the tests compare against this.
+    import sys
+
+    done = write_docs(Path.cwd())
+    sys.stdout.write(f"updated: {', '.join(done)}\n" if done else "up to date\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 import discord
 from discord import app_commands
@@ -11,7 +10,7 @@ from discord.ext import commands
 
 from bot.client import ImageBot
 from bot.errors import BadInput
-from bot.inputs import ImageSource, load_attachment, load_source, message_images
+from bot.inputs import load_attachment, load_source, message_images
 from bot.interactions import ReportTarget, member_of, reply
 from bot.service import MAX_PROMPT_LENGTH, MAX_REFERENCES
 from bot.ui import input_text, text
@@ -25,21 +24,6 @@ NEEDED_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
 
 def missing_channel_permissions(interaction: discord.Interaction) -> bool:
     return not NEEDED_PERMISSIONS.is_subset(interaction.app_permissions)
-
-
-def distinct_images(message: discord.Message) -> list[ImageSource]:
-    """Return a message's images, without the embeds that only show one of its own attachments again."""
-    # An embed image can point at the message's own attachment ("attachment://name", which Discord
-    # turns into that attachment's CDN URL): the bot's own results are made so. Counted twice, one
-    # picture would take two of the three reference places.
-    attached = {urlsplit(a.url).path for a in message.attachments}
-    attached |= {urlsplit(a.proxy_url).path for a in message.attachments}
-    return [
-        source
-        for source in message_images(message)
-        if source.url is None
-        or not (source.url.startswith("attachment://") or urlsplit(source.url).path in attached)
-    ]
 
 
 class ImagineCog(commands.Cog):
@@ -88,7 +72,7 @@ class ImagineCog(commands.Cog):
         )
 
     async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        sources = distinct_images(message)
+        sources = message_images(message)
         if not sources:
             raise BadInput(text.NO_IMAGE_IN_MESSAGE)
         if missing_channel_permissions(interaction):

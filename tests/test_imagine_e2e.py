@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -44,8 +44,8 @@ async def _used(bot: ImageBot, harness: Harness, kind: TaskKind, user_id: int | 
 
 
 def _imagine_payload(
-    harness: Harness, prompt: str, references: list[bytes] = (), **kwargs: Any
-) -> dict[str, Any]:  # type: ignore[assignment]
+    harness: Harness, prompt: str, references: Sequence[bytes] = (), **kwargs: Any
+) -> dict[str, Any]:
     attachments = {
         f"reference{index}": harness.discord.add_attachment(data, f"ref{index}.png", "image/png")
         for index, data in enumerate(references, start=1)
@@ -76,7 +76,13 @@ def _titles(calls: list[RecordedCall]) -> list[str]:
 
 
 def _field(embed: dict[str, Any], name: str) -> str:
-    return next(field["value"] for field in embed["fields"] if field["name"] == name)
+    return str(next(field["value"] for field in embed["fields"] if field["name"] == name))
+
+
+def _original(harness: Harness, token: str) -> dict[str, Any]:
+    message = harness.discord.original_message(token)
+    assert message is not None
+    return message
 
 
 def _mean_colour(data: bytes) -> tuple[int, ...]:
@@ -99,8 +105,8 @@ async def _describe_result(harness: Harness, bot: ImageBot) -> tuple[str, dict[s
 
 
 async def _imagine_result(
-    harness: Harness, bot: ImageBot, prompt: str = "a lighthouse at dusk", references: list[bytes] = ()
-) -> tuple[str, dict[str, Any]]:  # type: ignore[assignment]
+    harness: Harness, bot: ImageBot, prompt: str = "a lighthouse at dusk", references: Sequence[bytes] = ()
+) -> tuple[str, dict[str, Any]]:
     token = await harness.interact(bot, _imagine_payload(harness, prompt, references))
     message = harness.discord.original_message(token)
     assert message is not None
@@ -237,7 +243,7 @@ async def test_result_that_is_not_an_image_refunds(harness: Harness) -> None:
     assert await _used(bot, harness, TaskKind.IMAGINE) == 0
 
 
-async def test_result_over_discords_upload_limit_still_shows_the_end(harness: Harness) -> None:
+async def test_result_over_discords_upload_limit_is_re_encoded_to_fit(harness: Harness) -> None:
     # Stored, not compressed: a plain 1900 x 1900 PNG weighs 10.8 MB, over Discord's 10 MiB.
     buffer = io.BytesIO()
     Image.new("RGB", (1900, 1900), GREY).save(buffer, "PNG", compress_level=0)
@@ -247,10 +253,13 @@ async def test_result_over_discords_upload_limit_still_shows_the_end(harness: Ha
     token = await harness.interact(bot, _imagine_payload(harness, "a grey wall"))
     final = harness.calls_for(token)[-1]
     assert final.status == 200
-    assert final.files == []
+    [(name, data, _)] = final.files
+    assert len(data) <= 9_500_000
+    with Image.open(io.BytesIO(data)) as shown:
+        assert shown.size == (1900, 1900)  # the same picture, only re-encoded
     embed = final.json["embeds"][0]
     assert embed["title"] == "Image generation · Done"
-    assert _field(embed, "Note").startswith("The generated image is larger than Discord lets me attach")
+    assert embed["image"]["url"] == f"attachment://{name}"
     assert list(_buttons(final.json)) == ["again", "edit"]
 
 
@@ -308,7 +317,9 @@ async def test_imagine_quota_is_separate_and_shown_by_quota(harness: Harness) ->
     token = await harness.interact(bot, _imagine_payload(harness, "a dog"))
     message = harness.discord.original_message(token)
     assert message is not None
-    assert message["content"].startswith("You have used all 1 generations for today")
+    assert message["content"].startswith("You have used ")
+    assert "generation" in message["content"]
+    assert "renews <t:" in message["content"]
     assert len(harness.freepik.creates(GEMINI)) == 1
     # Describing still works: the quotas are separate.
     await harness.interact(bot, harness.describe_payload())
@@ -429,7 +440,7 @@ async def test_show_as_text_sends_the_prompt_privately(harness: Harness) -> None
     assert followup.method == "POST"
     assert followup.json["content"] == "a red square on a plain background"
     assert followup.json["flags"] == 64
-    assert harness.discord.original_message(token)["content"] == "a red square on a plain background"
+    assert _original(harness, token)["content"] == "a red square on a plain background"
     assert harness.freepik.creates(GEMINI) == []
 
 
@@ -486,7 +497,9 @@ async def test_a_button_spends_the_clickers_quota(harness: Harness) -> None:
     token = await harness.interact(bot, harness.discord.button_click(_buttons(result)["again"], result))
     message = harness.discord.original_message(token)
     assert message is not None
-    assert message["content"].startswith("You have used all 1 generations for today")
+    assert message["content"].startswith("You have used ")
+    assert "generation" in message["content"]
+    assert "renews <t:" in message["content"]
     assert len(harness.freepik.creates(GEMINI)) == 1
 
 
@@ -518,7 +531,7 @@ async def test_a_button_of_the_wrong_kind_of_job_is_refused(harness: Harness) ->
         ],
     )
     token = await harness.interact(bot, harness.discord.button_click(custom_id, message))
-    assert harness.discord.original_message(token)["content"] == (
+    assert _original(harness, token)["content"] == (
         "This result is too old to act on; run the command again."
     )
 
@@ -554,7 +567,7 @@ async def test_describe_buttons_work_after_a_restart(harness: Harness) -> None:
     assert harness.freepik.creates(GEMINI)[0].json == {"prompt": "a red square on a plain background"}
 
     token = await harness.interact(bot, harness.discord.button_click(_buttons(stored)["text"], stored))
-    assert harness.discord.original_message(token)["content"] == "a red square on a plain background"
+    assert _original(harness, token)["content"] == "a red square on a plain background"
 
 
 async def test_imagine_buttons_work_after_a_restart(harness: Harness) -> None:

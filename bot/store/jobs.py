@@ -120,7 +120,9 @@ class JobStore:
         )
         return updated
 
-    async def save_outputs(self, job: Job, images: Sequence[GeneratedImage], **changes: Any) -> Job:
+    async def save_outputs(
+        self, job: Job, images: Sequence[InputImage | GeneratedImage], **changes: Any
+    ) -> Job:
         """Save generated images and the job's new fields together."""
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
