@@ -1,4 +1,4 @@
-"""Entry: `python -m bot [run|check|describe|invite|backup]`."""
+"""Entry: `python -m bot [run|check|describe|invite|backup|health]`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import discord
 
 from bot import cli
 from bot.client import ImageBot
-from bot.logs import configure_logging
+from bot.heartbeat import DEFAULT_MAX_AGE
+from bot.logs import configure_logging, secret_values
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store.database import Database
 
@@ -43,6 +44,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "backup", help="write a consistent copy of the database, safe while the bot runs"
     )
     backup.add_argument("path")
+    health = commands.add_parser(
+        "health", help="exit 0 while the running bot is connected to Discord (for container health checks)"
+    )
+    health.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE,
+        metavar="SECONDS",
+        help=f"the oldest heartbeat that still counts as alive (default {DEFAULT_MAX_AGE:.0f})",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
     command = args.command or "run"
     if command == "check":
         return asyncio.run(cli.check(settings, live=args.live))
@@ -64,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli.invite(settings)
     if command == "backup":
         return asyncio.run(cli.backup(settings, args.path))
+    if command == "health":
+        return asyncio.run(cli.health(settings, max_age=args.max_age))
     problems = settings.run_problems()
     if problems:
         for problem in problems:

@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from bot.background import BackgroundTasks
 from bot.errors import BotError
+from bot.heartbeat import Heartbeat, gateway_connected, heartbeat_path
 from bot.interactions import reply
 from bot.jobs import JobRunner, RunnerConfig
 from bot.providers.base import Provider, TaskKind
@@ -193,6 +194,8 @@ class ImageBot(commands.Bot):
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
         self._background.spawn(self._maintenance(), name="maintenance")
+        heartbeat = Heartbeat(heartbeat_path(self.settings), lambda: gateway_connected(self))
+        self._background.spawn(heartbeat.run(), name="heartbeat")
 
     async def sync_commands_if_changed(self) -> None:
         """Sync the commands where their definition changed since the last sync (a hash in the database)."""
@@ -221,7 +224,7 @@ class ImageBot(commands.Bot):
         await super().close()
 
     async def health(self) -> dict[str, bool]:
-        return {"database": await self.db.is_reachable(), "gateway": self.is_ready() and not self.is_closed()}
+        return {"database": await self.db.is_reachable(), "gateway": gateway_connected(self)}
 
     def _webhook_url_for(self, provider: str) -> str | None:
         if not self.settings.webhooks_enabled or provider != "freepik":

@@ -142,8 +142,11 @@ class Database:
     async def backup_to(self, target: Path) -> None:
         """Write a consistent copy of the database while it is in use (SQLite's backup API)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        async with aiosqlite.connect(target) as dest, self._lock:
-            await self._conn.backup(dest)
+        async with aiosqlite.connect(target) as dest:
+            async with self._lock:
+                await self._conn.backup(dest)
+            # The copy is one self-contained file (no -wal beside it), openable from read-only media.
+            await dest.execute("PRAGMA journal_mode=DELETE")
 
 
 def _split_sql(script: str) -> list[str]:
