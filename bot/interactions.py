@@ -14,6 +14,16 @@ from bot.store.quotas import Member
 log = logging.getLogger(__name__)
 
 
+# What the bot needs in a channel to show a result: an embed with an image attached (the described
+# input's thumbnail, the generated image).
+RESULT_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
+
+
+def missing_channel_permissions(interaction: discord.Interaction) -> bool:
+    """Tell whether the bot cannot show a result where this interaction happened."""
+    return not RESULT_PERMISSIONS.is_subset(interaction.app_permissions)
+
+
 def member_of(interaction: discord.Interaction) -> Member:
     """Return who invoked, with their roles in this server (quotas are kept per server)."""
     user = interaction.user

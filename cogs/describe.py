@@ -11,7 +11,14 @@ from discord.ext import commands
 from bot.client import ImageBot
 from bot.errors import BadInput, BotError
 from bot.inputs import ImageSource, checked_link, load_attachment, load_source, message_images
-from bot.interactions import ReportTarget, member_of, member_of_message, reply
+from bot.interactions import (
+    RESULT_PERMISSIONS,
+    ReportTarget,
+    member_of,
+    member_of_message,
+    missing_channel_permissions,
+    reply,
+)
 from bot.providers.base import TaskKind, TaskState
 from bot.ui import input_text, text
 from bot.ui.views import ImagePicker
@@ -22,19 +29,13 @@ PROVIDER_CHOICES = [
     app_commands.Choice(name="Freepik", value="freepik"),
     app_commands.Choice(name="Novita", value="novita"),
 ]
-# What the bot needs in the channel to show a result: an embed with the input as a thumbnail.
-NEEDED_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
-
-
-def missing_channel_permissions(interaction: discord.Interaction) -> bool:
-    return not NEEDED_PERMISSIONS.is_subset(interaction.app_permissions)
 
 
 def missing_permissions_in(channel: discord.abc.MessageableChannel, me: discord.Member | None) -> bool:
     """Tell whether the bot surely cannot show a result in a server channel (unknown counts as able)."""
     if me is None or not isinstance(channel, discord.abc.GuildChannel | discord.Thread):
         return False
-    return not NEEDED_PERMISSIONS.is_subset(channel.permissions_for(me))
+    return not RESULT_PERMISSIONS.is_subset(channel.permissions_for(me))
 
 
 def queued_embed() -> discord.Embed:

@@ -11,19 +11,12 @@ from discord.ext import commands
 from bot.client import ImageBot
 from bot.errors import BadInput
 from bot.inputs import load_attachment, load_source, message_images
-from bot.interactions import ReportTarget, member_of, reply
+from bot.interactions import ReportTarget, member_of, missing_channel_permissions, reply
 from bot.service import MAX_PROMPT_LENGTH, MAX_REFERENCES
 from bot.ui import input_text, text
 from bot.ui.views import PromptModal
 
 log = logging.getLogger(__name__)
-
-# What the bot needs in the channel to show a result: an embed with the generated image attached.
-NEEDED_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
-
-
-def missing_channel_permissions(interaction: discord.Interaction) -> bool:
-    return not NEEDED_PERMISSIONS.is_subset(interaction.app_permissions)
 
 
 class ImagineCog(commands.Cog):
