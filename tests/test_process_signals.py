@@ -104,3 +104,13 @@ async def test_sigterm_leaves_the_job_saved_in_its_state(harness: Harness) -> No
     assert [job.state for job in jobs] in ([TaskState.CREATED], [TaskState.IN_PROGRESS])
     assert jobs[0].interaction_token  # kept: the next start reports with it
     assert token
+
+
+async def test_a_second_signal_exits_at_once_and_loses_nothing_saved(harness: Harness) -> None:
+    token = await _start_task_in_process(harness)
+    process: asyncio.subprocess.Process = harness.process  # type: ignore[attr-defined]
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode in (0, 1)  # 1: the second signal won the race, as it should
+    await _finish_in_a_new_bot(harness, token)

@@ -326,3 +326,14 @@ async def test_healthz_reports_database_and_gateway(harness: Harness) -> None:
         body = await response.json()
     assert body["database"] is True
     assert "gateway" in body
+
+
+async def test_403_says_the_bot_is_misconfigured_and_refunds(harness: Harness) -> None:
+    harness.freepik.fail_next(
+        "POST", "/v1/ai/image-to-prompt", 403, {"message": "Your plan does not include this"}
+    )
+    bot = await harness.start_bot(describe_provider="freepik", novita_api_key=None)
+    token = await harness.interact(bot, harness.describe_payload())
+    embed = harness.calls_for(token)[-1].json["embeds"][0]
+    assert embed["description"].startswith("The bot is misconfigured: Freepik rejected its API key or plan")
+    assert await _usage_states(bot) == ["refunded"]
