@@ -103,7 +103,7 @@ class JobRunner:
     async def submit(self, job: Job, inputs: list[InputImage]) -> Job:
         """Save a new job with its inputs and start driving it."""
         await self._jobs.create(job, inputs)
-        self._spawn(job)
+        self._spawn(job, inputs=inputs)
         return job
 
     async def finish_cached(self, job: Job, inputs: list[InputImage]) -> Job:
@@ -149,17 +149,17 @@ class JobRunner:
 
     # --- driving one job --------------------------------------------------------------------
 
-    def _spawn(self, job: Job, *, resumed: bool = False) -> None:
-        task = self._tasks.spawn(self._drive(job, resumed=resumed), name=f"job-{job.id[:12]}")
+    def _spawn(self, job: Job, *, resumed: bool = False, inputs: list[InputImage] | None = None) -> None:
+        task = self._tasks.spawn(self._drive(job, resumed=resumed, inputs=inputs), name=f"job-{job.id[:12]}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._running.pop(job.id, None))
 
-    async def _drive(self, job: Job, *, resumed: bool) -> None:
+    async def _drive(self, job: Job, *, resumed: bool, inputs: list[InputImage] | None = None) -> None:
         key: tuple[str, str] | None = None
         try:
             if not job.finished:
                 if job.state is TaskState.QUEUED:
-                    job = await self._start(job)
+                    job = await self._start(job, inputs)
                 elif job.state is TaskState.STARTING:
                     # The create went out and its answer was never saved: the task may exist, but we
                     # cannot find it (no idempotency key), and sending it again might pay twice.
@@ -184,10 +184,11 @@ class JobRunner:
             if job.provider_task_id is not None:
                 self._deliveries.pop((job.provider, job.provider_task_id), None)
 
-    async def _start(self, job: Job) -> Job:
+    async def _start(self, job: Job, inputs: list[InputImage] | None) -> Job:
         if self._stopping.is_set():
             raise _Stopping
-        inputs = await self._jobs.images(job.id, "input")
+        if inputs is None:  # a resumed job: its inputs are only in the database
+            inputs = await self._jobs.images(job.id, "input")
         try:
             return await self._start_with(job, job.provider, inputs)
         except ProviderError as exc:

@@ -110,15 +110,19 @@ class Database:
             return cursor.lastrowid or 0
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self._lock:
-            cursor = await self._conn.execute(sql, tuple(params))
-            row: aiosqlite.Row | None = await cursor.fetchone()
-            return row
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        # One trip to SQLite's thread instead of two (execute, then fetch): reads are on the hot path.
+        async with self._lock:
+            return list(await self._conn.execute_fetchall(sql, tuple(params)))
+
+    async def update(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one write statement (atomic on its own) and return how many rows it changed."""
         async with self._lock:
             cursor = await self._conn.execute(sql, tuple(params))
-            return list(await cursor.fetchall())
+            return cursor.rowcount
 
     async def get_meta(self, key: str) -> str | None:
         row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (key,))

@@ -374,12 +374,12 @@ class QuotaStore:
     # --- inside ------------------------------------------------------------------------------
 
     async def _settle(self, usage_id: int, state: str, outcome: str) -> bool:
-        async with self._db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE usage SET state = ?, outcome = ?, ended_at = ? WHERE id = ? AND state = 'reserved'",
-                (state, outcome, self._clock(), usage_id),
-            )
-            return cursor.rowcount == 1
+        # One statement is atomic on its own: the state guard makes settling happen once.
+        changed = await self._db.update(
+            "UPDATE usage SET state = ?, outcome = ?, ended_at = ? WHERE id = ? AND state = 'reserved'",
+            (state, outcome, self._clock(), usage_id),
+        )
+        return changed == 1
 
     def _member_day(
         self, member: Member, kind: TaskKind, day: str, now: float | None = None
