@@ -1,0 +1,148 @@
+"""Quota reservations per second under contention: many members, one SQLite file, one or two processes.
+
+Each process opens the file as the bot does (`Database.open`: WAL, busy timeout) and fires every
+reservation at once; `QuotaStore.reserve` is one write transaction each. A second part has both
+processes race for one member's last units: exactly the limit must be granted, never more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.errors import QuotaExceeded
+from bot.providers.base import TaskKind
+from bot.store.database import Database
+from bot.store.quotas import Member, QuotaStore
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MEMBER = 1
+SHARED_LIMIT = 25
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaResult:
+    processes: int
+    reservations: int
+    seconds: float
+    errors: int
+    shared_granted: int  # of the one member with a limit of SHARED_LIMIT, raced by every process
+
+    @property
+    def per_second(self) -> float:
+        return self.reservations / self.seconds if self.seconds > 0 else 0.0
+
+
+def _store(db: Database, limit: int) -> QuotaStore:
+    return QuotaStore(
+        db,
+        defaults={TaskKind.DESCRIBE: limit, TaskKind.IMAGINE: limit},
+        max_inflight_per_user=1_000_000,
+        max_inflight_per_provider=1_000_000,
+        reservation_ttl=3600.0,
+    )
+
+
+async def _reserve_all(
+    path: Path, members: int, per_member: int, first_user: int, start_at: float, shared_attempts: int
+) -> dict[str, float]:
+    db = await Database.open(path)
+    try:
+        store = _store(db, -1)
+        shared = _store(db, SHARED_LIMIT)
+        everyone = [Member(guild_id=1, user_id=first_user + index) for index in range(members)]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        # Every process races for the shared member's units at the same moment first.
+        raced = await asyncio.gather(
+            *(
+                shared.reserve(Member(guild_id=1, user_id=SHARED_MEMBER), TaskKind.DESCRIBE, "freepik")
+                for _ in range(shared_attempts)
+            ),
+            return_exceptions=True,
+        )
+        started = time.time()
+        outcomes = await asyncio.gather(
+            *(store.reserve(member, TaskKind.DESCRIBE, "freepik") for member in everyone * per_member),
+            return_exceptions=True,
+        )
+        ended = time.time()
+    finally:
+        await db.close()
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    unexpected = [outcome for outcome in raced if isinstance(outcome, BaseException)]
+    unexpected = [error for error in unexpected if not isinstance(error, QuotaExceeded)]
+    return {
+        "reserved": len(outcomes) - len(errors),
+        "errors": len(errors) + len(unexpected),
+        "started": started,
+        "ended": ended,
+        "shared_granted": sum(1 for outcome in raced if not isinstance(outcome, BaseException)),
+    }
+
+
+async def run_quota(members: int, per_member: int, processes: int) -> QuotaResult:
+    """Reserve members x per_member units in total, split over `processes` processes on one file."""
+    with tempfile.TemporaryDirectory(prefix="bench-quota-") as folder:
+        path = Path(folder) / "quota.sqlite3"
+        await (await Database.open(path)).close()  # migrate once, before the race
+        start_at = time.time() + 1.0 + 0.5 * processes
+        share = members // processes
+        if processes == 1:
+            reports = [await _reserve_all(path, members, per_member, 1000, start_at, 2 * SHARED_LIMIT)]
+        else:
+            workers = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "benchmarks.quota",
+                    str(path),
+                    f"--members={share}",
+                    f"--per-member={per_member}",
+                    f"--first-user={1000 + index * share}",
+                    f"--start-at={start_at}",
+                    f"--shared-attempts={2 * SHARED_LIMIT}",
+                    stdout=asyncio.subprocess.PIPE,
+                    cwd=ROOT,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+                for index in range(processes)
+            ]
+            outputs = [await asyncio.wait_for(worker.communicate(), 300) for worker in workers]
+            reports = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
+    started = min(report["started"] for report in reports)
+    ended = max(report["ended"] for report in reports)
+    return QuotaResult(
+        processes=processes,
+        reservations=int(sum(report["reserved"] for report in reports)),
+        seconds=ended - started,
+        errors=int(sum(report["errors"] for report in reports)),
+        shared_granted=int(sum(report["shared_granted"] for report in reports)),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one process of the quota contention benchmark")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--members", type=int, required=True)
+    parser.add_argument("--per-member", type=int, required=True)
+    parser.add_argument("--first-user", type=int, required=True)
+    parser.add_argument("--start-at", type=float, required=True)
+    parser.add_argument("--shared-attempts", type=int, required=True)
+    args = parser.parse_args()
+    report = asyncio.run(
+        _reserve_all(
+            args.path, args.members, args.per_member, args.first_user, args.start_at, args.shared_attempts
+        )
+    )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
