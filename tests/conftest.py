@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -35,6 +36,23 @@ def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture
+async def loopback_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every address the event loop connects to, and stop any that leaves loopback."""
+    loop = asyncio.get_running_loop()
+    original = loop.sock_connect
+    seen: list[str] = []
+
+    async def guarded(sock: socket.socket, address: Any) -> None:
+        seen.append(address[0])
+        if not ipaddress.ip_address(address[0]).is_loopback:
+            raise AssertionError(f"a test tried to connect to {address[0]}")
+        await original(sock, address)
+
+    monkeypatch.setattr(loop, "sock_connect", guarded)
+    return seen
 
 
 class Harness:

@@ -15,7 +15,7 @@ from bot.providers.base import TaskKind, TaskState
 from bot.settings import Settings
 from tests.conftest import FREEPIK_KEY, NOVITA_KEY, Harness
 
-DISCORD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GxYz12.a-very-secret-discord-token-value"
+DISCORD_TOKEN = "made-up-discord-token-for-the-redaction-test"
 WEBHOOK_SECRET = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LXZhbHVl"
 
 
