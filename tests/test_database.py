@@ -17,7 +17,9 @@ async def test_a_transaction_cancelled_while_beginning_releases_the_write_lock(t
 
             async def write() -> None:
                 async with first.transaction() as conn:
-                    await conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v') ON CONFLICT DO NOTHING")
+                    await conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('k', 'v') ON CONFLICT DO NOTHING"
+                    )
 
             task = asyncio.create_task(write())
             await asyncio.sleep(0)  # cancelled while BEGIN is on its way (a shutdown mid-maintenance)
