@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver
 from PIL import Image
 
 from bot.client import ImageBot
@@ -86,13 +87,18 @@ class Harness:
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     async def start_bot(
-        self, settings: Settings | None = None, *, clock: Callable[[], float] = time.time, **overrides: Any
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        resolver: AbstractResolver | None = None,
+        **overrides: Any,
     ) -> ImageBot:
         settings = settings or self.settings(**overrides)
         session = aiohttp.ClientSession()
         db = await Database.open(settings.database_path)
         downloader = SafeDownloader(
-            max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in
+            max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in, resolver=resolver
         )
         bot = ImageBot(settings=settings, session=session, db=db, downloader=downloader, clock=clock)
         self._resources.append((session, db))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-import socket
 import struct
 import time
 import zlib
@@ -18,20 +17,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
 from bot.client import ImageBot
 from bot.images import MAX_PIXELS
-from bot.safe_download import SafeDownloader
-from bot.store.database import Database
 from bot.store.quotas import Member
 from bot.ui import input_text, text
-from tests.conftest import Harness, allow_stand_in, png_bytes
-from tests.fakes.discord import RecordedCall, start_bot, stop_bot
+from tests.conftest import Harness, png_bytes
+from tests.fakes.discord import RecordedCall
+from tests.fakes.dns import StubResolver
 
 STAND_IN = "127.0.0.2"  # "the public internet" for these tests
 EPHEMERAL = 1 << 6
@@ -138,35 +134,6 @@ async def site() -> AsyncIterator[Site]:
     yield state
     stop.set()
     await runner.cleanup()
-
-
-class StubResolver(AbstractResolver):
-    """A DNS that answers from a table, so no test depends on the real one."""
-
-    def __init__(self, table: dict[str, str]) -> None:
-        self.table = table
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.asked.append(host)
-        if host not in self.table:
-            raise OSError(f"no such name: {host}")
-        address = self.table[host]
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 # --- driving the bot -------------------------------------------------------------------------------
@@ -385,24 +352,10 @@ async def test_linked_file_over_the_byte_limit_is_refused(harness: Harness, site
 
 
 @pytest.fixture
-async def resolving_bot(harness: Harness) -> AsyncIterator[tuple[ImageBot, StubResolver]]:
-    """A bot built the way the harness builds one, but whose downloader asks a stub DNS."""
-    resolver = StubResolver({"photos.example.test": STAND_IN, "sneaky.example.test": "127.0.0.1"})
-    settings = harness.settings(describe_provider="novita")
-    session = aiohttp.ClientSession()
-    db = await Database.open(settings.database_path)
-    downloader = SafeDownloader(
-        max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in, resolver=resolver
-    )
-    bot = ImageBot(settings=settings, session=session, db=db, downloader=downloader)
-    await start_bot(bot, harness.discord)
-    try:
-        yield bot, resolver
-    finally:
-        await stop_bot(bot, harness.discord)
-        await session.close()
-        await db.close()
-    assert not bot.tree.unexpected_errors
+async def resolving_bot(harness: Harness) -> tuple[ImageBot, StubResolver]:
+    """A harness bot whose downloader asks a stub DNS."""
+    resolver = StubResolver({"photos.example.test": [[STAND_IN]], "sneaky.example.test": [["127.0.0.1"]]})
+    return await harness.start_bot(describe_provider="novita", resolver=resolver), resolver
 
 
 async def test_name_that_resolves_to_loopback_is_refused(
@@ -416,7 +369,7 @@ async def test_name_that_resolves_to_loopback_is_refused(
     )
 
     assert answer.sentence == input_text.LINK_NOT_PUBLIC
-    assert resolver.asked == ["sneaky.example.test"]
+    assert resolver.calls == ["sneaky.example.test"]
     assert site.hits == []
     await nothing_spent(harness, bot)
 
@@ -432,7 +385,7 @@ async def test_name_that_resolves_to_a_public_address_is_described(
     )
 
     assert answer.calls[-1].json["embeds"][0]["title"] == DONE_TITLE
-    assert resolver.asked == ["photos.example.test"]
+    assert resolver.calls == ["photos.example.test"]
     assert site.hits == ["/photo.png"]
     assert [(i["width"], i["height"]) for i in harness.novita.received_images] == [(40, 30)]
 

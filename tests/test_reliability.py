@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Any
 
 import aiohttp
 
+from bot.client import ImageBot
 from bot.providers.base import TaskState
 from bot.store.quotas import Member
 from tests.conftest import Harness, png_bytes
@@ -55,16 +57,22 @@ async def test_restart_mid_task_finishes_on_the_original_message(harness: Harnes
     assert harness.freepik.count("POST") == 1  # resumed by polling, never created twice
 
 
-async def test_job_queued_but_never_started_is_started_at_resume(harness: Harness) -> None:
-    first = await harness.start_bot(describe_provider="freepik")
-    # Stop taking work before the member's command arrives, as if the bot died right after saving the job.
-    await first.runner.shutdown(grace=0)
-    first.runner.accepting = True
+async def _leave_a_saved_job(harness: Harness) -> tuple[ImageBot, dict[str, Any]]:
+    """Save a describe job that never starts, as if the bot died right after saving it; return the stopped bot."""
+    bot = await harness.start_bot(describe_provider="freepik")
+    # The runner stops driving jobs before the member's command arrives; the command still saves its job.
+    await bot.runner.shutdown(grace=0)
+    bot.runner.accepting = True
     payload = harness.describe_payload()
     await harness.discord.send_interaction(payload)
     await harness.discord.wait_for_call(lambda call: payload["token"] in call.path)
     await asyncio.sleep(0.2)
-    await harness.stop_bot(first)
+    await harness.stop_bot(bot)
+    return bot, payload
+
+
+async def test_job_queued_but_never_started_is_started_at_resume(harness: Harness) -> None:
+    first, payload = await _leave_a_saved_job(harness)
     jobs = await first.jobs.unfinished()
     assert [job.state for job in jobs] == [TaskState.QUEUED]
     assert harness.freepik.count("POST") == 0
@@ -78,14 +86,7 @@ async def test_job_queued_but_never_started_is_started_at_resume(harness: Harnes
 
 
 async def test_job_whose_create_answer_was_lost_is_refunded_and_told(harness: Harness) -> None:
-    bot = await harness.start_bot(describe_provider="freepik")
-    await bot.runner.shutdown(grace=0)
-    bot.runner.accepting = True
-    payload = harness.describe_payload()
-    await harness.discord.send_interaction(payload)
-    await harness.discord.wait_for_call(lambda call: payload["token"] in call.path)
-    await asyncio.sleep(0.2)
-    await harness.stop_bot(bot)
+    bot, payload = await _leave_a_saved_job(harness)
     # The bot died after sending the create and before saving its answer.
     await bot.db.execute("UPDATE jobs SET state = 'STARTING'")
 

@@ -10,7 +10,6 @@ import asyncio
 import io
 import ipaddress
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,13 +17,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
 from bot.errors import BadInput
 from bot.images import check_image
 from bot.safe_download import IPAddress, SafeDownloader, is_public_address
 from bot.ui import input_text
+from tests.fakes.dns import StubResolver
 
 SERVER_HOST = "127.0.0.2"
 PUBLIC_STAND_IN = ipaddress.ip_address(SERVER_HOST)
@@ -137,38 +136,6 @@ async def server() -> AsyncIterator[Server]:
     yield state
     stop.set()
     await runner.cleanup()
-
-
-class StubResolver(AbstractResolver):
-    """Answer from a table; a name with several answers gives them in turn (for rebinding)."""
-
-    def __init__(self, table: dict[str, list[list[str]]]) -> None:
-        self.table = {name: list(answers) for name, answers in table.items()}
-        self.calls: list[str] = []
-        self.closed = False
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.calls.append(host)
-        answers = self.table.get(host)
-        if not answers:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        answer = answers.pop(0) if len(answers) > 1 else answers[0]
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in answer
-        ]
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @dataclass
