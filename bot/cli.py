@@ -14,7 +14,6 @@ import aiohttp
 from bot.client import build_providers
 from bot.errors import BotError, ProviderError, ProviderFault
 from bot.heartbeat import heartbeat_age, heartbeat_path
-from bot.images import check_image
 from bot.interactions import ReportTarget
 from bot.invite import SCOPES, application_id_from_token, invite_url, permission_names, required_permissions
 from bot.jobs import JobRunner, RunnerConfig
@@ -173,7 +172,6 @@ async def describe(settings: Settings, source: str, provider_name: str | None) -
                     settings.poll_interval_seconds,
                     settings.poll_max_interval_seconds,
                     settings.task_timeout_seconds,
-                    cache_days=0,
                 ),
             )
             service = TaskService(
@@ -189,7 +187,7 @@ async def describe(settings: Settings, source: str, provider_name: str | None) -
                     image = await service.fetch_url(source)
                 else:
                     data = await asyncio.to_thread(Path(source).read_bytes)
-                    image = await asyncio.to_thread(check_image, data, max_bytes=settings.max_image_bytes)
+                    image = await service.check_bytes(data)
                 name = service.describe_provider(provider_name)
                 await service.describe(
                     Member(0, 0), image, name, ReportTarget(channel_id=None, via="channel")

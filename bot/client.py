@@ -157,7 +157,6 @@ class ImageBot(commands.Bot):
                 poll_interval=settings.poll_interval_seconds,
                 poll_max_interval=settings.poll_max_interval_seconds,
                 task_timeout=settings.task_timeout_seconds,
-                cache_days=settings.describe_cache_days,
             ),
             webhook_url_for=self._webhook_url_for,
             clock=clock,

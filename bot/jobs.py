@@ -55,7 +55,6 @@ class RunnerConfig:
     poll_interval: float
     poll_max_interval: float
     task_timeout: float
-    cache_days: int = 30
     # With webhooks on, polling is only the safety net for a lost delivery: slow and steady.
     webhook_poll_interval: float = 30.0
     poll_growth: float = 1.5

@@ -110,30 +110,26 @@ class JobStore:
 
     async def update(self, job: Job, **changes: Any) -> Job:
         """Save the given fields of a job and return the job as it now is."""
-        changes["updated_at"] = self._clock()
-        updated = replace(job, **changes)
-        assignments = ", ".join(f"{name} = ?" for name in changes)
-        values = [getattr(updated, name) for name in changes]
-        await self._db.execute(
-            f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 (column names are our own fields)
-            (*values, job.id),
-        )
+        updated, sql, params = self._update_statement(job, changes)
+        await self._db.execute(sql, params)
         return updated
 
     async def save_outputs(
         self, job: Job, images: Sequence[InputImage | GeneratedImage], **changes: Any
     ) -> Job:
         """Save generated images and the job's new fields together."""
+        updated, sql, params = self._update_statement(job, changes)
+        async with self._db.transaction() as conn:
+            await _insert_images(conn, job.id, "output", images)
+            await conn.execute(sql, params)
+        return updated
+
+    def _update_statement(self, job: Job, changes: dict[str, Any]) -> tuple[Job, str, tuple[Any, ...]]:
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        async with self._db.transaction() as conn:
-            await _insert_images(conn, job.id, "output", images)
-            await conn.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608
-                (*[getattr(updated, name) for name in changes], job.id),
-            )
-        return updated
+        sql = f"UPDATE jobs SET {assignments} WHERE id = ?"  # noqa: S608 (column names are our own fields)
+        return updated, sql, (*[getattr(updated, name) for name in changes], job.id)
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
