@@ -1,12 +1,15 @@
-# syntax=docker/dockerfile:1
 # Two stages: the builder makes a virtualenv from the hash-pinned lock plus the bot itself; the
 # runtime image gets only that virtualenv, runs as an unprivileged user and keeps its data in /app/data.
+# No `# syntax=` line: it would make BuildKit pull a frontend image, and nothing here needs a newer one,
+# so the legacy builder and BuildKit both build it with no pull but the base image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
+# PIP_ROOT_USER_ACTION: the builder runs pip as root on purpose; that is not worth a warning.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -28,8 +31,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONFAULTHANDLER=1 \
     DATABASE_PATH=/app/data/bot.sqlite3
 # A fixed uid/gid, so a bind-mounted data folder can be handed over with `chown 10001:10001 data`.
-RUN groupadd --system --gid 10001 bot \
-    && useradd --system --uid 10001 --gid bot --home-dir /app --no-create-home --shell /usr/sbin/nologin bot \
+# A plain (not --system) user: system ids stop at 999, and 10001 is above that. No login shell;
+# --no-log-init keeps it out of lastlog/faillog.
+RUN groupadd --gid 10001 bot \
+    && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin \
+        --no-log-init bot \
     && mkdir -p /app/data \
     && chown bot:bot /app/data
 COPY --from=builder /opt/venv /opt/venv

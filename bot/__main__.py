@@ -1,25 +1,18 @@
-"""Entry: `python -m bot [run|check|describe|invite|backup|health]`."""
+"""Entry: `python -m bot [run|check|describe|invite|backup|restore|health]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import signal
 import sys
-
-import aiohttp
-import discord
+import threading
 
 from bot import cli
-from bot.client import ImageBot
 from bot.heartbeat import DEFAULT_MAX_AGE
 from bot.logs import configure_logging, secret_values
-from bot.settings import Settings, SettingsError, load_settings
-from bot.store.database import Database
-
-log = logging.getLogger("bot")
+from bot.runtime import run_bot
+from bot.settings import SettingsError, load_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     backup = commands.add_parser(
         "backup", help="write a consistent copy of the database, safe while the bot runs"
     )
-    backup.add_argument("path")
+    backup.add_argument(
+        "path", help="a file to write, or a folder (existing, or ending in /) for a new timestamped file"
+    )
+    restore = commands.add_parser(
+        "restore",
+        help="put a backup in place of the database (the bot must be stopped; the old file is kept)",
+    )
+    restore.add_argument("backup", metavar="BACKUP")
     health = commands.add_parser(
         "health", help="exit 0 while the running bot is connected to Discord (for container health checks)"
     )
@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # Until the bot installs its own handlers, a signal ends the process quietly: Ctrl-C while
+        # settings load is not worth a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     args = parse_args(argv)
     try:
         settings = load_settings()
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli.invite(settings)
     if command == "backup":
         return asyncio.run(cli.backup(settings, args.path))
+    if command == "restore":
+        return asyncio.run(cli.restore(settings, args.backup))
     if command == "health":
         return asyncio.run(cli.health(settings, max_age=args.max_age))
     problems = settings.run_problems()
@@ -83,53 +89,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     return asyncio.run(run_bot(settings))
-
-
-async def run_bot(settings: Settings) -> int:
-    """Run until stopped; the first SIGTERM or SIGINT closes gracefully, a second exits at once."""
-    assert settings.discord_token is not None
-    db = await Database.open(settings.database_path)
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            ImageBot(settings=settings, session=session, db=db) as bot,
-        ):
-            _install_signal_handlers(bot)
-            try:
-                await bot.start(settings.discord_token.get_secret_value())
-            except discord.LoginFailure:
-                print(
-                    "error: Discord refused DISCORD_TOKEN: copy the bot token again from the developer portal",
-                    file=sys.stderr,
-                )
-                return 2
-            except discord.PrivilegedIntentsRequired:
-                print(
-                    "error: MENTION_TRIGGER needs the Message Content intent: switch it on in the developer portal "
-                    "(Bot > Privileged Gateway Intents)",
-                    file=sys.stderr,
-                )
-                return 2
-    finally:
-        await db.close()
-    return 0
-
-
-def _install_signal_handlers(bot: ImageBot) -> None:
-    loop = asyncio.get_running_loop()
-    state = {"signalled": False}
-
-    def on_signal(signum: int) -> None:
-        if state["signalled"]:
-            # Every state change was saved before it was reported: exiting now loses nothing saved.
-            log.warning("second %s: exiting at once", signal.Signals(signum).name)
-            os._exit(1)
-        state["signalled"] = True
-        log.info("%s: finishing in-flight work and closing", signal.Signals(signum).name)
-        loop.create_task(bot.close(), name="graceful-close")  # noqa: RUF006 (close() ends the loop's main task)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,15 @@ class BackgroundTasks:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
+        if self._closed:
+            # Asked for after cancel_all (a start-up step finishing during shutdown): it never runs,
+            # so it cannot outlive the resources it would use.
+            task.cancel()
+            return task
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -31,6 +37,8 @@ class BackgroundTasks:
         return len(self._tasks)
 
     async def cancel_all(self) -> None:
+        """Cancel every task and refuse new ones."""
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -1,4 +1,4 @@
-"""The terminal commands: check, health, describe, invite, backup."""
+"""The terminal commands: check, health, describe, invite, backup, restore."""
 
 from __future__ import annotations
 
@@ -22,10 +22,16 @@ from bot.providers.breaker import CircuitBreaker
 from bot.safe_download import SafeDownloader
 from bot.service import TaskService
 from bot.settings import Settings
-from bot.store.database import Database, migration_files
+from bot.store.database import Database, DatabaseUnusable, migration_files
+from bot.store.file_access import storage_problem
 from bot.store.jobs import Job, JobStore
 from bot.store.quotas import Member, QuotaStore
+from bot.store.restore import RestoreRefused, utc_stamp
+from bot.store.restore import restore as restore_backup
 from bot.ui import text
+
+# Every fault an admin must fix ends a command with this status (as a bad setting does).
+EXIT_PROBLEM = 2
 
 
 def say(line: str) -> None:
@@ -59,7 +65,7 @@ async def check(settings: Settings, *, live: bool) -> int:
                     say(f"ok: {name} accepted {name.upper()}_API_KEY")
     for problem in problems:
         complain(f"error: {problem}")
-    return 1 if problems else 0
+    return EXIT_PROBLEM if problems else 0
 
 
 async def _check_database(path: Path) -> list[str]:
@@ -71,7 +77,9 @@ async def _check_database(path: Path) -> list[str]:
             await db.set_meta("last_check", str(time.time()))
         finally:
             await db.close()
-    except Exception as exc:  # any failure here is the finding to report
+    except DatabaseUnusable as exc:
+        return [str(exc)]
+    except Exception as exc:  # any other failure here is the finding to report
         return [f"DATABASE_PATH {path} cannot be opened and written: {_one_line(exc)}"]
     say(f"ok: database {path} is writable, schema version {version}/{len(migration_files())} (current)")
     return []
@@ -82,7 +90,7 @@ def _key_problem(name: str, exc: ProviderError) -> str:
     detail = f" ({_one_line(exc.detail)})" if exc.detail else ""
     if exc.fault is ProviderFault.MISCONFIGURED:
         return f"{name} rejected {variable}{detail}: copy the key again from the provider's dashboard and check the plan"
-    if exc.fault is ProviderFault.BUSY:
+    if exc.fault in (ProviderFault.BUSY, ProviderFault.UNREACHABLE):
         return f"{name} could not be asked{detail}: the key was not tried; check the network and {name.upper()}_BASE_URL"
     return f"{name} did not confirm {variable}: {exc.fault.value}{detail}"
 
@@ -209,8 +217,19 @@ async def describe(settings: Settings, source: str, provider_name: str | None) -
         say(final.result_text)
         return 0
     assert final.fault is not None
-    complain(f"error: {text.fault_sentence(ProviderError(final.provider, final.fault))}")
+    complain(f"error: {_terminal_fault(settings, final.provider, final.fault)}")
     return 1
+
+
+def _terminal_fault(settings: Settings, provider: str, fault: ProviderFault) -> str:
+    """Say what went wrong for the admin at the terminal: the setting to look at, where there is one."""
+    prefix = provider.upper()
+    if fault is ProviderFault.UNREACHABLE:
+        base_url = getattr(settings, f"{provider}_base_url", "")
+        return f"{provider} could not be reached at {base_url}: check the network and {prefix}_BASE_URL"
+    if fault is ProviderFault.MISCONFIGURED:
+        return f"{provider} rejected {prefix}_API_KEY: copy the key again from the provider's dashboard and check the plan"
+    return text.fault_sentence(ProviderError(provider, fault))
 
 
 def invite(settings: Settings) -> int:
@@ -232,34 +251,87 @@ def invite(settings: Settings) -> int:
 
 
 async def backup(settings: Settings, target: str) -> int:
-    """Write a consistent copy of the database to `target` (SQLite's backup API), safe while the bot runs."""
-    path = Path(target)
-    if not await asyncio.to_thread(settings.database_path.exists):
-        complain(f"error: there is no database at {settings.database_path} (DATABASE_PATH) to back up")
-        return 2
-    if await asyncio.to_thread(path.is_dir):
-        path /= (
-            f"{settings.database_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{settings.database_path.suffix}"
-        )
-    if _same_file(path, settings.database_path):
-        complain("error: the backup must go to another file than the database itself")
-        return 2
+    """Write a consistent copy of the database to `target` (SQLite's backup API), safe while the bot runs.
+
+    A folder (an existing one, or any path ending in /) gets a new timestamped file; an existing backup
+    is never overwritten.
+    """
+    database = settings.database_path
+    if not await asyncio.to_thread(database.is_file):
+        if await asyncio.to_thread(database.is_dir):
+            complain(f"error: {await asyncio.to_thread(storage_problem, database)}")
+        else:
+            complain(f"error: there is no database at {database} (DATABASE_PATH) to back up")
+        return EXIT_PROBLEM
+    try:
+        path = await asyncio.to_thread(_backup_file_for, target, database)
+    except FileExistsError as exc:
+        complain(f"error: {exc}")
+        return EXIT_PROBLEM
+    except OSError as exc:
+        complain(f"error: the backup folder for {target} cannot be made: {_one_line(exc)}")
+        return EXIT_PROBLEM
     # Copy to a file beside the target, then rename: an interrupted backup never leaves half a copy
     # under the name of a good one.
     partial = path.with_name(path.name + ".partial")
     try:
         await asyncio.to_thread(_remove_copy, partial)
-        db = await Database.open(settings.database_path)
+        db = await Database.open(database)
         try:
             await db.backup_to(partial)
         finally:
             await db.close()
-        await asyncio.to_thread(os.replace, partial, path)
+        # link() refuses an existing name, where rename would replace it: a backup that appeared
+        # meanwhile under the same name stays as it is.
+        await asyncio.to_thread(os.link, partial, path)
+        await asyncio.to_thread(_remove_copy, partial)
+    except DatabaseUnusable as exc:
+        await asyncio.to_thread(_remove_copy, partial)
+        complain(f"error: {exc}")
+        return EXIT_PROBLEM
     except Exception as exc:  # any failure is reported in one line; the partial copy is removed
         await asyncio.to_thread(_remove_copy, partial)
         complain(f"error: the backup to {path} failed: {_one_line(exc)}")
         return 1
-    say(f"ok: wrote a consistent copy of {settings.database_path} to {path}")
+    say(f"ok: wrote a consistent copy of {database} to {path}")
+    return 0
+
+
+def _backup_file_for(target: str, database: Path) -> Path:
+    """Return the file a backup goes to: a new timestamped one inside a folder target (made if need be)."""
+    path = Path(target)
+    if _same_file(path, database):
+        raise FileExistsError("the backup must go to another file than the database itself")
+    # Path() drops a trailing slash, so the string is asked: "backups/" means the folder, even a new one.
+    if target.endswith(("/", os.sep)) or path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        stem = f"{database.stem}-{utc_stamp()}"
+        candidate = path / f"{stem}{database.suffix}"
+        number = 1
+        while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+            number += 1  # two backups within one second: a second file, never the first one replaced
+            candidate = path / f"{stem}-{number}{database.suffix}"
+        return candidate
+    if path.exists():
+        raise FileExistsError(f"{path} exists already: give a new file name, or a folder ending in /")
+    return path
+
+
+async def restore(settings: Settings, source: str) -> int:
+    """Put a backup in place of the database; refused while anything uses it; the replaced file is kept."""
+    backup = Path(source)
+    try:
+        done = await asyncio.to_thread(restore_backup, backup, settings.database_path)
+    except RestoreRefused as exc:
+        complain(f"error: {exc}")
+        return EXIT_PROBLEM
+    kept = f"; the replaced database is kept as {done.kept}" if done.kept else ""
+    say(f"ok: restored {backup} to {done.database} (schema version {done.schema_version}){kept}")
+    if not done.owner_kept:
+        complain(
+            f"warning: {done.database} could not be given the replaced file's owner (run restore as that "
+            "user or as root); check that the bot can write it"
+        )
     return 0
 
 

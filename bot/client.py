@@ -15,7 +15,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.background import BackgroundTasks
-from bot.errors import BotError
+from bot.connection import TRANSIENT_ERRORS, CappedBackoff, one_line
+from bot.errors import BotError, StartupError
 from bot.heartbeat import Heartbeat, gateway_connected, heartbeat_path
 from bot.interactions import reply
 from bot.jobs import JobRunner, RunnerConfig
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = ("cogs.describe", "cogs.imagine", "cogs.quota")
 _MAINTENANCE_INTERVAL = 3600.0
+# Running tasks get this long to reach a safe point at shutdown (SIGTERM must end the process within 10 s).
+JOB_GRACE = 5.0
 # A reservation outlives its task's timeout by this much before it is taken as abandoned.
 _RESERVATION_MARGIN = 300.0
 
@@ -157,6 +160,7 @@ class ImageBot(commands.Bot):
                 poll_interval=settings.poll_interval_seconds,
                 poll_max_interval=settings.poll_max_interval_seconds,
                 task_timeout=settings.task_timeout_seconds,
+                progress_after=settings.edit_coalesce_seconds,
             ),
             webhook_url_for=self._webhook_url_for,
             clock=clock,
@@ -186,7 +190,12 @@ class ImageBot(commands.Bot):
         for extension in self._extensions:
             await self.load_extension(extension)
         self.add_dynamic_items(*PERSISTENT_BUTTONS)
-        await self.sync_commands_if_changed()
+        try:
+            await self.sync_commands_if_changed()
+        except TRANSIENT_ERRORS as exc:
+            # The bot works without a fresh sync (Discord keeps the last one): keep trying in the background.
+            log.warning("could not sync commands (%s); trying again in the background", one_line(exc))
+            self._background.spawn(self._sync_when_reachable(), name="command-sync")
         if self.settings.webhooks_enabled:
             await self._start_webhooks()
         resumed = await self.runner.resume()
@@ -212,9 +221,20 @@ class ImageBot(commands.Bot):
             await self.db.set_meta(key, digest)
             log.info("synced %d commands to %s", len(payload), guild.id if guild else "all servers (global)")
 
+    async def _sync_when_reachable(self) -> None:
+        backoff = CappedBackoff()
+        while True:
+            wait = backoff.delay()
+            await asyncio.sleep(wait)
+            try:
+                await self.sync_commands_if_changed()
+                return
+            except TRANSIENT_ERRORS as exc:
+                log.warning("could not sync commands (%s); trying again", one_line(exc))
+
     async def close(self) -> None:
         """Stop taking commands, let jobs reach a safe point, then close; cogs first, resources last."""
-        await self.runner.shutdown(grace=10.0)
+        await self.runner.shutdown(grace=JOB_GRACE)
         await self.reporter.close()
         if self.webhooks is not None:
             await self.webhooks.stop()
@@ -241,13 +261,20 @@ class ImageBot(commands.Bot):
             }
             return await self.runner.deliver(delivery.provider, payload)
 
-        self.webhooks = WebhookListener(
+        listener = WebhookListener(
             secret=self.settings.webhook_secret.get_secret_value(),
             port=self.settings.webhook_port,
             on_delivery=on_delivery,
             health=self.health,
         )
-        await self.webhooks.start()
+        try:
+            await listener.start()
+        except OSError as exc:
+            raise StartupError(
+                f"WEBHOOK_PORT {self.settings.webhook_port} cannot be listened on ({exc.strerror}): "
+                "another program uses it, or the port needs privileges; choose another port"
+            ) from None
+        self.webhooks = listener
         log.info("webhook listener on port %d", self.webhooks.bound_port)
 
     async def _maintenance(self) -> None:

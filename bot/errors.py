@@ -6,6 +6,10 @@ import enum
 from datetime import datetime
 
 
+class StartupError(Exception):
+    """A fault the admin must fix before the bot can run; the text is one line naming the setting."""
+
+
 class BotError(Exception):
     """An expected failure that ends a request with one sentence to the member."""
 
@@ -37,10 +41,15 @@ class TooManyInFlight(BotError):
         self.limit = limit
 
 
+class StorageFull(BotError):
+    """The database could not be written (disk full or failing); the task in hand is refunded."""
+
+
 class ProviderFault(enum.StrEnum):
     """Why a provider could not give a result; decides the sentence and who pays."""
 
     BUSY = "busy"  # 429, 503, 5xx that did not clear with retries
+    UNREACHABLE = "unreachable"  # no connection could be made: nothing reached the provider
     REJECTED = "rejected"  # 400: the provider refused this input or content
     MISCONFIGURED = "misconfigured"  # 401, 402, 403: the admin's key or plan
     FAILED = "failed"  # the task ended FAILED or CANCELLED

@@ -61,6 +61,10 @@ class Heartbeat:
             while True:
                 now = self._clock()
                 if not self._is_alive():
+                    if last_beat is not None:
+                        # Unhealthy from the moment the connection drops, not minutes later when the
+                        # file would have grown old: the health check then says "not connected".
+                        await asyncio.to_thread(self._remove)
                     last_beat = None  # beat again as soon as the connection is back
                 elif last_beat is None or now - last_beat >= self._interval:
                     try:

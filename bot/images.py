@@ -117,7 +117,7 @@ def check_image(data: bytes, *, max_bytes: int) -> CheckedImage:
         sentence = _sniff_container(data) or input_text.IMAGE_NOT_AN_IMAGE
         raise _refuse(sentence, "unidentified") from None
     except Exception as exc:  # a header Pillow recognised but could not parse
-        raise _refuse(input_text.IMAGE_DAMAGED, f"open failed: {exc!r}") from None
+        raise _refuse(_sentence_for_decode_error(exc), f"open failed: {exc!r}") from None
 
     with img:
         fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "")
@@ -132,8 +132,17 @@ def check_image(data: bytes, *, max_bytes: int) -> CheckedImage:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _refuse(input_text.image_too_many_pixels(MAX_PIXELS), "pillow bomb guard") from None
         except Exception as exc:
-            raise _refuse(input_text.IMAGE_DAMAGED, f"decode failed: {exc!r}") from None
+            raise _refuse(_sentence_for_decode_error(exc), f"decode failed: {exc!r}") from None
     return CheckedImage(data=data, format=fmt, width=width, height=height)
+
+
+def _sentence_for_decode_error(exc: Exception) -> str:
+    """Tell a metadata bomb (Pillow's own guard against inflating text chunks) from a damaged file."""
+    # Pillow's PNG reader stops a compressed text, iTXt or ICC chunk that would inflate past its cap.
+    message = str(exc)
+    if isinstance(exc, ValueError) and ("Decompressed data too large" in message or "text chunks" in message):
+        return input_text.IMAGE_METADATA_TOO_LARGE
+    return input_text.IMAGE_DAMAGED
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from bot.background import BackgroundTasks
-from bot.errors import BadInput, ProviderError, ProviderFault
+from bot.errors import BadInput, ProviderError, ProviderFault, StorageFull
 from bot.images import refit
 from bot.providers.base import (
     GeneratedImage,
@@ -29,9 +29,13 @@ from bot.ui import text
 log = logging.getLogger(__name__)
 
 # Faults at create time after which describe may go to another provider: nothing was created.
-_FALLBACK_FAULTS = frozenset({ProviderFault.BUSY, ProviderFault.UNAVAILABLE, ProviderFault.MISCONFIGURED})
+_FALLBACK_FAULTS = frozenset(
+    {ProviderFault.BUSY, ProviderFault.UNREACHABLE, ProviderFault.UNAVAILABLE, ProviderFault.MISCONFIGURED}
+)
 # Poll failures that say nothing about the task itself: keep polling until the deadline.
-_TRANSIENT_POLL_FAULTS = frozenset({ProviderFault.BUSY, ProviderFault.LOST, ProviderFault.BAD_RESULT})
+_TRANSIENT_POLL_FAULTS = frozenset(
+    {ProviderFault.BUSY, ProviderFault.UNREACHABLE, ProviderFault.LOST, ProviderFault.BAD_RESULT}
+)
 # Generated images are shown as Discord uploads, which may not exceed 10 MiB on a server without boosts.
 RESULT_UPLOAD_LIMITS = ImageLimits(max_side=8192, max_bytes=9_500_000)
 # Deliveries that arrive before the create answer is saved wait here this long for their job.
@@ -55,6 +59,9 @@ class RunnerConfig:
     poll_interval: float
     poll_max_interval: float
     task_timeout: float
+    # A synchronous provider's answer that takes longer than this is shown as "In progress" meanwhile
+    # (the reporter's coalescing window: a quicker answer replaces that edit anyway).
+    progress_after: float = 1.0
     # With webhooks on, polling is only the safety net for a lost delivery: slow and steady.
     webhook_poll_interval: float = 30.0
     poll_growth: float = 1.5
@@ -172,6 +179,11 @@ class JobRunner:
         except _Stopping:
             await self._reporter.forget(job.id)
             log.info("job %s paused for shutdown in state %s", job.id, job.state)
+        except StorageFull:
+            # Nothing more can be saved (the database logged why): the job keeps its last saved state
+            # and carries on from it at the next start, when there is room again.
+            await self._reporter.forget(job.id)
+            log.info("job %s paused in state %s: the database cannot be written", job.id, job.state)
         except ProviderError as exc:
             await self._settle_and_report(await self._fail(job, exc.fault, exc))
         except asyncio.CancelledError:
@@ -218,11 +230,15 @@ class JobRunner:
         # Saved before the request: a crash mid-create is then known as such at the next start.
         job = await self._jobs.update(job, state=TaskState.STARTING)
         webhook_url = None if provider.is_synchronous else self._webhook_url_for(provider_name)
+        if job.kind is TaskKind.DESCRIBE:
+            create = provider.start_describe(inputs[0], webhook_url=webhook_url)
+        else:
+            create = provider.start_imagine(job.prompt or "", inputs, webhook_url=webhook_url)
         try:
-            if job.kind is TaskKind.DESCRIBE:
-                snapshot = await provider.start_describe(inputs[0], webhook_url=webhook_url)
+            if provider.is_synchronous:
+                snapshot = await self._answer_showing_progress(job, create)
             else:
-                snapshot = await provider.start_imagine(job.prompt or "", inputs, webhook_url=webhook_url)
+                snapshot = await create
         except ProviderError as exc:
             breaker.record_failure(exc.fault)
             if exc.fault is not ProviderFault.LOST:
@@ -237,6 +253,21 @@ class JobRunner:
         if job.usage_id is not None:
             await self._quotas.record_task_id(job.usage_id, snapshot.task_id)
         return await self._advance(job, snapshot)
+
+    async def _answer_showing_progress(
+        self, job: Job, answer: Coroutine[Any, Any, TaskSnapshot]
+    ) -> TaskSnapshot:
+        """Wait for a synchronous provider's answer, showing "In progress" once it is slow in coming."""
+        pending = asyncio.ensure_future(answer)
+        try:
+            done, _ = await asyncio.wait({pending}, timeout=self._config.progress_after)
+            if not done:
+                # Shown, not saved: the saved STARTING state is what tells a restart the answer was lost.
+                await self._reporter.report(replace(job, state=TaskState.IN_PROGRESS))
+            return await pending
+        except BaseException:
+            pending.cancel()
+            raise
 
     def _fallback_for(self, job: Job, exc: ProviderError) -> str | None:
         if job.kind is not TaskKind.DESCRIBE or exc.fault not in _FALLBACK_FAULTS or job.notice:

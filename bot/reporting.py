@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any, cast
 import discord
 
 from bot.background import BackgroundTasks
+from bot.errors import StorageFull
 from bot.images import thumbnail
 from bot.providers.base import TaskKind, TaskState
 from bot.store.jobs import Job, JobStore
@@ -133,7 +135,8 @@ class DiscordReporter:
         slot.sent_state = job.state
         slot.last_sent = self._monotonic()
         slot.latest = job if slot.latest.state is job.state else replace(slot.latest, **slot.route)
-        await self._jobs.update(job, reported_state=job.state)
+        with contextlib.suppress(StorageFull):  # shown already; at worst a resume shows it once more
+            await self._jobs.update(job, reported_state=job.state)
 
     # --- the routes to the message ---------------------------------------------------------------
 

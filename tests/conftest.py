@@ -33,6 +33,17 @@ def allow_stand_in(ip: IPAddress) -> bool:
     return ip == PUBLIC_STAND_IN or is_public_address(ip)
 
 
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Wait until `predicate()` holds (checked every few milliseconds); fail saying `what` never came."""
+    try:
+        async with asyncio.timeout(timeout):
+            # A condition over state that has no event of its own (files, counters, other tasks).
+            while not predicate():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "PNG")
@@ -54,6 +65,30 @@ async def loopback_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(loop, "sock_connect", guarded)
     return seen
+
+
+# discord.py names the tasks that run a command, a component, a modal or an event listener; while one
+# of them is pending, the bot is still handling something it was sent.
+_HANDLER_TASK_PREFIXES = (
+    "CommandTree-invoker",
+    "discord-ui-view-dispatch",
+    "discord-ui-dynamic-item",
+    "discord-ui-modal-dispatch",
+    "discord.py: on_message",
+    "discord.py: on_interaction",
+)
+
+
+def handler_tasks() -> list[str]:
+    return [
+        task.get_name()
+        for task in asyncio.all_tasks()
+        if not task.done() and task.get_name().startswith(_HANDLER_TASK_PREFIXES)
+    ]
+
+
+def handling_something() -> bool:
+    return bool(handler_tasks())
 
 
 class Harness:
@@ -111,20 +146,24 @@ class Harness:
             self.bots.remove(bot)
             await stop_bot(bot, self.discord)
 
-    async def settle(self, bot: ImageBot, timeout: float = 5.0) -> None:
-        """Wait until the bot has no job running."""
-        deadline = time.monotonic() + timeout
-        await asyncio.sleep(0)
-        while bot.runner.running_count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{bot.runner.running_count} jobs still running after {timeout} s")
-            await asyncio.sleep(0.01)
+    async def settle(self, bot: ImageBot, timeout: float = 15.0) -> None:
+        """Wait until the bot has handled everything it was sent and no job of it runs."""
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.sleep(0)
+                # discord.py's handler tasks announce nothing when they end: look at them often.
+                while bot.runner.running_count or handling_something():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(
+                f"{bot.runner.running_count} jobs still running after {timeout} s; handlers: {handler_tasks()}"
+            ) from None
 
     async def interact(self, bot: ImageBot, payload: dict[str, Any]) -> str:
-        """Send an interaction, wait until its jobs are done, and return its token."""
+        """Send an interaction, wait until it is handled and its jobs are done, and return its token."""
         await self.discord.send_interaction(payload)
+        # Once the bot has answered, the task that handles the interaction exists: settle waits for it.
         await self.discord.wait_for_call(lambda call: payload["token"] in call.path)
-        await asyncio.sleep(0.05)
         await self.settle(bot)
         return str(payload["token"])
 
@@ -144,6 +183,18 @@ class Harness:
         for session, db in self._resources:
             await session.close()
             await db.close()
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A fake Discord on 127.0.0.1 for a bot in another process (nothing in this one is pointed at it)."""
+    fake = FakeDiscord()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+        fake.uninstall()
 
 
 @pytest.fixture

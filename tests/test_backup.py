@@ -14,6 +14,7 @@ import pytest
 from bot.__main__ import main
 from bot.settings_docs import setting_docs
 from bot.store.database import Database
+from tests.conftest import eventually
 
 ROWS_BEFORE = 300
 
@@ -64,7 +65,7 @@ async def test_backup_while_writes_go_on_holds_every_row_committed_before(
                 i += 1
 
         writer = asyncio.create_task(keep_writing())
-        await asyncio.sleep(0.02)  # the writer is under way before the backup starts
+        await eventually(lambda: len(written) >= 3, "the writer under way before the backup starts")
         target = tmp_path / "backups" / "copy.sqlite3"
         started_with = len(written)
         # The CLI in another thread with its own event loop and connection, as a second process would be.
@@ -106,9 +107,11 @@ async def test_backup_through_the_store_while_writing(tmp_path: Path) -> None:
             while not stop.is_set():
                 await db.set_meta(f"during:{i}", str(i))
                 i += 1
+                under_way.set()
 
+        under_way = asyncio.Event()
         writer = asyncio.create_task(keep_writing())
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(under_way.wait(), 15)
         await db.backup_to(tmp_path / "copy.sqlite3")
         stop.set()
         await writer

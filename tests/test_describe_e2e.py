@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 from tests.conftest import Harness, png_bytes
@@ -53,7 +54,8 @@ async def test_describe_through_freepik_edits_once_per_new_state(harness: Harnes
 
 async def test_describe_through_novita_is_one_edit(harness: Harness) -> None:
     harness.novita.prompt_text = "a photo of a cat"
-    bot = await harness.start_bot(describe_provider="novita")
+    # An answer that comes within the coalescing window needs no "In progress" edit before it.
+    bot = await harness.start_bot(describe_provider="novita", edit_coalesce_seconds=5)
     token = await harness.interact(bot, harness.describe_payload())
     calls = harness.calls_for(token)
     assert [call.method for call in calls] == ["POST", "PATCH"]
@@ -61,6 +63,23 @@ async def test_describe_through_novita_is_one_edit(harness: Harness) -> None:
     request = harness.novita.requests[0]
     assert request.headers["authorization"] == "Bearer test-novita-key"
     assert not request.json["image_file"].startswith("data:")
+
+
+async def test_a_slow_synchronous_answer_shows_in_progress_meanwhile(harness: Harness) -> None:
+    """Novita has no task states; an answer slower than the coalescing window still shows it is working."""
+    harness.novita.hold = asyncio.Event()
+    bot = await harness.start_bot(describe_provider="novita", edit_coalesce_seconds=0.05)
+    payload = harness.describe_payload()
+    await harness.discord.send_interaction(payload)
+    token = str(payload["token"])
+    await harness.discord.wait_for_call(lambda call: call.method == "PATCH" and token in call.path)
+    assert harness.discord.original_message(token)["embeds"][0]["title"] == "Image to prompt · In progress"
+    harness.novita.hold.set()
+    await harness.settle(bot)
+    titles = [call.json["embeds"][0]["title"] for call in harness.calls_for(token) if call.method == "PATCH"]
+    assert titles == ["Image to prompt · In progress", "Image to prompt · Done"]
+    rows = await bot.db.fetchall("SELECT state FROM usage")
+    assert [row["state"] for row in rows] == ["committed"]
 
 
 async def test_provider_option_picks_the_provider(harness: Harness) -> None:

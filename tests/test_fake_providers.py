@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from PIL import Image
 
+from tests.conftest import eventually
 from tests.fakes.openapi import FreepikContractError, validate_freepik_request
 from tests.fakes.providers import (
     DEFAULT_FREEPIK_KEY,
@@ -335,7 +336,7 @@ async def test_hang_next_times_out_and_closes_cleanly(session: aiohttp.ClientSes
     assert (await call(session, "GET", fake.base_url + I2P, headers=FREEPIK_KEY))[0] == 200
     fake.hang_next("GET", I2P)
     pending = asyncio.ensure_future(call(session, "GET", fake.base_url + I2P, headers=FREEPIK_KEY))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(fake.requests) == 3, "the hanging request to arrive")
 
     started = time.monotonic()
     await fake.close()

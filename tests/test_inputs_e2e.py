@@ -25,7 +25,7 @@ from bot.client import ImageBot
 from bot.images import MAX_PIXELS
 from bot.store.quotas import Member
 from bot.ui import input_text, text
-from tests.conftest import Harness, png_bytes
+from tests.conftest import Harness, eventually, png_bytes
 from tests.fakes.discord import RecordedCall
 from tests.fakes.dns import StubResolver
 
@@ -198,12 +198,8 @@ def describe_url(harness: Harness, url: str) -> dict[str, Any]:
     return harness.discord.slash("describe", {"url": url})
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    await eventually(predicate, what, timeout)
 
 
 # --- bad files, attached ---------------------------------------------------------------------------
@@ -683,11 +679,11 @@ async def test_mention_trigger_stays_quiet_unless_asked(
     target = harness.discord.make_message(attachments=[photo], author_id=harness.discord.bot_user_id)
     content = f"<@{harness.discord.bot_user_id}> nice" if typed_mention else "nice picture!"
 
-    await harness.discord.dispatch(
-        "MESSAGE_CREATE", mention_reply(harness, target, content=content, mentions_bot=mentions_bot)
-    )
-    # Give the bot time to (wrongly) answer; a round trip to the fake takes milliseconds.
-    await asyncio.sleep(0.3)
+    message = mention_reply(harness, target, content=content, mentions_bot=mentions_bot)
+    # Wait until the bot has the message and its listeners have run: only then is silence an answer.
+    received = asyncio.ensure_future(bot.wait_for("message", check=lambda m: str(m.id) == message["id"]))
+    await harness.discord.dispatch("MESSAGE_CREATE", message)
+    await asyncio.wait_for(received, 15)
     await harness.settle(bot)
 
     assert bot_replies(harness) == []

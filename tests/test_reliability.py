@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from typing import Any
@@ -66,7 +65,7 @@ async def _leave_a_saved_job(harness: Harness) -> tuple[ImageBot, dict[str, Any]
     payload = harness.describe_payload()
     await harness.discord.send_interaction(payload)
     await harness.discord.wait_for_call(lambda call: payload["token"] in call.path)
-    await asyncio.sleep(0.2)
+    await harness.settle(bot)  # the command has saved its job (nothing drives it)
     await harness.stop_bot(bot)
     return bot, payload
 

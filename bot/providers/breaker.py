@@ -12,7 +12,13 @@ log = logging.getLogger(__name__)
 
 # Faults that say the provider itself is in trouble; a refused image or a failed task does not.
 TRIPPING_FAULTS = frozenset(
-    {ProviderFault.BUSY, ProviderFault.LOST, ProviderFault.TIMEOUT, ProviderFault.BAD_RESULT}
+    {
+        ProviderFault.BUSY,
+        ProviderFault.UNREACHABLE,
+        ProviderFault.LOST,
+        ProviderFault.TIMEOUT,
+        ProviderFault.BAD_RESULT,
+    }
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -89,13 +90,15 @@ async def request_json(
             return await _send_once(session, provider, method, url, headers, body, timeout, creates, key_log)
         except ProviderError as exc:
             attempt += 1
-            retryable = exc.fault is ProviderFault.BUSY and exc.status in RETRYABLE_STATUSES
+            # Safe to send again: the provider said it did nothing (429, 5xx), or it was never reached.
+            retryable = exc.fault is ProviderFault.UNREACHABLE or (
+                exc.fault is ProviderFault.BUSY and exc.status in RETRYABLE_STATUSES
+            )
             if not retryable or attempt >= retry.attempts:
                 raise
             delay = retry.delay(attempt - 1, exc.retry_after)
-            log.info(
-                "%s answered %s; retrying in %.1f s (attempt %d)", provider, exc.status, delay, attempt + 1
-            )
+            what = f"answered {exc.status}" if exc.status is not None else "could not be reached"
+            log.info("%s %s; retrying in %.1f s (attempt %d)", provider, what, delay, attempt + 1)
             await sleep(delay)
 
 
@@ -118,8 +121,8 @@ async def _send_once(
             status = response.status
             retry_after = _retry_after(response.headers.get("Retry-After"))
     except aiohttp.ClientConnectorError as exc:
-        # Nothing reached the provider, so nothing was created: safe to call busy (and retry).
-        raise ProviderError(provider, ProviderFault.BUSY, "could not connect", status=503) from exc
+        # Nothing reached the provider, so nothing was created: safe to retry. No status: none came.
+        raise ProviderError(provider, ProviderFault.UNREACHABLE, _connect_failure(exc)) from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
         fault = ProviderFault.LOST if creates else ProviderFault.BUSY
         raise ProviderError(provider, fault, type(exc).__name__) from exc
@@ -142,6 +145,14 @@ async def _send_once(
     if status in (400, 413, 415, 422):
         raise ProviderError(provider, ProviderFault.REJECTED, detail, status=status)
     raise ProviderError(provider, ProviderFault.BUSY, detail, status=status, retry_after=retry_after)
+
+
+def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """Say why no connection was made, without the URL (the admin's base URL setting says where)."""
+    error = exc.os_error
+    # asyncio puts the address in strerror ("Connect call failed (...)"); the errno's own words are plainer.
+    reason = os.strerror(error.errno) if error is not None and error.errno else ""
+    return f"could not connect: {reason}" if reason else "could not connect"
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -22,6 +22,10 @@ IMAGE_IS_HEIC = "That file is a HEIC photo, which I cannot read; send it as a JP
 IMAGE_IS_VIDEO = f"That file is a video, not a picture; send a {ACCEPTED_FORMATS} instead."
 ATTACHMENT_UNREADABLE = "Discord could not hand me that attachment; upload it again."
 IMAGE_CANNOT_SHRINK = "That image cannot be made small enough to pass on; send a smaller one."
+IMAGE_METADATA_TOO_LARGE = (
+    "That image carries an unusually large block of hidden text (metadata) that I will not unpack; "
+    "save it again without metadata, or send a screenshot of it."
+)
 
 # Pillow's format names, spelt the way a member knows them, with their article.
 _FORMAT_NAMES = {

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.errors import BadInput, BotError, ProviderError, ProviderFault, QuotaExceeded, TooManyInFlight
+from bot.errors import (
+    BadInput,
+    BotError,
+    ProviderError,
+    ProviderFault,
+    QuotaExceeded,
+    StorageFull,
+    TooManyInFlight,
+)
 from bot.providers.base import TaskKind, TaskState
 
 PROVIDER_NAMES = {"freepik": "Freepik", "novita": "Novita"}
@@ -38,6 +46,8 @@ def fault_sentence(error: ProviderError) -> str:
     name = provider_name(error.provider)
     sentences = {
         ProviderFault.BUSY: f"{name} is busy right now; try again in a minute (this did not use your quota).",
+        ProviderFault.UNREACHABLE: f"{name} cannot be reached right now; try again in a few minutes "
+        "(this did not use your quota).",
         ProviderFault.REJECTED: f"{name} refused this request"
         + (f" ({error.detail})" if error.detail else "")
         + "; try a different image or prompt.",
@@ -70,6 +80,8 @@ def error_sentence(error: BaseException) -> str:
         return "The bot is at its limit of running tasks for this provider; try again in a minute."
     if isinstance(error, ProviderError):
         return fault_sentence(error)
+    if isinstance(error, StorageFull):
+        return STORAGE_FULL
     if isinstance(error, BotError):
         return str(error)
     return "Something went wrong on the bot's side; the admin can find the details in its log."
@@ -97,6 +109,10 @@ FALLBACK_NOTICE = "{failed} was unavailable, so {used} answered instead."
 MORE_IMAGES_NOTICE = "The message has {count} images; the first three were used."
 COMMAND_DISABLED = "This command is not available here."
 SHUTTING_DOWN = "The bot is restarting; try again in a minute."
+STORAGE_FULL = (
+    "The bot cannot save anything right now (its disk is full), so this did not run and did not use your "
+    "quota; please tell a server admin."
+)
 DM_ONLY_SERVER = "This command works in servers only."
 MISSING_CHANNEL_PERMISSION = "I cannot post in this channel (missing permission); ask an admin to let me send messages and embeds here."
 RESULT_MESSAGE_DELETED = "{mention}, your result is here (the original message was deleted):"

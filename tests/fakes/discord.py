@@ -301,6 +301,10 @@ class FakeDiscord:
         self._seq = 0
         self._resumable = True
         self._ready_generation = 0
+        # Scripted gateway faults: a close code to answer IDENTIFY with (4004: the token was refused), and
+        # a gateway that accepts the connection but never says HELLO (a connection that hangs).
+        self.identify_close_code: int | None = None
+        self.silent_gateway = False
 
         self._routes: list[tuple[frozenset[str], re.Pattern[str], bool, _Handler]] = []
         self._add_routes()
@@ -1695,6 +1699,10 @@ class FakeDiscord:
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
+            if self.silent_gateway:
+                async for _ in ws:
+                    pass
+                return ws
             await self._send(ws, {"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
             async for frame in ws:
                 if frame.type is aiohttp.WSMsgType.TEXT:
@@ -1745,6 +1753,10 @@ class FakeDiscord:
                 await self._send_event(ws, "GUILD_MEMBERS_CHUNK", chunk)
 
     async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        if self.identify_close_code is not None:
+            self.identify_count += 1
+            await ws.close(code=self.identify_close_code, message=b"refused by the test")
+            return
         self._session_id = secrets.token_hex(16)
         self._seq = 0
         self._resumable = True

@@ -242,6 +242,8 @@ class _FakeServer:
 
     def __init__(self, *, delay: float, record_bodies: bool) -> None:
         self.delay = delay
+        # While set to an unset Event, answers wait for it: a test decides when a slow answer comes.
+        self.hold: asyncio.Event | None = None
         # The benchmark can turn this off so 500 base64 images are not all kept in memory.
         self.record_bodies = record_bodies
         self.requests: list[RecordedRequest] = []
@@ -435,6 +437,8 @@ class _FakeServer:
             return web.Response(status=503)
         if self.delay > 0:
             await self._sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         if fault is not None:
             response: web.StreamResponse = self._fault_response(fault)
         else:
