@@ -1,7 +1,7 @@
 """Quota reservations per second under contention: many members, one SQLite file, one or two processes.
 
 Each process opens the file as the bot does (`Database.open`: WAL, busy timeout) and fires every
-reservation at once; `QuotaStore.reserve` is one write transaction each. A second part has both
+reservation at once; `SqliteQuotaLedger.reserve` is one write transaction each. A second part has both
 processes race for one member's last units: exactly the limit must be granted, never more.
 """
 
@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.errors import QuotaExceeded
-from bot.providers.base import TaskKind
-from bot.store.database import Database
-from bot.store.quotas import Member, QuotaStore
+from bot.domain.errors import QuotaExceeded
+from bot.domain.quota import Member
+from bot.domain.tasks import TaskKind
+from bot.store.sqlite.database import Database
+from bot.store.sqlite.quotas import SqliteQuotaLedger
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MEMBER = 1
@@ -40,8 +41,8 @@ class QuotaResult:
         return self.reservations / self.seconds if self.seconds > 0 else 0.0
 
 
-def _store(db: Database, limit: int) -> QuotaStore:
-    return QuotaStore(
+def _store(db: Database, limit: int) -> SqliteQuotaLedger:
+    return SqliteQuotaLedger(
         db,
         defaults={TaskKind.DESCRIBE: limit, TaskKind.IMAGINE: limit},
         max_inflight_per_user=1_000_000,

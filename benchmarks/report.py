@@ -291,7 +291,7 @@ _METHOD = """\
 - **CPU** is the bot process's user+system time (`/proc/<pid>/stat`, all threads) from just before the burst
   to 0.5 s after the last final edit, divided by N; it includes the image checks, re-encoding and the
   thumbnail of each result. **Peak RSS** is `VmHWM` of the bot process after the burst.
-- **Quota reservations**: `QuotaStore.reserve` on one SQLite file opened as the bot opens it, every member's
+- **Quota reservations**: `SqliteQuotaLedger.reserve` on one SQLite file opened as the bot opens it, every member's
   reservations fired at once in one process, then split over two processes on the same file; both processes
   also race for the last units of one member with a limit of 25, where exactly 25 must be granted.
 """

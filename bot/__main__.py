@@ -9,9 +9,10 @@ import sys
 import threading
 
 from bot import cli
-from bot.heartbeat import DEFAULT_MAX_AGE
+from bot.discord.heartbeat import DEFAULT_MAX_AGE
+from bot.discord.runtime import run_bot
 from bot.logs import configure_logging, secret_values
-from bot.runtime import run_bot
+from bot.providers.registry import BY_NAME
 from bot.settings import SettingsError, load_settings
 
 
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "describe", help="describe one image from the terminal and print the prompt"
     )
     describe.add_argument("source", metavar="PATH_OR_URL")
-    describe.add_argument("--provider", choices=["freepik", "novita"])
+    describe.add_argument("--provider", choices=list(BY_NAME))
     commands.add_parser("invite", help="print the link that adds the bot to a server")
     backup = commands.add_parser(
         "backup", help="write a consistent copy of the database, safe while the bot runs"

@@ -7,28 +7,27 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from bot.client import build_providers
-from bot.errors import BotError, ProviderError, ProviderFault
-from bot.heartbeat import heartbeat_age, heartbeat_path
-from bot.interactions import ReportTarget
+from bot.core.images import CheckedImage
+from bot.discord.heartbeat import heartbeat_age, heartbeat_path
+from bot.domain.errors import BotError, ProviderError
+from bot.domain.quota import Member
+from bot.domain.tasks import Fault, Job, JobState, Route
 from bot.invite import SCOPES, application_id_from_token, invite_url, permission_names, required_permissions
-from bot.jobs import JobRunner, RunnerConfig
-from bot.providers.base import TaskKind, TaskState
-from bot.providers.breaker import CircuitBreaker
-from bot.safe_download import SafeDownloader
-from bot.service import TaskService
-from bot.settings import Settings
-from bot.store.database import Database, DatabaseUnusable, migration_files
-from bot.store.file_access import storage_problem
-from bot.store.jobs import Job, JobStore
-from bot.store.quotas import Member, QuotaStore
-from bot.store.restore import RestoreRefused, utc_stamp
-from bot.store.restore import restore as restore_backup
-from bot.ui import text
+from bot.providers.registry import BY_NAME, PROVIDERS, build_providers
+from bot.providers.spec import BuildContext, ProviderSpec
+from bot.settings import Settings, no_provider_problem
+from bot.store.sqlite.database import Database, DatabaseUnusable, migration_files
+from bot.store.sqlite.file_access import storage_problem
+from bot.store.sqlite.restore import RestoreRefused, utc_stamp
+from bot.store.sqlite.restore import restore as restore_backup
+from bot.ui.words import Words
+from bot.wiring import build_core
 
 # Every fault an admin must fix ends a command with this status (as a bad setting does).
 EXIT_PROBLEM = 2
@@ -47,22 +46,23 @@ async def check(settings: Settings, *, live: bool) -> int:
     problems = list(settings.run_problems())
     problems += await _check_database(settings.database_path)
     configured = settings.configured_providers
-    for name in ("freepik", "novita"):
-        if name in configured:
-            say(f"ok: {name} is configured")
+    for spec in PROVIDERS:
+        if spec.name in configured:
+            say(f"ok: {spec.name} is configured")
         else:
-            say(f"--: {name} is not configured ({name.upper()}_API_KEY is empty)")
+            say(f"--: {spec.name} is not configured ({spec.enabled_by} is empty)")
     if settings.default_describe_provider:
         say(f"ok: /describe uses {settings.default_describe_provider} by default")
     if live and configured:
         async with aiohttp.ClientSession() as session:
-            for name, provider in build_providers(settings, session).items():
+            context = BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
+            for name, provider in build_providers(settings.providers, context).items():
                 try:
-                    await provider.check_key()
+                    await provider.key_checker.check_key()
                 except ProviderError as exc:
-                    problems.append(_key_problem(name, exc))
+                    problems.append(_key_problem(BY_NAME[name], exc))
                 else:
-                    say(f"ok: {name} accepted {name.upper()}_API_KEY")
+                    say(f"ok: {name} accepted {BY_NAME[name].key_setting}")
     for problem in problems:
         complain(f"error: {problem}")
     return EXIT_PROBLEM if problems else 0
@@ -85,14 +85,13 @@ async def _check_database(path: Path) -> list[str]:
     return []
 
 
-def _key_problem(name: str, exc: ProviderError) -> str:
-    variable = f"{name.upper()}_API_KEY"
+def _key_problem(spec: ProviderSpec[Any], exc: ProviderError) -> str:
     detail = f" ({_one_line(exc.detail)})" if exc.detail else ""
-    if exc.fault is ProviderFault.MISCONFIGURED:
-        return f"{name} rejected {variable}{detail}: copy the key again from the provider's dashboard and check the plan"
-    if exc.fault in (ProviderFault.BUSY, ProviderFault.UNREACHABLE):
-        return f"{name} could not be asked{detail}: the key was not tried; check the network and {name.upper()}_BASE_URL"
-    return f"{name} did not confirm {variable}: {exc.fault.value}{detail}"
+    if exc.fault is Fault.MISCONFIGURED:
+        return f"{spec.name} rejected {spec.key_setting}{detail}: copy the key again from the provider's dashboard and check the plan"
+    if exc.fault in (Fault.BUSY, Fault.UNREACHABLE):
+        return f"{spec.name} could not be asked{detail}: the key was not tried; check the network and {spec.address_setting}"
+    return f"{spec.name} did not confirm {spec.key_setting}: {exc.fault.value}{detail}"
 
 
 def _one_line(error: BaseException | str) -> str:
@@ -137,12 +136,13 @@ async def health(settings: Settings, *, max_age: float) -> int:
 class _TerminalReporter:
     """Print each new state of the one job to stderr; keep the last one."""
 
-    def __init__(self) -> None:
+    def __init__(self, words: Words) -> None:
+        self._words = words
         self.final: Job | None = None
         self.done = asyncio.Event()
 
     async def report(self, job: Job) -> None:
-        complain(f"{text.STATE_WORDS[job.state]} ({job.provider})")
+        complain(f"{self._words.state(job.state)} ({job.provider})")
         if job.finished:
             self.final = job
             self.done.set()
@@ -152,84 +152,72 @@ class _TerminalReporter:
 
 
 async def describe(settings: Settings, source: str, provider_name: str | None) -> int:
-    """Describe one image through the same runner the bot uses, and print the prompt."""
+    """Describe one image through the same core the bot uses, and print the prompt."""
     if not settings.configured_providers:
-        complain("error: no provider is configured: set FREEPIK_API_KEY or NOVITA_API_KEY in .env")
+        complain(f"error: {no_provider_problem()}")
         return 2
+    # The terminal's own run: no quota to keep, one task, no cache (the point is to try the key).
+    terminal = settings.model_copy(
+        update={
+            "quota_describe_per_day": -1,
+            "quota_imagine_per_day": -1,
+            "max_inflight_per_user": 1,
+            "max_inflight_per_provider": 1,
+            "describe_cache_days": 0,
+            "webhook_public_url": None,
+        }
+    )
+    words = Words()
+    reporter = _TerminalReporter(words)
     db = await Database.open(":memory:")
-    downloader = SafeDownloader(max_bytes=settings.max_image_bytes)
-    reporter = _TerminalReporter()
     try:
         async with aiohttp.ClientSession() as session:
-            providers = build_providers(settings, session)
-            jobs = JobStore(db)
-            quotas = QuotaStore(
-                db,
-                defaults=dict.fromkeys(TaskKind, -1),
-                max_inflight_per_user=1,
-                max_inflight_per_provider=1,
-                reservation_ttl=settings.task_timeout_seconds,
-            )
-            runner = JobRunner(
-                jobs=jobs,
-                quotas=quotas,
-                providers=providers,
-                breakers={name: CircuitBreaker(name) for name in providers},
-                reporter=reporter,
-                config=RunnerConfig(
-                    settings.poll_interval_seconds,
-                    settings.poll_max_interval_seconds,
-                    settings.task_timeout_seconds,
-                ),
-            )
-            service = TaskService(
-                settings=settings.model_copy(update={"describe_cache_days": 0}),
-                jobs=jobs,
-                quotas=quotas,
-                runner=runner,
-                providers=providers,
-                downloader=downloader,
-            )
+            core = build_core(terminal, session, db, reporter_for=lambda jobs, labels: reporter)
             try:
-                if source.startswith(("http://", "https://")):
-                    image = await service.fetch_url(source)
-                else:
-                    data = await asyncio.to_thread(Path(source).read_bytes)
-                    image = await service.check_bytes(data)
-                name = service.describe_provider(provider_name)
-                await service.describe(
-                    Member(0, 0), image, name, ReportTarget(channel_id=None, via="channel")
-                )
+                image = await _read_source(core.service.fetch_url, core.service.check_bytes, source)
+                name = core.service.describe_provider(provider_name)
+                await core.service.describe(Member(0, 0), image, name, Route(channel_id=None, via="channel"))
                 await reporter.done.wait()
             except OSError as exc:
                 complain(f"error: cannot read {source}: {exc.strerror}")
                 return 2
             except BotError as exc:
-                complain(f"error: {text.error_sentence(exc)}")
+                complain(f"error: {words.error(exc)}")
                 return 1
-            final = reporter.final
-            assert final is not None
-            await runner.shutdown(grace=1)
+            finally:
+                await core.runner.shutdown(grace=1)
+                await core.close()
     finally:
-        await downloader.close()
         await db.close()
-    if final.state is TaskState.COMPLETED and final.result_text:
+    final = reporter.final
+    assert final is not None
+    if final.state is JobState.COMPLETED and final.result_text:
         say(final.result_text)
         return 0
     assert final.fault is not None
-    complain(f"error: {_terminal_fault(settings, final.provider, final.fault)}")
+    complain(f"error: {_terminal_fault(settings, final.provider, final.fault, words)}")
     return 1
 
 
-def _terminal_fault(settings: Settings, provider: str, fault: ProviderFault) -> str:
+async def _read_source(
+    fetch_url: Callable[[str], Awaitable[CheckedImage]],
+    check_bytes: Callable[[bytes], Awaitable[CheckedImage]],
+    source: str,
+) -> CheckedImage:
+    if source.startswith(("http://", "https://")):
+        return await fetch_url(source)
+    return await check_bytes(await asyncio.to_thread(Path(source).read_bytes))
+
+
+def _terminal_fault(settings: Settings, provider: str, fault: Fault, words: Words) -> str:
     """Say what went wrong for the admin at the terminal: the setting to look at, where there is one."""
-    prefix = provider.upper()
-    if fault is ProviderFault.UNREACHABLE:
-        base_url = getattr(settings, f"{provider}_base_url", "")
-        return f"{provider} could not be reached at {base_url}: check the network and {prefix}_BASE_URL"
-    if fault is ProviderFault.MISCONFIGURED:
-        return f"{provider} rejected {prefix}_API_KEY: copy the key again from the provider's dashboard and check the plan"
-    return text.fault_sentence(ProviderError(provider, fault))
+    spec = BY_NAME[provider]
+    if fault is Fault.UNREACHABLE:
+        address = getattr(settings.providers[provider], "base_url", "")
+        return f"{provider} could not be reached at {address}: check the network and {spec.address_setting}"
+    if fault is Fault.MISCONFIGURED:
+        return f"{provider} rejected {spec.key_setting}: copy the key again from the provider's dashboard and check the plan"
+    return words.fault(provider, fault)
 
 
 def invite(settings: Settings) -> int:

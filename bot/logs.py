@@ -21,12 +21,13 @@ _MIN_SECRET_LENGTH = 8
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """Return the values of every secret setting (tokens, keys, signing secrets) that is set."""
+    """Return the values of every secret setting (tokens, keys, signing secrets) that is set, providers' too."""
     values = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, SecretStr) and value.get_secret_value():
-            values.append(value.get_secret_value())
+    for model in (settings, *settings.providers.values()):
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
     return values
 
 

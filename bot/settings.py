@@ -1,16 +1,21 @@
-"""The one settings model: environment variables and `.env`, validated once at start."""
+"""The settings: environment variables and `.env`, validated once at start.
+
+The bot's own settings are one model; each provider's are a section of their own (FREEPIK_*, NOVITA_*),
+defined with the provider and listed by the registry. `load_settings` reads them all and says every
+problem in one line each.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, HttpUrl, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ProviderName = Literal["freepik", "novita"]
-# The order in which a default image-to-prompt provider is picked when DESCRIBE_PROVIDER is unset.
-DESCRIBE_PROVIDER_ORDER: tuple[ProviderName, ...] = ("freepik", "novita")
+from bot.providers.registry import BY_NAME, PROVIDERS
+from bot.providers.spec import ProviderSettings
 
 
 class SettingsError(Exception):
@@ -36,23 +41,11 @@ class Settings(BaseSettings):
         Path("data/bot.sqlite3"), description="the SQLite file; its folder is created"
     )
 
-    freepik_api_key: SecretStr | None = Field(
-        None, description="enables the Freepik provider (image-to-prompt and image generation)"
-    )
-    freepik_base_url: HttpUrl = Field(
-        HttpUrl("https://api.freepik.com"),
-        description="where Freepik requests go (a proxy, the renamed host, or a local fake)",
-    )
-    freepik_api_key_header: str = Field(
-        "x-freepik-api-key",
-        description="the header that carries the Freepik key (`x-magnific-api-key` on the renamed host)",
-    )
-    novita_api_key: SecretStr | None = Field(
-        None, description="enables the Novita provider (image-to-prompt)"
-    )
-    novita_base_url: HttpUrl = Field(HttpUrl("https://api.novita.ai"), description="where Novita requests go")
-    describe_provider: ProviderName | None = Field(
-        None, description="default provider for image-to-prompt (first configured of freepik, novita)"
+    describe_provider: str | None = Field(
+        None,
+        description="default provider for image-to-prompt (first configured of "
+        + ", ".join(spec.name for spec in PROVIDERS)
+        + ")",
     )
 
     poll_interval_seconds: float = Field(
@@ -110,7 +103,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("discord_token", "freepik_api_key", "novita_api_key", "webhook_secret", mode="before")
+    _providers: dict[str, ProviderSettings] = PrivateAttr(default_factory=dict)
+
+    @field_validator("discord_token", "webhook_secret", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         # `.env.example` lists every key with an empty value; empty means "not configured".
@@ -129,19 +124,24 @@ class Settings(BaseSettings):
     def _check_combinations(self) -> Settings:
         if self.poll_max_interval_seconds < self.poll_interval_seconds:
             raise ValueError("POLL_MAX_INTERVAL_SECONDS must not be below POLL_INTERVAL_SECONDS")
-        if self.describe_provider is not None and self.describe_provider not in self.configured_providers:
-            key = f"{self.describe_provider.upper()}_API_KEY"
-            raise ValueError(f"DESCRIBE_PROVIDER is {self.describe_provider} but {key} is not set")
         return self
 
     @property
-    def configured_providers(self) -> tuple[ProviderName, ...]:
-        """Return the providers that have a key, in preference order."""
-        keys = {"freepik": self.freepik_api_key, "novita": self.novita_api_key}
-        return tuple(name for name in DESCRIBE_PROVIDER_ORDER if keys[name] is not None)
+    def providers(self) -> Mapping[str, ProviderSettings]:
+        """Return every provider's settings section by name (configured or not)."""
+        return self._providers
 
     @property
-    def default_describe_provider(self) -> ProviderName | None:
+    def configured_providers(self) -> tuple[str, ...]:
+        """Return the providers the admin set up, in preference order."""
+        return tuple(
+            spec.name
+            for spec in PROVIDERS
+            if spec.name in self._providers and self._providers[spec.name].configured
+        )
+
+    @property
+    def default_describe_provider(self) -> str | None:
         """Return DESCRIBE_PROVIDER, else the first configured provider."""
         configured = self.configured_providers
         return self.describe_provider or (configured[0] if configured else None)
@@ -158,23 +158,70 @@ class Settings(BaseSettings):
                 "DISCORD_TOKEN is not set: put the bot token from the Discord developer portal in .env"
             )
         if not self.configured_providers:
-            problems.append("no provider is configured: set FREEPIK_API_KEY or NOVITA_API_KEY in .env")
+            problems.append(no_provider_problem())
         if (self.webhook_public_url is None) != (self.webhook_secret is None):
             problems.append("webhooks need both WEBHOOK_PUBLIC_URL and WEBHOOK_SECRET (or neither)")
         return problems
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, turning validation errors into one line per problem."""
+def load_settings(values: Mapping[str, Any] | None = None, *, env_file: str | None = ".env") -> Settings:
+    """Read the settings (environment, `.env`, and `values` by field name); one line per problem."""
+    given = dict(values or {})
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
-        return Settings(**overrides)
+        settings = Settings(
+            _env_file=env_file, **{k: v for k, v in given.items() if k in Settings.model_fields}
+        )
     except ValidationError as exc:
-        raise SettingsError([_describe_error(error) for error in exc.errors()]) from None
+        problems += [_describe_error(error) for error in exc.errors()]
+    sections: dict[str, ProviderSettings] = {}
+    for spec in PROVIDERS:
+        prefix = spec.env_prefix.lower()
+        own = {
+            key.removeprefix(prefix): value
+            for key, value in given.items()
+            if key.startswith(prefix) and key.removeprefix(prefix) in spec.settings.model_fields
+        }
+        try:
+            sections[spec.name] = spec.settings(_env_file=env_file, **own)
+        except ValidationError as exc:
+            problems += [_describe_error(error, prefix=spec.env_prefix) for error in exc.errors()]
+        else:
+            problems += sections[spec.name].problems()
+    if settings is not None and not problems:
+        settings._providers = sections
+        problems += _describe_provider_problems(settings)
+    if problems or settings is None:
+        raise SettingsError(problems)
+    return settings
 
 
-def _describe_error(error: Any) -> str:
+def _describe_provider_problems(settings: Settings) -> list[str]:
+    chosen = settings.describe_provider
+    if chosen is None:
+        return []
+    spec = BY_NAME.get(chosen)
+    if spec is None:
+        return [f"DESCRIBE_PROVIDER is {chosen!r}, which is not a provider (one of: {', '.join(BY_NAME)})"]
+    if chosen not in settings.configured_providers:
+        return [f"DESCRIBE_PROVIDER is {chosen} but {spec.enabled_by} is not set"]
+    return []
+
+
+def no_provider_problem() -> str:
+    return f"no provider is configured: set {_either(spec.enabled_by for spec in PROVIDERS)} in .env"
+
+
+def _either(names: Any) -> str:
+    """Return "A or B" / "A, B or C"."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _describe_error(error: Any, *, prefix: str = "") -> str:
     location = error.get("loc") or ()
-    name = str(location[0]).upper() if location else "settings"
+    name = f"{prefix}{location[0]}".upper() if location else "settings"
     message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
     if not location:
         return message

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import AnyUrl, SecretStr
 from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
 
+from bot.providers.registry import PROVIDERS
 from bot.settings import Settings
 
 ENV_EXAMPLE_HEADER = (
@@ -39,10 +41,18 @@ class SettingDoc:
         return f"{self.meaning} (one of: {', '.join(f'{quote}{choice}{quote}' for choice in self.choices)})"
 
 
-def setting_docs(model: type[Settings] = Settings) -> list[SettingDoc]:
-    """Return every setting of the model, in the model's order."""
+def setting_docs() -> list[SettingDoc]:
+    """Return every setting: the bot's own, with each provider's section right after the database."""
+    core = model_docs(Settings)
+    after_database = next(i for i, doc in enumerate(core) if doc.env == "DATABASE_PATH") + 1
+    providers = [doc for spec in PROVIDERS for doc in model_docs(spec.settings)]
+    return core[:after_database] + providers + core[after_database:]
+
+
+def model_docs(model: type[BaseSettings]) -> list[SettingDoc]:
+    """Return every setting of one model (or provider section), in the model's order."""
     prefix = str(model.model_config.get("env_prefix") or "")
-    required = _required_to_run(model, prefix)
+    required = _required_to_run(model, prefix) if issubclass(model, Settings) else set()
     docs = []
     for name, field in model.model_fields.items():
         env = f"{prefix}{name}".upper()

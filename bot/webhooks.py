@@ -15,13 +15,13 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot.domain.errors import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -140,27 +140,9 @@ class ReplayGuard:
             del self._seen[oldest_id]
 
 
-class _TaskBody(BaseModel):
-    """The task object a provider posts, without the `data` wrapper its API answers use."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    task_id: str = Field(min_length=1)
-    status: str
-    generated: list[str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One verified status notification for a provider task."""
-
-    provider: str
-    task_id: str
-    status: str
-    generated: tuple[str, ...]
-
-
-DeliveryHandler: TypeAlias = Callable[[Delivery], Awaitable[bool]]
+# Given the provider's name and the verified body; True when a job of ours has that task. The handler
+# parses the body (once, with the provider's own model) and raises ProviderError for a body of the wrong shape.
+DeliveryHandler: TypeAlias = Callable[[str, bytes], Awaitable[bool]]
 HealthCheck: TypeAlias = Callable[[], Awaitable[dict[str, bool]]]
 
 
@@ -206,6 +188,7 @@ class WebhookListener:
         secret: str,
         port: int,
         host: str = "0.0.0.0",  # noqa: S104 - the provider must reach it; a reverse proxy is optional
+        providers: Collection[str],
         on_delivery: DeliveryHandler,
         health: HealthCheck,
         path_prefix: str = "/webhooks",
@@ -221,6 +204,7 @@ class WebhookListener:
         self._secret = secret
         self._host = host
         self._port = port
+        self._providers = frozenset(providers)
         self._on_delivery = on_delivery
         self._health = health
         self._prefix = _normalize_prefix(path_prefix)
@@ -314,31 +298,24 @@ class WebhookListener:
             self._rejections.warn("replayed webhook-id", webhook_id)
             return web.Response(status=200, text="duplicate delivery ignored")
 
+        if provider not in self._providers:
+            return self._reject(404, "no such provider takes webhooks here", webhook_id)
         try:
-            parsed = _TaskBody.model_validate_json(body)
-        except ValidationError as exc:
-            bad_json = any(error["type"] == "json_invalid" for error in exc.errors())
-            return self._reject(400, "malformed JSON" if bad_json else "unexpected body shape", webhook_id)
-
-        delivery = Delivery(
-            provider=provider,
-            task_id=parsed.task_id,
-            status=parsed.status,
-            generated=tuple(parsed.generated or ()),
-        )
-        try:
-            known = await self._on_delivery(delivery)
+            known = await self._on_delivery(provider, body)
+        except ProviderError as exc:
+            # The body is not the provider's task object: the same body will never be accepted.
+            return self._reject(400, exc.detail or "unexpected body shape", webhook_id)
         except asyncio.CancelledError:
             self._replays.forget(webhook_id)
             raise
         except Exception:
             # Let the provider's retry through the replay guard; polling remains the safety net.
             self._replays.forget(webhook_id)
-            log.exception("webhook handler failed for %s task %s", provider, delivery.task_id)
+            log.exception("webhook handler failed for a %s delivery", provider)
             return web.Response(status=500, text="handler failed")
         if not known:
             # 200 so the provider stops retrying: a task we do not know will not become known.
-            log.debug("webhook for unknown %s task %s ignored", provider, delivery.task_id)
+            log.debug("webhook for an unknown %s task ignored", provider)
             return web.Response(status=200, text="unknown task ignored")
         return web.Response(status=204)
 

@@ -1,34 +1,40 @@
-"""/describe, the "Describe image" message menu, and describing a replied-to image on a mention."""
+"""/describe, the "Describe image" message menu, describing a replied-to image on a mention, and the
+buttons under a description (Imagine this, Show as text)."""
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+from typing import Any, cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import ImageBot
-from bot.errors import BadInput, BotError
-from bot.inputs import ImageSource, checked_link, load_attachment, load_source, message_images
-from bot.interactions import (
+from bot.discord.client import ImageBot
+from bot.discord.inputs import ImageSource, checked_link, load_attachment, load_source, message_images
+from bot.discord.interactions import (
     RESULT_PERMISSIONS,
-    ReportTarget,
+    answering_errors,
     member_of,
     member_of_message,
     missing_channel_permissions,
     reply,
+    route_of,
+    route_of_message,
 )
-from bot.providers.base import TaskKind, TaskState
-from bot.ui import input_text, text
-from bot.ui.views import ImagePicker
+from bot.domain.errors import BadInput, BotError, Refusal
+from bot.domain.tasks import JobState, TaskKind
+from bot.providers.registry import PROVIDERS
+from bot.ui.views import ImagePicker, job_button, job_button_template
+from bot.ui.words import PICK_IMAGE, Words
 
 log = logging.getLogger(__name__)
 
-PROVIDER_CHOICES = [
-    app_commands.Choice(name="Freepik", value="freepik"),
-    app_commands.Choice(name="Novita", value="novita"),
-]
+PROVIDER_CHOICES = [app_commands.Choice(name=spec.title, value=spec.name) for spec in PROVIDERS]
+# Discord allows 2000 characters in a message; longer prompts go as a text file.
+_MESSAGE_LIMIT = 2000
 
 
 def missing_permissions_in(channel: discord.abc.MessageableChannel, me: discord.Member | None) -> bool:
@@ -38,11 +44,57 @@ def missing_permissions_in(channel: discord.abc.MessageableChannel, me: discord.
     return not RESULT_PERMISSIONS.is_subset(channel.permissions_for(me))
 
 
-def queued_embed() -> discord.Embed:
+def queued_embed(words: Words) -> discord.Embed:
     """Build the first state of a describe shown in a channel reply, before its job exists."""
     # An embed, not content: the job's reports replace the embed and would leave content behind.
-    title = f"{text.KIND_NAMES[TaskKind.DESCRIBE]} · {text.STATE_WORDS[TaskState.QUEUED]}"
+    title = f"{words.kind(TaskKind.DESCRIBE)} · {words.state(JobState.QUEUED)}"
     return discord.Embed(title=title, colour=discord.Colour.blurple())
+
+
+class DescribeResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=job_button_template("imagine", "text")
+):
+    """Imagine this / Show as text, under a description; found again by its custom id after any restart."""
+
+    def __init__(self, action: str, job_id: str) -> None:
+        super().__init__(job_button(action, job_id))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> DescribeResultButton:
+        return cls(match["action"], match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = cast("ImageBot", interaction.client)
+        action = _imagine_this if self.action == "imagine" else _show_as_text
+        # Everything a button needs is read from the job row, so a click works after any restart.
+        await answering_errors(interaction, bot.words_for(interaction), action(bot, interaction, self.job_id))
+
+
+# Every action answers Discord before it reads the database: the 3-second window allows nothing slow first.
+
+
+async def _imagine_this(bot: ImageBot, interaction: discord.Interaction, job_id: str) -> None:
+    """Run /imagine with a describe result's prompt."""
+    await interaction.response.defer(thinking=True)
+    job = await bot.core.service.finished_job(job_id, TaskKind.DESCRIBE)
+    await bot.core.service.imagine(member_of(interaction), job.result_text or "", [], route_of(interaction))
+
+
+async def _show_as_text(bot: ImageBot, interaction: discord.Interaction, job_id: str) -> None:
+    """Send the prompt as plain text, which phones copy more easily than a code block."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    job = await bot.core.service.finished_job(job_id, TaskKind.DESCRIBE)
+    prompt = job.result_text or ""
+    if len(prompt) <= _MESSAGE_LIMIT:
+        await interaction.followup.send(prompt, ephemeral=True)
+    else:
+        await interaction.followup.send(
+            file=discord.File(io.BytesIO(prompt.encode()), filename="prompt.txt"), ephemeral=True
+        )
 
 
 class DescribeCog(commands.Cog):
@@ -54,7 +106,11 @@ class DescribeCog(commands.Cog):
         self.describe_menu = app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
         self.bot.tree.add_command(self.describe_menu)
 
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(DescribeResultButton)
+
     async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(DescribeResultButton)
         self.bot.tree.remove_command(self.describe_menu.name, type=self.describe_menu.type)
 
     @app_commands.command(name="describe", description="Turn an image into a descriptive text prompt")
@@ -71,62 +127,65 @@ class DescribeCog(commands.Cog):
         url: app_commands.Range[str, 1, 2000] | None = None,
         provider: app_commands.Choice[str] | None = None,
     ) -> None:
+        service = self.bot.core.service
         # Cheap checks answer privately before anything is acknowledged or spent.
         if image is not None and url is not None:
-            raise BadInput(text.BOTH_IMAGE_AND_URL)
+            raise BadInput(Refusal.BOTH_IMAGE_AND_URL)
         if image is None and url is None:
-            raise BadInput(text.NEITHER_IMAGE_NOR_URL)
+            raise BadInput(Refusal.NEITHER_IMAGE_NOR_URL)
         if missing_channel_permissions(interaction):
-            await reply(interaction, text.MISSING_CHANNEL_PERMISSION)
-            return
-        provider_name = self.bot.service.describe_provider(provider.value if provider else None)
-        if image is not None and image.size > self.bot.settings.max_image_bytes:
-            raise BadInput(input_text.image_too_large(self.bot.settings.max_image_bytes))
+            raise BadInput(Refusal.MISSING_CHANNEL_PERMISSION)
+        provider_name = service.describe_provider(provider.value if provider else None)
+        if image is not None and image.size > service.max_image_bytes:
+            raise BadInput(Refusal.IMAGE_TOO_LARGE, max_bytes=service.max_image_bytes)
         link = checked_link(url) if url is not None else None
         await interaction.response.defer(thinking=True)
         if image is not None:
-            checked = await load_attachment(image, self.bot.service, self.bot.settings.max_image_bytes)
+            checked = await load_attachment(image, service)
         else:
             assert link is not None
-            checked = await self.bot.service.fetch_url(link)
-        await self.bot.service.describe(
-            member_of(interaction), checked, provider_name, ReportTarget.from_interaction(interaction)
-        )
+            checked = await service.fetch_url(link)
+        await service.describe(member_of(interaction), checked, provider_name, route_of(interaction))
 
     async def describe_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         sources = message_images(message)
         if not sources:
-            raise BadInput(text.NO_IMAGE_IN_MESSAGE)
+            raise BadInput(Refusal.NO_IMAGE_IN_MESSAGE)
         if missing_channel_permissions(interaction):
-            await reply(interaction, text.MISSING_CHANNEL_PERMISSION)
-            return
-        provider_name = self.bot.service.describe_provider(None)
+            raise BadInput(Refusal.MISSING_CHANNEL_PERMISSION)
+        provider_name = self.bot.core.service.describe_provider(None)
         if len(sources) == 1:
             await interaction.response.defer(thinking=True)
             await self._describe_source(interaction, sources[0], provider_name)
             return
+        words = self.bot.words_for(interaction)
 
         async def picked(pick: discord.Interaction, index: int) -> None:
-            await pick.response.defer(thinking=True)
-            # The choice is made: take the private picker away so it cannot be used twice.
-            try:
-                await interaction.delete_original_response()
-            except discord.HTTPException as exc:
-                log.info("could not remove the image picker: %s", exc.text or exc.status)
-            await self._describe_source(pick, sources[index], provider_name)
+            async def describe_pick() -> None:
+                await pick.response.defer(thinking=True)
+                # The choice is made: take the private picker away so it cannot be used twice.
+                try:
+                    await interaction.delete_original_response()
+                except discord.HTTPException as exc:
+                    log.info("could not remove the image picker: %s", exc.text or exc.status)
+                await self._describe_source(pick, sources[index], provider_name)
 
-        picker = ImagePicker(interaction.user.id, [source.label for source in sources], picked)
+            await answering_errors(pick, self.bot.words_for(pick), describe_pick())
+
+        async def refuse(other: discord.Interaction) -> None:
+            await reply(other, self.bot.words_for(other).refusal(Refusal.ONLY_INVOKER))
+
+        picker = ImagePicker(words, interaction.user.id, [source.label for source in sources], picked, refuse)
         await interaction.response.send_message(
-            text.PICK_IMAGE.format(count=len(sources)), view=picker, ephemeral=True
+            words.say(PICK_IMAGE, count=len(sources)), view=picker, ephemeral=True
         )
 
     async def _describe_source(
         self, interaction: discord.Interaction, source: ImageSource, provider_name: str
     ) -> None:
-        checked = await load_source(source, self.bot.service, self.bot.settings.max_image_bytes)
-        await self.bot.service.describe(
-            member_of(interaction), checked, provider_name, ReportTarget.from_interaction(interaction)
-        )
+        service = self.bot.core.service
+        checked = await load_source(source, service)
+        await service.describe(member_of(interaction), checked, provider_name, route_of(interaction))
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -139,18 +198,20 @@ class DescribeCog(commands.Cog):
         reference = message.reference
         if reference is None or reference.type is not discord.MessageReferenceType.reply:
             return
+        # Nobody's interaction: the server's language (until the bot learns it, the default).
+        words = Words(None, self.bot.core.labels)
         acks: list[discord.Message] = []  # the reply, once sent: errors are shown in it
         try:
-            await self._describe_replied(message, acks)
+            await self._describe_replied(message, words, acks)
         except BotError as exc:
-            await self._answer(message, acks, text.error_sentence(exc))
+            await self._answer(message, acks, words.error(exc))
         except discord.HTTPException as exc:
             log.warning(
                 "could not answer a mention in channel %s: %s", message.channel.id, exc.text or exc.status
             )
         except Exception as exc:
             log.exception("describing the image replied to in message %s failed", message.id)
-            await self._answer(message, acks, text.error_sentence(exc))
+            await self._answer(message, acks, words.error(exc))
 
     @staticmethod
     def _asked_by_name(message: discord.Message, my_id: int) -> bool:
@@ -163,20 +224,21 @@ class DescribeCog(commands.Cog):
         own_role = message.guild.self_role if message.guild else None
         return own_role is not None and own_role.id in message.raw_role_mentions
 
-    async def _describe_replied(self, message: discord.Message, acks: list[discord.Message]) -> None:
+    async def _describe_replied(
+        self, message: discord.Message, words: Words, acks: list[discord.Message]
+    ) -> None:
+        service = self.bot.core.service
         target = await self._replied_message(message)
         sources = message_images(target) if target is not None else []
         if not sources:
-            raise BadInput(text.NO_IMAGE_IN_MESSAGE)
+            raise BadInput(Refusal.NO_IMAGE_IN_MESSAGE)
         if missing_permissions_in(message.channel, message.guild.me if message.guild else None):
-            raise BotError(text.MISSING_CHANNEL_PERMISSION)
-        provider_name = self.bot.service.describe_provider(None)
+            raise BadInput(Refusal.MISSING_CHANNEL_PERMISSION)
+        provider_name = service.describe_provider(None)
         # The reply is the acknowledgement; the job edits it as the task moves.
-        acks.append(await message.reply(embed=queued_embed(), mention_author=False))
-        checked = await load_source(sources[0], self.bot.service, self.bot.settings.max_image_bytes)
-        await self.bot.service.describe(
-            member_of_message(message), checked, provider_name, ReportTarget.from_message(acks[0])
-        )
+        acks.append(await message.reply(embed=queued_embed(words), mention_author=False))
+        checked = await load_source(sources[0], service)
+        await service.describe(member_of_message(message), checked, provider_name, route_of_message(acks[0]))
 
     async def _answer(self, message: discord.Message, acks: list[discord.Message], sentence: str) -> None:
         """Say one sentence in the acknowledgement if there is one, else in a reply."""

@@ -10,17 +10,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import ImageBot
-from bot.errors import BadInput
-from bot.interactions import member_of
-from bot.providers.base import TaskKind
-from bot.store.quotas import UNLIMITED, LimitScope, Member
+from bot.discord.client import ImageBot
+from bot.discord.interactions import member_of
+from bot.domain.errors import BadInput, Refusal
+from bot.domain.quota import UNLIMITED, LimitScope, Member
+from bot.domain.tasks import TaskKind
 from bot.ui import quota_text
+from bot.ui.words import Words
 
 log = logging.getLogger(__name__)
 
 KIND_CHOICES = [
-    app_commands.Choice(name=quota_text.KIND_CHOICE_NAMES[kind], value=kind.value) for kind in TaskKind
+    app_commands.Choice(name=Words().say(quota_text.KIND_CHOICE_NAMES[kind]), value=kind.value)
+    for kind in TaskKind
 ]
 PERIODS = {"today": 1, "7 days": 7, "30 days": 30}
 
@@ -42,10 +44,13 @@ class QuotaCog(commands.Cog):
         name="quota", description="See how many tasks you have left today and when they renew"
     )
     async def quota(self, interaction: discord.Interaction) -> None:
+        quotas = self.bot.core.quotas
         member = member_of(interaction)
-        statuses = await self.bot.quotas.status(member)
-        running = await self.bot.quotas.running(member.user_id)
-        embed = quota_text.quota_embed(statuses, running, self.bot.quotas.max_inflight_per_user)
+        statuses = await quotas.status(member)
+        running = await quotas.running(member.user_id)
+        embed = quota_text.quota_embed(
+            self.bot.words_for(interaction), statuses, running, quotas.max_inflight_per_user
+        )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @staticmethod
@@ -54,10 +59,10 @@ class QuotaCog(commands.Cog):
         # Discord hides /quota-admin from members without Manage Server, but a server can change who
         # sees it in its integration settings: the bot checks again itself.
         if interaction.guild_id is None:
-            raise BadInput(quota_text.SERVERS_ONLY)
+            raise BadInput(Refusal.SERVERS_ONLY)
         permissions = interaction.permissions
         if not (permissions.manage_guild or permissions.administrator):
-            raise BadInput(quota_text.NEEDS_MANAGE_SERVER)
+            raise BadInput(Refusal.NEEDS_MANAGE_SERVER)
         return interaction.guild_id
 
     @admin.command(name="set", description="Set a daily limit for the server, a role or a member")
@@ -82,12 +87,16 @@ class QuotaCog(commands.Cog):
     ) -> None:
         guild_id = self._require_manage_server(interaction)
         if limit is None and not clear:
-            raise BadInput(quota_text.NEEDS_LIMIT)
+            raise BadInput(Refusal.NEEDS_LIMIT)
         target_id = _target_for(scope, guild_id, role, user)
         task_kind = TaskKind(kind.value)
         new_limit = None if clear else limit
-        await self.bot.quotas.set_limit(guild_id, scope, target_id, task_kind, new_limit, interaction.user.id)
-        sentence = quota_text.limit_set(scope, target_id, task_kind, new_limit)
+        await self.bot.core.quotas.set_limit(
+            guild_id, scope, target_id, task_kind, new_limit, interaction.user.id
+        )
+        sentence = quota_text.limit_set(
+            self.bot.words_for(interaction), scope, target_id, task_kind, new_limit
+        )
         await interaction.response.send_message(sentence, ephemeral=True)
 
     @admin.command(name="grant", description="Give a member extra tasks for today")
@@ -102,11 +111,12 @@ class QuotaCog(commands.Cog):
     ) -> None:
         guild_id = self._require_manage_server(interaction)
         task_kind = TaskKind(kind.value)
-        await self.bot.quotas.grant(guild_id, user.id, task_kind, amount, interaction.user.id)
-        statuses = await self.bot.quotas.status(_member_from(guild_id, user))
+        await self.bot.core.quotas.grant(guild_id, user.id, task_kind, amount, interaction.user.id)
+        statuses = await self.bot.core.quotas.status(_member_from(guild_id, user))
         left = next(status.left for status in statuses if status.kind is task_kind)
         await interaction.response.send_message(
-            quota_text.granted(user.id, task_kind, amount, left), ephemeral=True
+            quota_text.granted(self.bot.words_for(interaction), user.id, task_kind, amount, left),
+            ephemeral=True,
         )
 
     @admin.command(name="reset", description="Give a member back today's spent tasks")
@@ -120,9 +130,10 @@ class QuotaCog(commands.Cog):
     ) -> None:
         guild_id = self._require_manage_server(interaction)
         task_kind = TaskKind(kind.value) if kind else None
-        forgiven = await self.bot.quotas.reset_today(guild_id, user.id, task_kind, interaction.user.id)
+        forgiven = await self.bot.core.quotas.reset_today(guild_id, user.id, task_kind, interaction.user.id)
         await interaction.response.send_message(
-            quota_text.reset_done(user.id, task_kind, forgiven), ephemeral=True
+            quota_text.reset_done(self.bot.words_for(interaction), user.id, task_kind, forgiven),
+            ephemeral=True,
         )
 
     @admin.command(name="usage", description="See this server's usage: totals, failures and top members")
@@ -133,12 +144,14 @@ class QuotaCog(commands.Cog):
         guild_id = self._require_manage_server(interaction)
         # A 30-day report of a busy server can take a moment: acknowledge first.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        report = await self.bot.quotas.usage_report(guild_id, PERIODS[period])
+        report = await self.bot.core.quotas.usage_report(guild_id, PERIODS[period])
         csv_file = discord.File(
             io.BytesIO(quota_text.usage_csv(report.rows)), filename=quota_text.usage_filename(period)
         )
         await interaction.followup.send(
-            embed=quota_text.usage_embed(report, period), file=csv_file, ephemeral=True
+            embed=quota_text.usage_embed(self.bot.words_for(interaction), report, period),
+            file=csv_file,
+            ephemeral=True,
         )
 
 
@@ -149,10 +162,10 @@ def _target_for(
         return guild_id
     if scope == "role":
         if role is None:
-            raise BadInput(quota_text.NEEDS_ROLE)
+            raise BadInput(Refusal.NEEDS_ROLE)
         return role.id
     if user is None:
-        raise BadInput(quota_text.NEEDS_USER)
+        raise BadInput(Refusal.NEEDS_USER)
     return user.id
 
 

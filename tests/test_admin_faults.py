@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.store.database import migration_files
-from bot.store.file_access import in_container
+from bot.store.sqlite.database import migration_files
+from bot.store.sqlite.file_access import in_container
 from tests.fakes.discord import FakeDiscord
 from tests.processes import (
     IS_ROOT,

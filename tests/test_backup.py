@@ -13,7 +13,7 @@ import pytest
 
 from bot.__main__ import main
 from bot.settings_docs import setting_docs
-from bot.store.database import Database
+from bot.store.sqlite.database import Database
 from tests.conftest import eventually
 
 ROWS_BEFORE = 300

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import ProviderError, ProviderFault
-from bot.providers.breaker import CircuitBreaker
+from bot.core.breaker import CircuitBreaker
+from bot.domain.errors import ProviderError
+from bot.domain.tasks import Fault
 
 
 class Clock:
@@ -19,7 +20,7 @@ class Clock:
 def _trip(breaker: CircuitBreaker, times: int) -> None:
     for _ in range(times):
         breaker.check()
-        breaker.record_failure(ProviderFault.BUSY)
+        breaker.record_failure(Fault.BUSY)
 
 
 def test_opens_after_the_threshold_and_closes_after_a_good_trial() -> None:
@@ -27,11 +28,11 @@ def test_opens_after_the_threshold_and_closes_after_a_good_trial() -> None:
     breaker = CircuitBreaker("freepik", threshold=3, cooldown=60, clock=clock)
     _trip(breaker, 2)
     breaker.check()  # two faults in a row: still closed
-    breaker.record_failure(ProviderFault.BUSY)
+    breaker.record_failure(Fault.BUSY)
     assert breaker.is_open
     with pytest.raises(ProviderError) as refused:
         breaker.check()
-    assert refused.value.fault is ProviderFault.UNAVAILABLE
+    assert refused.value.fault is Fault.UNAVAILABLE
 
     clock.now += 61  # cooldown over: one trial request goes through, others wait for its outcome
     breaker.check()
@@ -48,7 +49,7 @@ def test_a_failed_trial_opens_it_again_at_once() -> None:
     _trip(breaker, 3)
     clock.now += 61
     breaker.check()
-    breaker.record_failure(ProviderFault.TIMEOUT)
+    breaker.record_failure(Fault.TIMEOUT)
     assert breaker.is_open
     with pytest.raises(ProviderError):
         breaker.check()
@@ -58,8 +59,8 @@ def test_faults_of_the_members_input_do_not_count() -> None:
     breaker = CircuitBreaker("freepik", threshold=2, cooldown=60, clock=Clock())
     for _ in range(5):
         breaker.check()
-        breaker.record_failure(ProviderFault.REJECTED)
-        breaker.record_failure(ProviderFault.FAILED)
+        breaker.record_failure(Fault.REJECTED)
+        breaker.record_failure(Fault.FAILED)
     assert not breaker.is_open
 
 

@@ -19,11 +19,11 @@ from aiohttp import web
 
 from bot import cli
 from bot.__main__ import main
-from bot.client import ImageBot
-from bot.heartbeat import DEFAULT_MAX_AGE, Heartbeat, gateway_connected, heartbeat_age, heartbeat_path
-from bot.settings import Settings
+from bot.discord.client import ImageBot
+from bot.discord.heartbeat import DEFAULT_MAX_AGE, Heartbeat, gateway_connected, heartbeat_age, heartbeat_path
+from bot.settings import Settings, load_settings
 from bot.settings_docs import setting_docs
-from bot.store.database import Database
+from bot.store.sqlite.database import Database
 from tests.conftest import FREEPIK_KEY, NOVITA_KEY, Harness, eventually
 from tests.fakes.discord import start_bot, stop_bot
 from tests.fakes.providers import FakeFreepik, FakeNovita
@@ -274,7 +274,7 @@ async def test_check_live_says_when_a_provider_cannot_be_reached(
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(_env_file=None, database_path=tmp_path / "data" / "bot.sqlite3", **overrides)  # type: ignore[call-arg]
+    return load_settings({"database_path": tmp_path / "data" / "bot.sqlite3", **overrides}, env_file=None)
 
 
 def test_the_heartbeat_lives_next_to_the_database(tmp_path: Path) -> None:

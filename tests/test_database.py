@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bot.store.database import Database
+from bot.store.sqlite.database import Database
 
 
 async def test_a_transaction_cancelled_while_beginning_releases_the_write_lock(tmp_path: Path) -> None:

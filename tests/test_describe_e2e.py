@@ -48,7 +48,7 @@ async def test_describe_through_freepik_edits_once_per_new_state(harness: Harnes
     assert sent.startswith("data:image/jpeg;base64,")
     assert base64.b64decode(sent.split(",", 1)[1])[:3] == b"\xff\xd8\xff"
 
-    statuses = await bot.quotas.status(_member(harness))
+    statuses = await bot.core.quotas.status(_member(harness))
     assert statuses[0].used == 1
 
 
@@ -78,7 +78,7 @@ async def test_a_slow_synchronous_answer_shows_in_progress_meanwhile(harness: Ha
     await harness.settle(bot)
     titles = [call.json["embeds"][0]["title"] for call in harness.calls_for(token) if call.method == "PATCH"]
     assert titles == ["Image to prompt · In progress", "Image to prompt · Done"]
-    rows = await bot.db.fetchall("SELECT state FROM usage")
+    rows = await bot.core.db.fetchall("SELECT state FROM usage")
     assert [row["state"] for row in rows] == ["committed"]
 
 
@@ -90,7 +90,7 @@ async def test_provider_option_picks_the_provider(harness: Harness) -> None:
 
 
 def _member(harness: Harness):
-    from bot.store.quotas import Member
+    from bot.domain.quota import Member
 
     return Member(guild_id=harness.discord.guild_ids[0], user_id=harness.discord.default_user_id)
 
@@ -108,7 +108,7 @@ async def test_failed_task_refunds_the_quota(harness: Harness) -> None:
     assert final["description"] == (
         "Freepik could not finish this task; try again or with another image (this did not use your quota)."
     )
-    statuses = await bot.quotas.status(_member(harness))
+    statuses = await bot.core.quotas.status(_member(harness))
     assert statuses[0].used == 0
 
 
@@ -134,7 +134,7 @@ async def test_wrong_key_says_the_bot_is_misconfigured(harness: Harness, caplog)
         "The bot is misconfigured: Freepik rejected its API key or plan; please tell a server admin "
         "(this did not use your quota)."
     )
-    assert (await bot.quotas.status(_member(harness)))[0].used == 0
+    assert (await bot.core.quotas.status(_member(harness)))[0].used == 0
     # The admin reads it in the log once a minute, not once per request; the key never appears.
     key_lines = [r for r in caplog.records if "rejected the bot's API key" in r.getMessage()]
     assert len(key_lines) == 1
@@ -160,4 +160,4 @@ async def test_non_image_attachment_is_refused_without_a_provider_request(harnes
     )
     assert harness.freepik.count() == 0
     assert harness.novita.count() == 0
-    assert (await bot.quotas.status(_member(harness)))[0].used == 0
+    assert (await bot.core.quotas.status(_member(harness)))[0].used == 0

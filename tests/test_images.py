@@ -13,11 +13,12 @@ import zlib
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, features
 
-from bot import images
-from bot.errors import BadInput
-from bot.images import CheckedImage, check_image, image_hash, prepare_for_provider, thumbnail
-from bot.providers.base import ImageLimits, InputImage
-from bot.ui import input_text
+from bot.core import images
+from bot.core.images import CheckedImage, check_image, image_hash, prepare_for_provider, thumbnail
+from bot.domain.errors import BadInput, Refusal
+from bot.domain.tasks import ImageBytes, ImageLimits
+from bot.ui.words import Words
+from tests.sentences import sentence
 
 MB = 1_000_000
 BIG = ImageLimits(max_side=2048, max_bytes=30 * MB)
@@ -55,10 +56,10 @@ def png_declaring(width: int, height: int) -> bytes:
 def refusal(data: bytes, *, max_bytes: int = 20 * MB) -> str:
     with pytest.raises(BadInput) as caught:
         check_image(data, max_bytes=max_bytes)
-    return caught.value.reason
+    return Words().error(caught.value)
 
 
-def opened(image: InputImage) -> Image.Image:
+def opened(image: ImageBytes) -> Image.Image:
     return Image.open(io.BytesIO(image.data))
 
 
@@ -147,7 +148,7 @@ def test_zero_bytes_are_refused() -> None:
 def test_svg_is_refused_naming_svg(svg: bytes) -> None:
     reason = refusal(svg)
 
-    assert reason == input_text.IMAGE_IS_SVG
+    assert reason == sentence(Refusal.IMAGE_IS_SVG)
     assert reason.startswith("That file is an SVG drawing, not a picture;")
 
 
@@ -178,7 +179,9 @@ def test_heic_is_refused_naming_heic() -> None:
 
 
 def test_mp4_is_refused_as_a_video() -> None:
-    assert refusal(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00" + b"\x00" * 64) == input_text.IMAGE_IS_VIDEO
+    assert refusal(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00" + b"\x00" * 64) == sentence(
+        Refusal.IMAGE_IS_VIDEO
+    )
 
 
 # --- refused: damaged, too big ---------------------------------------------------------------
@@ -196,7 +199,7 @@ def test_truncated_png_is_refused() -> None:
 def test_truncated_jpeg_is_refused() -> None:
     whole = encode(noise((200, 200)), "JPEG", quality=90)
 
-    assert refusal(whole[: len(whole) // 2]) == input_text.IMAGE_DAMAGED
+    assert refusal(whole[: len(whole) // 2]) == sentence(Refusal.IMAGE_DAMAGED)
 
 
 def test_corrupt_png_is_refused() -> None:
@@ -204,13 +207,13 @@ def test_corrupt_png_is_refused() -> None:
     middle = len(whole) // 2
     whole[middle : middle + 64] = b"\x00" * 64
 
-    assert refusal(bytes(whole)) == input_text.IMAGE_DAMAGED
+    assert refusal(bytes(whole)) == sentence(Refusal.IMAGE_DAMAGED)
 
 
 def test_truncated_png_is_refused_even_with_no_iend() -> None:
     whole = encode(Image.new("RGB", (50, 50), "white"), "PNG")
 
-    assert refusal(whole[: whole.rindex(b"IDAT") + 8]) == input_text.IMAGE_DAMAGED
+    assert refusal(whole[: whole.rindex(b"IDAT") + 8]) == sentence(Refusal.IMAGE_DAMAGED)
 
 
 @pytest.fixture
@@ -257,7 +260,10 @@ def test_over_max_bytes_is_refused_with_the_limit() -> None:
 
     assert check_image(data, max_bytes=len(data)).data == data  # exactly at the limit is fine
     assert refusal(data, max_bytes=200_000) == "That image is larger than 200 KB; send a smaller one."
-    assert input_text.image_too_large(20 * MB) == "That image is larger than 20 MB; send a smaller one."
+    assert (
+        sentence(Refusal.IMAGE_TOO_LARGE, max_bytes=20 * MB)
+        == "That image is larger than 20 MB; send a smaller one."
+    )
 
 
 # --- prepared for a provider ------------------------------------------------------------------
@@ -412,7 +418,7 @@ def test_impossible_limit_is_refused() -> None:
     with pytest.raises(BadInput) as caught:
         prepare_for_provider(check_image(data, max_bytes=MB), ImageLimits(max_side=2048, max_bytes=50))
 
-    assert caught.value.reason == input_text.IMAGE_CANNOT_SHRINK
+    assert Words().error(caught.value) == sentence(Refusal.IMAGE_CANNOT_SHRINK)
 
 
 def test_preparing_is_deterministic_and_hash_is_sha256_of_the_bytes() -> None:
@@ -425,7 +431,7 @@ def test_preparing_is_deterministic_and_hash_is_sha256_of_the_bytes() -> None:
     assert first == second
     assert image_hash(first) == image_hash(second)
     assert re.fullmatch(r"[0-9a-f]{64}", image_hash(first))
-    assert image_hash(first) != image_hash(InputImage(data=first.data + b"\x00", mime=first.mime))
+    assert image_hash(first) != image_hash(ImageBytes(data=first.data + b"\x00", mime=first.mime))
 
 
 # --- thumbnail ---------------------------------------------------------------------------------
@@ -433,7 +439,7 @@ def test_preparing_is_deterministic_and_hash_is_sha256_of_the_bytes() -> None:
 
 def test_thumbnail_is_small_and_keeps_alpha_as_png() -> None:
     opaque = prepare_for_provider(check_image(exif_rotated_photo(), max_bytes=30 * MB), BIG)
-    clear = InputImage(data=encode(Image.new("RGBA", (600, 300), (0, 0, 0, 0)), "PNG"), mime="image/png")
+    clear = ImageBytes(data=encode(Image.new("RGBA", (600, 300), (0, 0, 0, 0)), "PNG"), mime="image/png")
 
     small = Image.open(io.BytesIO(thumbnail(opaque)))
     small_clear = Image.open(io.BytesIO(thumbnail(clear, size=100)))

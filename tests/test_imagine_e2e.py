@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageStat
 
-from bot.client import ImageBot
-from bot.providers.base import TaskKind
-from bot.store.quotas import Member
+from bot.discord.client import ImageBot
+from bot.domain.quota import Member
+from bot.domain.tasks import TaskKind
 from bot.ui.embeds import duration
 from tests.conftest import Harness, png_bytes
 from tests.fakes.discord import DEFAULT_APP_PERMISSIONS, RecordedCall
@@ -39,7 +39,7 @@ def _member(harness: Harness, user_id: int | None = None) -> Member:
 
 
 async def _used(bot: ImageBot, harness: Harness, kind: TaskKind, user_id: int | None = None) -> int:
-    statuses = await bot.quotas.status(_member(harness, user_id))
+    statuses = await bot.core.quotas.status(_member(harness, user_id))
     return next(status.used for status in statuses if status.kind is kind)
 
 

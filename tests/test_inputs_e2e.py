@@ -21,13 +21,16 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.client import ImageBot
-from bot.images import MAX_PIXELS
-from bot.store.quotas import Member
-from bot.ui import input_text, text
+from bot.core.images import MAX_PIXELS
+from bot.discord.client import ImageBot
+from bot.domain.errors import Refusal
+from bot.domain.quota import Member
+from bot.domain.tasks import Notice, NoticeCode
+from bot.ui.words import PICK_IMAGE, Words
 from tests.conftest import Harness, eventually, png_bytes
 from tests.fakes.discord import RecordedCall
 from tests.fakes.dns import StubResolver
+from tests.sentences import sentence
 
 STAND_IN = "127.0.0.2"  # "the public internet" for these tests
 EPHEMERAL = 1 << 6
@@ -184,7 +187,7 @@ async def nothing_spent(harness: Harness, bot: ImageBot, user_id: int | None = N
     assert harness.freepik.count() == 0
     assert harness.novita.count() == 0
     member = Member(harness.discord.guild_ids[0], user_id or harness.discord.default_user_id)
-    assert [status.used for status in await bot.quotas.status(member)] == [0, 0]
+    assert [status.used for status in await bot.core.quotas.status(member)] == [0, 0]
 
 
 def describe_attachment(
@@ -207,13 +210,13 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
 BAD_FILES = [
     pytest.param(
         b"Shopping list: eggs, milk, bread.\n", "notes.txt", "text/plain",
-        input_text.IMAGE_NOT_AN_IMAGE, id="non-image file",
+        sentence(Refusal.IMAGE_NOT_AN_IMAGE), id="non-image file",
     ),
-    pytest.param(b"", "empty.png", "image/png", input_text.IMAGE_EMPTY, id="zero bytes"),
-    pytest.param(TRUNCATED_PNG, "cut.png", "image/png", input_text.IMAGE_DAMAGED, id="truncated PNG"),
-    pytest.param(SVG, "drawing.svg", "image/svg+xml", input_text.IMAGE_IS_SVG, id="SVG"),
+    pytest.param(b"", "empty.png", "image/png", sentence(Refusal.IMAGE_EMPTY), id="zero bytes"),
+    pytest.param(TRUNCATED_PNG, "cut.png", "image/png", sentence(Refusal.IMAGE_DAMAGED), id="truncated PNG"),
+    pytest.param(SVG, "drawing.svg", "image/svg+xml", sentence(Refusal.IMAGE_IS_SVG), id="SVG"),
     pytest.param(
-        pixel_bomb(), "bomb.png", "image/png", input_text.image_too_many_pixels(MAX_PIXELS), id="pixel bomb"
+        pixel_bomb(), "bomb.png", "image/png", sentence(Refusal.IMAGE_TOO_MANY_PIXELS, max_pixels=MAX_PIXELS), id="pixel bomb"
     ),
 ]  # fmt: skip
 
@@ -241,7 +244,7 @@ async def test_attachment_over_the_byte_limit_is_refused_before_the_defer(harnes
 
     answer = await ask(harness, bot, describe_attachment(harness, big, "big.png", "image/png"))
 
-    assert answer.sentence == input_text.image_too_large(100_000)
+    assert answer.sentence == sentence(Refusal.IMAGE_TOO_LARGE, max_bytes=100_000)
     assert answer.sentence == "That image is larger than 100 KB; send a smaller one."
     assert answer.ephemeral
     assert not answer.deferred
@@ -273,7 +276,7 @@ async def test_link_to_a_private_address_is_refused(harness: Harness, site: Site
 
     answer = await ask(harness, bot, describe_url(harness, url))
 
-    assert answer.sentence == input_text.LINK_NOT_PUBLIC
+    assert answer.sentence == sentence(Refusal.LINK_NOT_PUBLIC)
     assert answer.deferred
     assert [call.method for call in answer.calls] == ["POST", "PATCH"]
     # The only connection to the stand-in is the public hop of the redirect; 127.0.0.1 and the
@@ -290,7 +293,7 @@ async def test_link_that_is_not_http_is_refused_before_the_defer(harness: Harnes
 
     answer = await ask(harness, bot, describe_url(harness, url))
 
-    assert answer.sentence == input_text.LINK_NOT_WEB
+    assert answer.sentence == sentence(Refusal.LINK_NOT_WEB)
     assert answer.ephemeral
     assert not answer.deferred
     await nothing_spent(harness, bot)
@@ -301,7 +304,7 @@ async def test_redirect_to_a_file_url_is_refused(harness: Harness, site: Site) -
 
     answer = await ask(harness, bot, describe_url(harness, site.url("/redirect?to=file:///etc/passwd")))
 
-    assert answer.sentence == input_text.LINK_BAD_REDIRECT
+    assert answer.sentence == sentence(Refusal.LINK_BAD_REDIRECT)
     await nothing_spent(harness, bot)
 
 
@@ -311,7 +314,7 @@ async def test_html_served_as_png_is_refused(harness: Harness, site: Site) -> No
 
     answer = await ask(harness, bot, describe_url(harness, site.url("/cat.png")))
 
-    assert answer.sentence == input_text.IMAGE_IS_HTML
+    assert answer.sentence == sentence(Refusal.IMAGE_IS_HTML)
     assert site.hits == ["/cat.png"]
     await nothing_spent(harness, bot)
 
@@ -322,7 +325,7 @@ async def test_link_that_never_answers_times_out(harness: Harness, site: Site) -
 
     answer = await ask(harness, bot, describe_url(harness, site.url("/hang")))
 
-    assert answer.sentence == input_text.LINK_TOO_SLOW
+    assert answer.sentence == sentence(Refusal.LINK_TOO_SLOW)
     assert time.monotonic() - started < 4
     await nothing_spent(harness, bot)
 
@@ -332,7 +335,7 @@ async def test_link_that_streams_forever_is_cut_at_the_byte_limit(harness: Harne
 
     answer = await ask(harness, bot, describe_url(harness, site.url("/forever")))
 
-    assert answer.sentence == input_text.link_too_large(1_000_000)
+    assert answer.sentence == sentence(Refusal.LINK_TOO_LARGE, max_bytes=1_000_000)
     assert answer.sentence == "That link's file is larger than 1 MB; send a smaller image."
     await nothing_spent(harness, bot)
 
@@ -343,7 +346,7 @@ async def test_linked_file_over_the_byte_limit_is_refused(harness: Harness, site
 
     answer = await ask(harness, bot, describe_url(harness, site.url("/big.png")))
 
-    assert answer.sentence == input_text.link_too_large(100_000)
+    assert answer.sentence == sentence(Refusal.LINK_TOO_LARGE, max_bytes=100_000)
     await nothing_spent(harness, bot)
 
 
@@ -364,7 +367,7 @@ async def test_name_that_resolves_to_loopback_is_refused(
         harness, bot, describe_url(harness, site.url("/photo.png", host="sneaky.example.test"))
     )
 
-    assert answer.sentence == input_text.LINK_NOT_PUBLIC
+    assert answer.sentence == sentence(Refusal.LINK_NOT_PUBLIC)
     assert resolver.calls == ["sneaky.example.test"]
     assert site.hits == []
     await nothing_spent(harness, bot)
@@ -398,7 +401,7 @@ async def test_both_image_and_url_is_refused_privately(harness: Harness) -> None
 
     answer = await ask(harness, bot, payload)
 
-    assert (answer.sentence, answer.ephemeral) == (text.BOTH_IMAGE_AND_URL, True)
+    assert (answer.sentence, answer.ephemeral) == (sentence(Refusal.BOTH_IMAGE_AND_URL), True)
     await nothing_spent(harness, bot)
 
 
@@ -407,7 +410,7 @@ async def test_neither_image_nor_url_is_refused_privately(harness: Harness) -> N
 
     answer = await ask(harness, bot, harness.discord.slash("describe"))
 
-    assert (answer.sentence, answer.ephemeral) == (text.NEITHER_IMAGE_NOR_URL, True)
+    assert (answer.sentence, answer.ephemeral) == (sentence(Refusal.NEITHER_IMAGE_NOR_URL), True)
     await nothing_spent(harness, bot)
 
 
@@ -439,7 +442,7 @@ async def test_oversized_photo_arrives_upright_downscaled_and_without_exif(
     # Upright: the EXIF rotation turned the 4800 x 3200 landscape into a portrait, then it shrank.
     assert (received["width"], received["height"]) == (round(3200 * max_side / 4800), max_side)
     member = Member(harness.discord.guild_ids[0], harness.discord.default_user_id)
-    assert (await bot.quotas.status(member))[0].used == 1
+    assert (await bot.core.quotas.status(member))[0].used == 1
 
 
 def image_embed(url: str, size: tuple[int, int]) -> dict[str, Any]:
@@ -464,7 +467,7 @@ async def test_context_menu_picks_one_of_three_images(harness: Harness, site: Si
 
     # A private picker, one numbered option per image: two attachments and the previewed link.
     assert menu.ephemeral
-    assert menu.sentence == text.PICK_IMAGE.format(count=3)
+    assert menu.sentence == Words().say(PICK_IMAGE, count=3)
     picker = harness.discord.original_message(menu.token)
     assert picker is not None
     [select] = picker["components"][0]["components"]
@@ -480,7 +483,7 @@ async def test_context_menu_picks_one_of_three_images(harness: Harness, site: Si
     intruder = await ask(
         harness, bot, harness.discord.select(select["custom_id"], ["1"], picker, user_id=other)
     )
-    assert (intruder.sentence, intruder.ephemeral) == (text.ONLY_INVOKER, True)
+    assert (intruder.sentence, intruder.ephemeral) == (sentence(Refusal.ONLY_INVOKER), True)
     await nothing_spent(harness, bot, other)
 
     # The member who asked picks the linked picture; it is downloaded, described, and the picker goes.
@@ -511,7 +514,7 @@ async def test_context_menu_on_a_message_without_images_says_so(harness: Harness
 
     answer = await ask(harness, bot, harness.discord.message_command("Describe image", target))
 
-    assert (answer.sentence, answer.ephemeral) == (text.NO_IMAGE_IN_MESSAGE, True)
+    assert (answer.sentence, answer.ephemeral) == (sentence(Refusal.NO_IMAGE_IN_MESSAGE), True)
     await nothing_spent(harness, bot)
 
 
@@ -525,13 +528,13 @@ async def test_cached_image_is_answered_at_once_for_free(harness: Harness) -> No
     second = await ask(harness, bot, describe_attachment(harness, photo, "same-again.png", "image/png"))
 
     assert harness.novita.count() == 1
-    assert (await bot.quotas.status(member))[0].used == 1
+    assert (await bot.core.quotas.status(member))[0].used == 1
     first_embed = first.calls[-1].json["embeds"][0]
     second_embed = second.calls[-1].json["embeds"][0]
     assert first_embed["title"] == second_embed["title"] == DONE_TITLE
     assert PROMPT in second_embed["description"]
     notes = [field["value"] for field in second_embed["fields"] if field["name"] == "Note"]
-    assert notes == [text.CACHED_NOTICE]
+    assert notes == [Words().notice(Notice(NoticeCode.CACHED))]
     assert not any(field["name"] == "Note" for field in first_embed["fields"])
     # Answered at once: the defer and the finished result, nothing in between.
     assert [call.method for call in second.calls] == ["POST", "PATCH"]
@@ -599,7 +602,7 @@ async def test_mention_in_a_reply_describes_the_replied_image(harness: Harness) 
     assert edits
     assert [(i["width"], i["height"]) for i in harness.novita.received_images] == [(72, 54)]
     member = Member(harness.discord.guild_ids[0], harness.discord.default_user_id)
-    assert (await bot.quotas.status(member))[0].used == 1
+    assert (await bot.core.quotas.status(member))[0].used == 1
 
 
 async def test_mention_of_the_bots_own_role_counts_as_a_mention(harness: Harness) -> None:
@@ -646,7 +649,7 @@ async def test_mention_reply_to_a_bad_image_says_why_with_nothing_spent(harness:
     await harness.settle(bot)
 
     [reply] = bot_replies(harness)
-    assert reply["content"] == input_text.IMAGE_EMPTY
+    assert reply["content"] == sentence(Refusal.IMAGE_EMPTY)
     assert reply["embeds"] == []
     await nothing_spent(harness, bot)
 
@@ -659,7 +662,7 @@ async def test_mention_reply_to_a_message_without_an_image_says_so(harness: Harn
     await wait_until(lambda: bool(bot_replies(harness)), "the answer")
 
     [reply] = bot_replies(harness)
-    assert reply["content"] == text.NO_IMAGE_IN_MESSAGE
+    assert reply["content"] == sentence(Refusal.NO_IMAGE_IN_MESSAGE)
     await nothing_spent(harness, bot)
 
 

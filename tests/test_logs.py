@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from bot.domain.tasks import JobState, TaskKind
 from bot.logs import REDACTED, TASK_FIELDS, JsonFormatter, TextFormatter, configure_logging, secret_values
-from bot.providers.base import TaskKind, TaskState
-from bot.settings import Settings
+from bot.settings import Settings, load_settings
 from tests.conftest import FREEPIK_KEY, NOVITA_KEY, Harness
 
 DISCORD_TOKEN = "made-up-discord-token-for-the-redaction-test"
@@ -47,13 +47,15 @@ def capture_json() -> Iterator[Capture]:
 
 
 def settings_with_secrets() -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        discord_token=DISCORD_TOKEN,
-        freepik_api_key=FREEPIK_KEY,
-        novita_api_key=NOVITA_KEY,
-        webhook_public_url="https://bot.example.org",
-        webhook_secret=WEBHOOK_SECRET,
+    return load_settings(
+        {
+            "discord_token": DISCORD_TOKEN,
+            "freepik_api_key": FREEPIK_KEY,
+            "novita_api_key": NOVITA_KEY,
+            "webhook_public_url": "https://bot.example.org",
+            "webhook_secret": WEBHOOK_SECRET,
+        },
+        env_file=None,
     )
 
 
@@ -70,7 +72,7 @@ async def test_task_finished_is_one_json_line_with_the_task_fields(
     assert set(TASK_FIELDS) <= set(entry)
     assert entry["provider"] == "freepik"
     assert entry["kind"] == TaskKind.DESCRIBE.value
-    assert entry["state"] == TaskState.COMPLETED.value
+    assert entry["state"] == JobState.COMPLETED.value
     assert entry["fault"] is None
     assert str(entry["user_id"]) == str(harness.discord.default_user_id)
     assert str(entry["guild_id"]) == str(harness.discord.guild_ids[0])
@@ -78,12 +80,12 @@ async def test_task_finished_is_one_json_line_with_the_task_fields(
     assert entry["duration"] >= 0
     assert entry["job_id"]
     assert entry["level"] == "INFO"
-    assert entry["logger"] == "bot.jobs"
+    assert entry["logger"] == "bot.core.runner"
     assert entry["time"].endswith("+00:00")
 
 
 def test_text_line_carries_the_task_fields_as_key_value_pairs() -> None:
-    record = logging.LogRecord("bot.jobs", logging.INFO, __file__, 1, "task finished", None, None)
+    record = logging.LogRecord("bot.core.runner", logging.INFO, __file__, 1, "task finished", None, None)
     for name, value in {
         "job_id": "j1",
         "user_id": 7,
@@ -96,7 +98,7 @@ def test_text_line_carries_the_task_fields_as_key_value_pairs() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line
     assert line.endswith(
-        "bot.jobs: task finished job_id=j1 user_id=7 guild_id=9 provider=novita state=completed duration=1.5"
+        "bot.core.runner: task finished job_id=j1 user_id=7 guild_id=9 provider=novita state=completed duration=1.5"
     )
 
 
@@ -135,7 +137,7 @@ def test_secret_values_lists_every_secret_setting_that_is_set() -> None:
     assert sorted(secret_values(settings_with_secrets())) == sorted(
         [DISCORD_TOKEN, FREEPIK_KEY, NOVITA_KEY, WEBHOOK_SECRET]
     )
-    assert secret_values(Settings(_env_file=None)) == []  # type: ignore[call-arg]
+    assert secret_values(load_settings(env_file=None)) == []
 
 
 @pytest.mark.parametrize("formatter_class", [JsonFormatter, TextFormatter])

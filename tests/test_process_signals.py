@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bot.providers.base import TaskState
+from bot.domain.tasks import JobState
 from tests.conftest import FREEPIK_KEY, Harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ async def _finish_in_a_new_bot(harness: Harness, token: str) -> None:
     bot = await harness.start_bot(describe_provider="freepik")
     await harness.settle(bot, timeout=10)
     assert harness.discord.original_message(token)["embeds"][0]["title"] == "Image to prompt · Done"
-    rows = await bot.db.fetchall("SELECT state FROM usage")
+    rows = await bot.core.db.fetchall("SELECT state FROM usage")
     assert [row["state"] for row in rows] == ["committed"]
     assert harness.freepik.count("POST") == 1
 
@@ -93,16 +93,16 @@ async def test_sigterm_leaves_the_job_saved_in_its_state(harness: Harness) -> No
     process: asyncio.subprocess.Process = harness.process  # type: ignore[attr-defined]
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.communicate(), timeout=20)
-    from bot.store.database import Database
-    from bot.store.jobs import JobStore
+    from bot.store.sqlite.database import Database
+    from bot.store.sqlite.jobs import SqliteJobRepository
 
     db = await Database.open(harness.tmp_path / "bot.sqlite3")
     try:
-        jobs = await JobStore(db).unfinished()
+        jobs = await SqliteJobRepository(db).unfinished()
     finally:
         await db.close()
-    assert [job.state for job in jobs] in ([TaskState.CREATED], [TaskState.IN_PROGRESS])
-    assert jobs[0].interaction_token  # kept: the next start reports with it
+    assert [job.state for job in jobs] in ([JobState.CREATED], [JobState.IN_PROGRESS])
+    assert jobs[0].route.interaction_token  # kept: the next start reports with it
     assert token
 
 

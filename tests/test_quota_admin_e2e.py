@@ -11,8 +11,8 @@ from typing import Any
 
 import discord
 
-from bot.client import ImageBot
-from bot.store.quotas import Member
+from bot.discord.client import ImageBot
+from bot.domain.quota import Member
 from tests.conftest import Harness, png_bytes
 
 MANAGE_SERVER = discord.Permissions(manage_guild=True).value
@@ -68,7 +68,7 @@ def member(harness: Harness, user_id: int | None = None, roles: tuple[int, ...] 
 
 
 async def used_describes(bot: ImageBot, who: Member) -> int:
-    statuses = await bot.quotas.status(who)
+    statuses = await bot.core.quotas.status(who)
     return next(s.used for s in statuses if s.kind.value == "describe")
 
 
@@ -116,7 +116,7 @@ async def test_a_failed_task_is_refunded(harness: Harness) -> None:
     final = harness.calls_for(token)[-1].json["embeds"][0]
     assert "did not use your quota" in json.dumps(final)
     assert await used_describes(bot, member(harness)) == 0
-    rows = await bot.db.fetchall("SELECT state, outcome FROM usage")
+    rows = await bot.core.db.fetchall("SELECT state, outcome FROM usage")
     assert [tuple(row) for row in rows] == [("refunded", "failed")]
 
 
@@ -243,7 +243,7 @@ async def test_admin_set_grant_reset_and_usage_end_to_end(harness: Harness) -> N
     assert final is not None
     assert final["attachments"][0]["filename"] == "usage-7days.csv"
 
-    audit = await bot.quotas.audit_log(guild_id)
+    audit = await bot.core.quotas.audit_log(guild_id)
     assert [(row["action"], row["actor_id"]) for row in reversed(audit)] == [
         ("set", ADMIN_ID),
         ("set", ADMIN_ID),
@@ -272,6 +272,6 @@ async def test_a_member_without_manage_server_is_refused(harness: Harness) -> No
         answer = await ask(harness, bot, admin(harness, subcommand, options, permissions=0))
         assert answer["content"] == "Only members with the Manage Server permission can change quotas here."
         assert answer["flags"] & 64
-    assert await bot.quotas.audit_log(harness.discord.guild_ids[0]) == []
-    statuses = await bot.quotas.status(member(harness))
+    assert await bot.core.quotas.audit_log(harness.discord.guild_ids[0]) == []
+    statuses = await bot.core.quotas.status(member(harness))
     assert [(s.limit, s.source) for s in statuses] == [(25, "default"), (10, "default")]

@@ -1,4 +1,4 @@
-"""QuotaStore against a real SQLite file: exactness, the resolution order, grants, resets, days, upkeep."""
+"""SqliteQuotaLedger against a real SQLite file: exactness, the resolution order, grants, resets, days, upkeep."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import QuotaExceeded, TooManyInFlight
-from bot.providers.base import TaskKind
-from bot.store.database import Database
-from bot.store.jobs import Job, JobStore
-from bot.store.quotas import UNLIMITED, Member, QuotaStore, next_utc_midnight
-from bot.ui import quota_text, text
+from bot.domain.errors import QuotaExceeded, TooManyInFlight
+from bot.domain.quota import UNLIMITED, Member, next_utc_midnight
+from bot.domain.tasks import Job, Route, TaskKind
+from bot.store.sqlite.database import Database
+from bot.store.sqlite.jobs import SqliteJobRepository
+from bot.store.sqlite.quotas import SqliteQuotaLedger
+from bot.ui import quota_text
+from bot.ui.words import Words
 
 GUILD = 10
 OTHER_GUILD = 11
@@ -61,8 +63,8 @@ def store(
     imagine: int = 3,
     per_user: int = 10_000,
     per_provider: int = 10_000,
-) -> QuotaStore:
-    return QuotaStore(
+) -> SqliteQuotaLedger:
+    return SqliteQuotaLedger(
         db,
         defaults={DESCRIBE: describe, IMAGINE: imagine},
         max_inflight_per_user=per_user,
@@ -72,11 +74,11 @@ def store(
     )
 
 
-async def status_of(quotas: QuotaStore, member: Member, kind: TaskKind = DESCRIBE):
+async def status_of(quotas: SqliteQuotaLedger, member: Member, kind: TaskKind = DESCRIBE):
     return next(s for s in await quotas.status(member) if s.kind is kind)
 
 
-async def spend(quotas: QuotaStore, member: Member, count: int, kind: TaskKind = DESCRIBE) -> None:
+async def spend(quotas: SqliteQuotaLedger, member: Member, count: int, kind: TaskKind = DESCRIBE) -> None:
     for _ in range(count):
         reservation = await quotas.reserve(member, kind, "freepik")
         assert await quotas.commit(reservation.usage_id)
@@ -199,7 +201,7 @@ async def test_limit_zero_blocks_with_its_own_sentence_and_unlimited_never_does(
     with pytest.raises(QuotaExceeded) as blocked:
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
     assert blocked.value.limit == 0
-    assert text.error_sentence(blocked.value) == "Image to prompt is switched off for you on this server."
+    assert Words().error(blocked.value) == "Image to prompt is switched off for you on this server."
 
     await quotas.set_limit(GUILD, "user", ALICE.user_id, DESCRIBE, UNLIMITED, ADMIN)
     await spend(quotas, ALICE, 40)
@@ -216,7 +218,7 @@ async def test_the_used_up_sentence_names_the_renewal(db: Database, clock: Clock
     with pytest.raises(QuotaExceeded) as used_up:
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
     midnight = int(datetime(2025, 3, 15, tzinfo=UTC).timestamp())
-    assert text.error_sentence(used_up.value) == (
+    assert Words().error(used_up.value) == (
         f"You have used your description for today; your quota renews <t:{midnight}:R>."
     )
 
@@ -325,7 +327,7 @@ async def test_a_used_up_quota_is_said_before_the_in_flight_cap(db: Database, cl
 
 async def test_an_abandoned_reservation_expires_and_is_never_leaked(db: Database, clock: Clock) -> None:
     quotas = store(db, clock, describe=2, per_user=1)
-    jobs = JobStore(db, clock=clock)
+    jobs = SqliteJobRepository(db, clock=clock)
     abandoned = await quotas.reserve(ALICE, DESCRIBE, "freepik")  # the bot died before the job was saved
     clock.advance(TTL + 1)
     # Past its lifetime it holds nothing, even before maintenance settles it.
@@ -338,6 +340,7 @@ async def test_an_abandoned_reservation_expires_and_is_never_leaked(db: Database
             provider="freepik",
             guild_id=GUILD,
             user_id=ALICE.user_id,
+            route=Route(channel_id=None),
             clock=clock,
             usage_id=resumed.usage_id,
         )
@@ -389,7 +392,7 @@ async def test_usage_report_totals_failures_and_top_members(db: Database, clock:
     assert len((await quotas.usage_report(GUILD, 30)).rows) == 11
     assert (await quotas.usage_report(GUILD, 1)).since == datetime(2025, 3, 24, tzinfo=UTC)
 
-    embed = quota_text.usage_embed(report, "7 days").to_dict()
+    embed = quota_text.usage_embed(Words(), report, "7 days").to_dict()
     assert embed["title"] == "Usage · last 7 days"
     assert {
         "name": "Image to prompt · Novita",
@@ -406,11 +409,17 @@ async def test_usage_report_totals_failures_and_top_members(db: Database, clock:
 
 async def test_prune_keeps_what_jobs_and_running_tasks_still_need(db: Database, clock: Clock) -> None:
     quotas = store(db, clock, describe=50)
-    jobs = JobStore(db, clock=clock)
+    jobs = SqliteJobRepository(db, clock=clock)
     await spend(quotas, ALICE, 3)
     with_job = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     job = Job.new(
-        kind=DESCRIBE, provider="freepik", guild_id=GUILD, user_id=1, clock=clock, usage_id=with_job.usage_id
+        kind=DESCRIBE,
+        provider="freepik",
+        guild_id=GUILD,
+        user_id=1,
+        route=Route(channel_id=None),
+        clock=clock,
+        usage_id=with_job.usage_id,
     )
     await jobs.create(job)
     await quotas.commit(with_job.usage_id)

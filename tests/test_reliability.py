@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from bot.client import ImageBot
-from bot.providers.base import TaskState
-from bot.store.quotas import Member
+from bot.discord.client import ImageBot
+from bot.domain.quota import Member
+from bot.domain.tasks import JobState
 from tests.conftest import Harness, png_bytes
 from tests.fakes.discord import RecordedCall
 from tests.fakes.providers import DEFAULT_WEBHOOK_SECRET
@@ -29,7 +29,7 @@ def _title(call: RecordedCall) -> str:
 
 
 async def _usage_states(bot) -> list[str]:
-    rows = await bot.db.fetchall("SELECT state FROM usage ORDER BY id")
+    rows = await bot.core.db.fetchall("SELECT state FROM usage ORDER BY id")
     return [row["state"] for row in rows]
 
 
@@ -42,8 +42,8 @@ async def test_restart_mid_task_finishes_on_the_original_message(harness: Harnes
     await harness.discord.wait_for_call(_is_edit(token))
     await harness.stop_bot(first)  # graceful: the job is paused, its state saved
 
-    job = (await first.jobs.unfinished())[0]
-    assert job.state is TaskState.CREATED
+    job = (await first.core.jobs.unfinished())[0]
+    assert job.state is JobState.CREATED
     assert job.provider_task_id
 
     second = await harness.start_bot()
@@ -52,7 +52,7 @@ async def test_restart_mid_task_finishes_on_the_original_message(harness: Harnes
     assert original is not None
     assert original["embeds"][0]["title"] == "Image to prompt · Done"
     assert await _usage_states(second) == ["committed"]
-    assert await second.jobs.unfinished() == []
+    assert await second.core.jobs.unfinished() == []
     assert harness.freepik.count("POST") == 1  # resumed by polling, never created twice
 
 
@@ -60,8 +60,8 @@ async def _leave_a_saved_job(harness: Harness) -> tuple[ImageBot, dict[str, Any]
     """Save a describe job that never starts, as if the bot died right after saving it; return the stopped bot."""
     bot = await harness.start_bot(describe_provider="freepik")
     # The runner stops driving jobs before the member's command arrives; the command still saves its job.
-    await bot.runner.shutdown(grace=0)
-    bot.runner.accepting = True
+    await bot.core.runner.shutdown(grace=0)
+    bot.core.runner.accepting = True
     payload = harness.describe_payload()
     await harness.discord.send_interaction(payload)
     await harness.discord.wait_for_call(lambda call: payload["token"] in call.path)
@@ -72,8 +72,8 @@ async def _leave_a_saved_job(harness: Harness) -> tuple[ImageBot, dict[str, Any]
 
 async def test_job_queued_but_never_started_is_started_at_resume(harness: Harness) -> None:
     first, payload = await _leave_a_saved_job(harness)
-    jobs = await first.jobs.unfinished()
-    assert [job.state for job in jobs] == [TaskState.QUEUED]
+    jobs = await first.core.jobs.unfinished()
+    assert [job.state for job in jobs] == [JobState.QUEUED]
     assert harness.freepik.count("POST") == 0
 
     second = await harness.start_bot()
@@ -87,7 +87,7 @@ async def test_job_queued_but_never_started_is_started_at_resume(harness: Harnes
 async def test_job_whose_create_answer_was_lost_is_refunded_and_told(harness: Harness) -> None:
     bot, payload = await _leave_a_saved_job(harness)
     # The bot died after sending the create and before saving its answer.
-    await bot.db.execute("UPDATE jobs SET state = 'STARTING'")
+    await bot.core.db.execute("UPDATE jobs SET state = 'STARTING'")
 
     second = await harness.start_bot()
     await harness.settle(second)
@@ -246,7 +246,7 @@ async def test_describe_falls_back_to_the_other_provider_and_says_so(harness: Ha
     assert "answered by novita" in embed["description"]
     notes = [field["value"] for field in embed["fields"] if field["name"] == "Note"]
     assert notes == ["Freepik was unavailable, so Novita answered instead."]
-    rows = await bot.db.fetchall("SELECT provider, state FROM usage")
+    rows = await bot.core.db.fetchall("SELECT provider, state FROM usage")
     assert [(row["provider"], row["state"]) for row in rows] == [("novita", "committed")]
 
 
@@ -303,8 +303,8 @@ async def test_webhook_deliveries_that_must_be_refused(harness: Harness) -> None
         task_id, body_override={"task_id": "unknown", "status": "COMPLETED", "generated": ["x"]}
     )
     assert unknown == 200
-    job = (await bot.jobs.unfinished())[0]
-    assert job.state is TaskState.CREATED  # none of those moved the task
+    job = (await bot.core.jobs.unfinished())[0]
+    assert job.state is JobState.CREATED  # none of those moved the task
 
     assert await harness.freepik.deliver(task_id, status="COMPLETED", webhook_id="msg_once") == 204
     assert (

@@ -19,11 +19,12 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.errors import BadInput
-from bot.images import check_image
-from bot.safe_download import IPAddress, SafeDownloader, is_public_address
-from bot.ui import input_text
+from bot.core.images import check_image
+from bot.core.safe_download import IPAddress, SafeDownloader, is_public_address
+from bot.domain.errors import BadInput, Refusal
+from bot.ui.words import Words
 from tests.fakes.dns import StubResolver
+from tests.sentences import sentence
 
 SERVER_HOST = "127.0.0.2"
 PUBLIC_STAND_IN = ipaddress.ip_address(SERVER_HOST)
@@ -178,7 +179,7 @@ async def downloader(resolver: StubResolver, policy: Policy) -> AsyncIterator[Sa
 async def refused(dl: SafeDownloader, url: str) -> str:
     with pytest.raises(BadInput) as caught:
         await dl.fetch(url)
-    return caught.value.reason
+    return Words().error(caught.value)
 
 
 # --- fetching what is allowed --------------------------------------------------------------------
@@ -379,7 +380,7 @@ async def test_redirect_to_a_non_web_scheme_is_refused(
 ) -> None:
     reason = await refused(downloader, server.url("/redirect?to=file:///etc/passwd"))
 
-    assert reason == input_text.LINK_BAD_REDIRECT
+    assert reason == sentence(Refusal.LINK_BAD_REDIRECT)
     assert reason.startswith("That link redirects to something that is not a web page;")
     assert connections == [SERVER_HOST]
 
@@ -419,7 +420,7 @@ async def test_a_trickling_body_hits_the_overall_timeout(downloader: SafeDownloa
 
     reason = await refused(downloader, server.url("/trickle"))
 
-    assert reason == input_text.LINK_TOO_SLOW
+    assert reason == sentence(Refusal.LINK_TOO_SLOW)
     assert time.monotonic() - started < 2
 
 
@@ -440,7 +441,7 @@ async def test_a_huge_content_length_is_refused_before_reading(
     reason = await refused(downloader, server.url("/huge-length"))
 
     # Reading the body would have waited for the 0.5 s timeout; the header alone decided.
-    assert reason == input_text.link_too_large(MAX_BYTES)
+    assert reason == sentence(Refusal.LINK_TOO_LARGE, max_bytes=MAX_BYTES)
     assert time.monotonic() - started < 0.4
 
 
@@ -459,7 +460,7 @@ async def test_non_2xx_status_is_refused_with_the_status(
 async def test_refusals_are_logged_with_the_host_only(
     downloader: SafeDownloader, server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.safe_download")
+    caplog.set_level(logging.INFO, logger="bot.core.safe_download")
 
     await refused(downloader, server.url("/image.png?token=SECRET", host="evil.example.test"))
 

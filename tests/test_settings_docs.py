@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.settings import Settings
+from bot.providers.registry import PROVIDERS
+from bot.settings import Settings, load_settings
 from bot.settings_docs import (
     TABLE_END,
     TABLE_START,
@@ -57,14 +59,19 @@ def test_env_example_is_exactly_the_generated_text() -> None:
 @pytest.mark.usefixtures("clean_env")
 def test_env_example_as_written_loads_to_the_model_defaults() -> None:
     # What an admin gets by copying the file unchanged is exactly the defaults: no value is mistyped.
-    loaded = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    loaded = load_settings(env_file=str(ROOT / ".env.example"))
+    defaults = load_settings(env_file=None)
     assert loaded.model_dump() == defaults.model_dump()
+    for name, section in defaults.providers.items():
+        assert loaded.providers[name].model_dump() == section.model_dump(), name
 
 
 def test_every_field_has_a_one_line_meaning() -> None:
-    for name, field in Settings.model_fields.items():
-        assert field.description, f"{name} has no description: it is its line in .env.example and the README"
+    for model in (Settings, *(spec.settings for spec in PROVIDERS)):
+        for name, field in model.model_fields.items():
+            assert field.description, (
+                f"{name} has no description: it is its line in .env.example and the README"
+            )
     for doc in setting_docs():
         assert "\n" not in doc.meaning
         assert doc.meaning
@@ -107,7 +114,19 @@ def test_each_rendered_default_reads_back_as_the_default(
     doc: SettingDoc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(doc.env, doc.default)
-    name = doc.env.lower()
-    assert getattr(Settings(_env_file=None), name) == Settings.model_fields[name].get_default(  # type: ignore[call-arg]
-        call_default_factory=True
-    )
+    model, name = model_of(doc.env)
+    settings = load_settings(env_file=None)
+    read = getattr(settings if model is Settings else settings.providers[section_name(model)], name)
+    assert read == model.model_fields[name].get_default(call_default_factory=True)
+
+
+def model_of(env: str) -> tuple[type[Any], str]:
+    """Return the settings model (the bot's own, or a provider's section) and field an env name belongs to."""
+    for spec in PROVIDERS:
+        if env.startswith(spec.env_prefix):
+            return spec.settings, env.removeprefix(spec.env_prefix).lower()
+    return Settings, env.lower()
+
+
+def section_name(model: type[Any]) -> str:
+    return next(spec.name for spec in PROVIDERS if spec.settings is model)

@@ -13,7 +13,7 @@ import os
 import pytest
 from PIL import Image
 
-from bot.ui import text
+from bot.ui.words import STORAGE_FULL, Words
 from tests.conftest import Harness
 
 
@@ -28,25 +28,25 @@ async def test_a_full_disk_fails_the_task_cleanly_refunds_it_and_the_bot_stays_u
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     bot = await harness.start_bot(describe_provider="freepik")
-    (pages,) = await bot.db.fetchone("PRAGMA page_count") or (0,)
-    await bot.db.execute(f"PRAGMA max_page_count = {int(pages)}")  # not one page more: the disk is full
+    (pages,) = await bot.core.db.fetchone("PRAGMA page_count") or (0,)
+    await bot.core.db.execute(f"PRAGMA max_page_count = {int(pages)}")  # not one page more: the disk is full
 
     with caplog.at_level(logging.INFO):
         token = await harness.interact(bot, harness.describe_payload(noisy_png()))
     message = harness.discord.original_message(token)
     assert message is not None
-    assert message["content"] == text.STORAGE_FULL
+    assert message["content"] == Words().say(STORAGE_FULL)
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1, [record.getMessage() for record in errors]
-    assert errors[0].name == "bot.store.database"
+    assert errors[0].name == "bot.store.sqlite.database"
     assert "cannot be written" in errors[0].getMessage()
     assert errors[0].exc_info is None  # one line, no traceback
     assert harness.freepik.count("POST") == 0  # nothing was sent to the provider
-    usage = await bot.db.fetchall("SELECT state FROM usage")
+    usage = await bot.core.db.fetchall("SELECT state FROM usage")
     assert [row["state"] for row in usage] == ["refunded"]
 
     # Space again: the same bot, still connected, carries on.
-    await bot.db.execute("PRAGMA max_page_count = 1073741823")
+    await bot.core.db.execute("PRAGMA max_page_count = 1073741823")
     token = await harness.interact(bot, harness.describe_payload(noisy_png()))
     done = harness.discord.original_message(token)
     assert done is not None

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from bot.providers.freepik import FreepikAdapter, WebhookBody
 from bot.webhooks import (
-    Delivery,
     ReplayGuard,
     SignatureError,
     WebhookListener,
@@ -28,6 +28,16 @@ RAW_KEY = b"0123456789abcdef0123456789abcdef"
 WHSEC = "whsec_" + base64.b64encode(RAW_KEY).decode()
 PLAIN_SECRET = "plain-text-secret"
 BODY = json.dumps({"task_id": "t-1", "status": "COMPLETED", "generated": ["https://img/1.png"]}).encode()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What reached the handler, as the provider's own webhook reader parsed it."""
+
+    provider: str
+    task_id: str
+    status: str
+    generated: tuple[str, ...]
 
 
 def sign(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> str:
@@ -269,8 +279,14 @@ async def harness() -> AsyncIterator[Harness]:
     async with aiohttp.ClientSession() as session:
         h: Harness
 
-        async def on_delivery(delivery: Delivery) -> bool:
-            h.deliveries.append(delivery)
+        # The bot's handler parses the body with the provider's reader (and raises ProviderError for a
+        # body of the wrong shape, which the listener answers with 400): so does this one.
+        reader = FreepikAdapter(session, api_key="unused", base_url="http://127.0.0.1:9")
+
+        async def on_delivery(provider: str, body: bytes) -> bool:
+            parsed = reader.read_delivery(body).body
+            assert isinstance(parsed, WebhookBody)
+            h.deliveries.append(Delivery(provider, parsed.task_id, parsed.status, tuple(parsed.generated)))
             if h.fail:
                 raise RuntimeError("boom")
             return h.known
@@ -282,6 +298,7 @@ async def harness() -> AsyncIterator[Harness]:
             secret=WHSEC,
             host="127.0.0.1",
             port=0,
+            providers=["freepik"],
             on_delivery=on_delivery,
             health=health,
             max_body_bytes=1024,
@@ -399,6 +416,12 @@ async def test_unknown_route_is_404(harness: Harness) -> None:
     assert harness.deliveries == []
 
 
+async def test_a_provider_without_webhooks_is_404(harness: Harness) -> None:
+    resp = await harness.post(provider="novita")
+    assert resp.status == 404
+    assert harness.deliveries == []
+
+
 async def test_rejection_log_is_rate_limited(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="bot.webhooks"):
         for n in range(5):
@@ -425,14 +448,17 @@ async def test_healthz_degraded(harness: Harness) -> None:
         assert await resp.json() == {"database": True, "gateway": False, "status": "degraded"}
 
 
-async def test_bound_port_before_start_raises() -> None:
-    async def on_delivery(delivery: Delivery) -> bool:
-        return True
+async def accept_all(provider: str, body: bytes) -> bool:
+    return True
 
+
+async def test_bound_port_before_start_raises() -> None:
     async def health() -> dict[str, bool]:
         return {}
 
-    listener = WebhookListener(secret=WHSEC, port=0, on_delivery=on_delivery, health=health)
+    listener = WebhookListener(
+        secret=WHSEC, port=0, providers=["freepik"], on_delivery=accept_all, health=health
+    )
     with pytest.raises(RuntimeError):
         _ = listener.bound_port
     await listener.stop()  # harmless when never started
@@ -440,11 +466,8 @@ async def test_bound_port_before_start_raises() -> None:
 
 
 def test_empty_secret_refused() -> None:
-    async def on_delivery(delivery: Delivery) -> bool:
-        return True
-
     async def health() -> dict[str, bool]:
         return {}
 
     with pytest.raises(ValueError, match="secret"):
-        WebhookListener(secret="", port=0, on_delivery=on_delivery, health=health)
+        WebhookListener(secret="", port=0, providers=["freepik"], on_delivery=accept_all, health=health)

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from bot.errors import ProviderError, ProviderFault
+from bot.domain.errors import ProviderError
+from bot.domain.tasks import Fault
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ async def request_json(
     """Send one JSON request, retrying what is safe to retry; return the parsed answer.
 
     `creates` marks a request whose lost answer may still have created a paid task: it is then never
-    sent again after a timeout, and the caller learns it as ProviderFault.LOST.
+    sent again after a timeout, and the caller learns it as Fault.LOST.
     """
     attempt = 0
     while True:
@@ -91,8 +92,8 @@ async def request_json(
         except ProviderError as exc:
             attempt += 1
             # Safe to send again: the provider said it did nothing (429, 5xx), or it was never reached.
-            retryable = exc.fault is ProviderFault.UNREACHABLE or (
-                exc.fault is ProviderFault.BUSY and exc.status in RETRYABLE_STATUSES
+            retryable = exc.fault is Fault.UNREACHABLE or (
+                exc.fault is Fault.BUSY and exc.status in RETRYABLE_STATUSES
             )
             if not retryable or attempt >= retry.attempts:
                 raise
@@ -122,29 +123,27 @@ async def _send_once(
             retry_after = _retry_after(response.headers.get("Retry-After"))
     except aiohttp.ClientConnectorError as exc:
         # Nothing reached the provider, so nothing was created: safe to retry. No status: none came.
-        raise ProviderError(provider, ProviderFault.UNREACHABLE, _connect_failure(exc)) from exc
+        raise ProviderError(provider, Fault.UNREACHABLE, _connect_failure(exc)) from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
-        fault = ProviderFault.LOST if creates else ProviderFault.BUSY
+        fault = Fault.LOST if creates else Fault.BUSY
         raise ProviderError(provider, fault, type(exc).__name__) from exc
 
     if 200 <= status < 300:
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise ProviderError(
-                provider, ProviderFault.BAD_RESULT, "answer is not JSON", status=status
-            ) from exc
+            raise ProviderError(provider, Fault.BAD_RESULT, "answer is not JSON", status=status) from exc
 
     detail = _error_detail(raw)
     if status in (401, 402, 403):
         if key_log is not None:
             key_log.report(provider, status, detail)
-        raise ProviderError(provider, ProviderFault.MISCONFIGURED, detail, status=status)
+        raise ProviderError(provider, Fault.MISCONFIGURED, detail, status=status)
     if status == 404:
-        raise ProviderError(provider, ProviderFault.NOT_FOUND, detail, status=status)
+        raise ProviderError(provider, Fault.NOT_FOUND, detail, status=status)
     if status in (400, 413, 415, 422):
-        raise ProviderError(provider, ProviderFault.REJECTED, detail, status=status)
-    raise ProviderError(provider, ProviderFault.BUSY, detail, status=status, retry_after=retry_after)
+        raise ProviderError(provider, Fault.REJECTED, detail, status=status)
+    raise ProviderError(provider, Fault.BUSY, detail, status=status, retry_after=retry_after)
 
 
 def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:

@@ -1,30 +1,45 @@
-"""Novita img2prompt: synchronous, so its start returns a finished task."""
+"""Novita img2prompt: synchronous, so its describe answers with a finished task."""
 
 from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
 
 import aiohttp
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, ValidationError
+from pydantic_settings import SettingsConfigDict
 
-from bot.errors import ProviderError, ProviderFault
-from bot.providers.base import ImageLimits, InputImage, TaskKind, TaskSnapshot, TaskState
+from bot.domain.errors import ProviderError
+from bot.domain.ports import Provider
+from bot.domain.tasks import Fault, ImageBytes, ImageLimits, ProviderStatus, TaskSnapshot
 from bot.providers.http import MisconfigurationLog, RetryPolicy, request_json
+from bot.providers.spec import BuildContext, ProviderSettings, ProviderSpec
 
+NAME = "novita"
 _PATH = "/v3/img2prompt"
+# Novita is synchronous and can take a minute when overloaded: its requests never get less than this.
+MIN_REQUEST_TIMEOUT = 90.0
+
+
+class NovitaSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="NOVITA_")
+
+    api_key: SecretStr | None = Field(None, description="enables the Novita provider (image-to-prompt)")
+    base_url: HttpUrl = Field(HttpUrl("https://api.novita.ai"), description="where Novita requests go")
+
+    @property
+    def configured(self) -> bool:
+        return self.api_key is not None
 
 
 class PromptAnswer(BaseModel):
     prompt: str
 
 
-class NovitaProvider:
-    name = "novita"
-    kinds = frozenset({TaskKind.DESCRIBE})
+class NovitaAdapter:
+    """Speaks Novita's img2prompt: a describer and a key check."""
+
     image_limits = ImageLimits(max_side=2048, max_bytes=30_000_000)
-    is_synchronous = True
 
     def __init__(
         self,
@@ -32,7 +47,7 @@ class NovitaProvider:
         *,
         api_key: str,
         base_url: str,
-        request_timeout: float = 90.0,  # the service can take a minute when overloaded
+        request_timeout: float = MIN_REQUEST_TIMEOUT,
         retry: RetryPolicy | None = None,
     ) -> None:
         self._session = session
@@ -42,12 +57,12 @@ class NovitaProvider:
         self._retry = retry or RetryPolicy()
         self._key_log = MisconfigurationLog()
 
-    async def start_describe(self, image: InputImage, *, webhook_url: str | None) -> TaskSnapshot:
+    async def describe(self, image: ImageBytes, *, webhook_url: str | None) -> TaskSnapshot:
         # Raw base64 without a data: prefix, as the official SDK sends it.
         body = {"image_file": base64.b64encode(image.data).decode("ascii")}
         answer = await request_json(
             self._session,
-            self.name,
+            NAME,
             "POST",
             self._url,
             headers=self._headers,
@@ -60,24 +75,11 @@ class NovitaProvider:
         try:
             prompt = PromptAnswer.model_validate(answer).prompt
         except ValidationError as exc:
-            raise ProviderError(self.name, ProviderFault.BAD_RESULT, "answer has no prompt") from exc
+            raise ProviderError(NAME, Fault.BAD_RESULT, "answer has no prompt") from exc
         # Novita has no task ids; ours lets the usage log tell tasks apart.
-        return TaskSnapshot(task_id=f"novita-{uuid.uuid4().hex}", state=TaskState.COMPLETED, prompt=prompt)
-
-    async def start_imagine(
-        self, prompt: str, references: list[InputImage], *, webhook_url: str | None
-    ) -> TaskSnapshot:
-        raise ProviderError(self.name, ProviderFault.REJECTED, "Novita does not generate images here")
-
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
-        # Nothing to poll: every task finished in start. A resumed job that reaches here lost its answer.
-        raise ProviderError(self.name, ProviderFault.NOT_FOUND, "synchronous tasks cannot be polled")
-
-    async def fetch_results(self, snapshot: TaskSnapshot) -> TaskSnapshot:
-        return snapshot
-
-    def snapshot_from_webhook(self, kind: TaskKind, payload: Mapping[str, object]) -> TaskSnapshot:
-        raise ProviderError(self.name, ProviderFault.BAD_RESULT, "Novita sends no webhooks")
+        return TaskSnapshot(
+            task_id=f"novita-{uuid.uuid4().hex}", status=ProviderStatus.COMPLETED, prompt=prompt
+        )
 
     async def check_key(self) -> None:
         # No free endpoint is documented: an empty image is refused (400) only after the key passed
@@ -85,7 +87,7 @@ class NovitaProvider:
         try:
             await request_json(
                 self._session,
-                self.name,
+                NAME,
                 "POST",
                 self._url,
                 headers=self._headers,
@@ -94,5 +96,27 @@ class NovitaProvider:
                 timeout=self._timeout,
             )
         except ProviderError as exc:
-            if exc.fault is not ProviderFault.REJECTED:
+            if exc.fault is not Fault.REJECTED:
                 raise
+
+
+def build(settings: NovitaSettings, context: BuildContext) -> Provider:
+    assert settings.api_key is not None
+    adapter = NovitaAdapter(
+        context.session,
+        api_key=settings.api_key.get_secret_value(),
+        base_url=str(settings.base_url),
+        request_timeout=max(MIN_REQUEST_TIMEOUT, context.request_timeout),
+    )
+    return Provider(name=NAME, image_limits=adapter.image_limits, key_checker=adapter, describer=adapter)
+
+
+SPEC = ProviderSpec(
+    name=NAME,
+    title="Novita",
+    settings=NovitaSettings,
+    enabled_by="NOVITA_API_KEY",
+    key_setting="NOVITA_API_KEY",
+    address_setting="NOVITA_BASE_URL",
+    build=build,
+)

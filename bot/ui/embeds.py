@@ -8,17 +8,15 @@ from dataclasses import dataclass, field
 
 import discord
 
-from bot.errors import ProviderError, ProviderFault
-from bot.providers.base import InputImage, TaskKind, TaskState
-from bot.store.jobs import Job
-from bot.ui import text
+from bot.domain.tasks import Fault, ImageBytes, Job, JobState, TaskKind
+from bot.ui.words import N_, Words, relative_time
 
 # Discord's limit for an embed description; the code fence and a note take a little of it.
 _DESCRIPTION_LIMIT = 4096
 _PROMPT_ROOM = _DESCRIPTION_LIMIT - 120
 _COLOURS = {
-    TaskState.COMPLETED: discord.Colour.green(),
-    TaskState.FAILED: discord.Colour.red(),
+    JobState.COMPLETED: discord.Colour.green(),
+    JobState.FAILED: discord.Colour.red(),
 }
 THUMBNAIL_NAME = "input.png"
 # Discord refuses a whole message whose files weigh more than the server's upload limit (10 MiB without
@@ -26,7 +24,8 @@ THUMBNAIL_NAME = "input.png"
 UPLOAD_LIMIT = 10 * 1024 * 1024
 # The prompt is the image's alt text; Discord keeps at most this much of it.
 _ALT_TEXT_LIMIT = 1024
-RESULT_TOO_LARGE = "The generated image is larger than Discord lets me attach here, so it is not shown."
+RESULT_TOO_LARGE = N_("The generated image is larger than Discord lets me attach here, so it is not shown.")
+THUMBNAIL_ALT = N_("the described image")
 
 
 @dataclass(slots=True)
@@ -55,7 +54,7 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
-def _result_files(job: Job, outputs: Sequence[InputImage]) -> tuple[list[discord.File], int]:
+def _result_files(job: Job, outputs: Sequence[ImageBytes]) -> tuple[list[discord.File], int]:
     """Return the generated images as files within Discord's upload limit, and how many were left off."""
     files: list[discord.File] = []
     total = 0
@@ -73,45 +72,45 @@ def _result_files(job: Job, outputs: Sequence[InputImage]) -> tuple[list[discord
 
 def render_job(
     job: Job,
+    words: Words,
     *,
     thumbnail: bytes | None = None,
-    outputs: Sequence[InputImage] = (),
+    outputs: Sequence[ImageBytes] = (),
 ) -> Rendered:
     """Render a job's current state as its message."""
     colour = _COLOURS.get(job.state, discord.Colour.blurple())
-    title = f"{text.KIND_NAMES[job.kind]} · {text.STATE_WORDS[job.state]}"
+    title = f"{words.kind(job.kind)} · {words.state(job.state)}"
     embed = discord.Embed(title=title, colour=colour)
     files: list[discord.File] = []
     left_off = 0
 
-    if job.state is TaskState.COMPLETED and job.kind is TaskKind.DESCRIBE:
+    if job.state is JobState.COMPLETED and job.kind is TaskKind.DESCRIBE:
         embed.description = code_block(job.result_text or "")
         if thumbnail:
             files.append(
                 discord.File(
-                    io.BytesIO(thumbnail), filename=THUMBNAIL_NAME, description="the described image"
+                    io.BytesIO(thumbnail), filename=THUMBNAIL_NAME, description=words.say(THUMBNAIL_ALT)
                 )
             )
             embed.set_thumbnail(url=f"attachment://{THUMBNAIL_NAME}")
-    elif job.state is TaskState.COMPLETED and job.kind is TaskKind.IMAGINE:
+    elif job.state is JobState.COMPLETED and job.kind is TaskKind.IMAGINE:
         embed.description = code_block(job.prompt or "")
         files, left_off = _result_files(job, outputs)
         if files:
             embed.set_image(url=f"attachment://{files[0].filename}")
-    elif job.state is TaskState.FAILED:
-        fault = job.fault or ProviderFault.FAILED
-        embed.description = text.fault_sentence(ProviderError(job.provider, fault))
+    elif job.state is JobState.FAILED:
+        embed.description = words.fault(job.provider, job.fault or Fault.FAILED)
     elif job.kind is TaskKind.IMAGINE and job.prompt:
         embed.description = code_block(job.prompt)
 
-    embed.add_field(name="Provider", value=text.provider_name(job.provider))
-    embed.add_field(name="Started", value=text.relative_time(job.created_at))
-    if job.state is TaskState.COMPLETED and job.kind is TaskKind.IMAGINE:
+    embed.add_field(name=words.say(N_("Provider")), value=words.provider(job.provider))
+    embed.add_field(name=words.say(N_("Started")), value=relative_time(job.created_at))
+    if job.state is JobState.COMPLETED and job.kind is TaskKind.IMAGINE:
         # updated_at is when the result was saved: from the member's request to the image in hand.
-        embed.add_field(name="Took", value=duration(job.updated_at - job.created_at))
+        embed.add_field(name=words.say(N_("Took")), value=duration(job.updated_at - job.created_at))
     if job.notice:
-        embed.add_field(name="Note", value=job.notice, inline=False)
+        embed.add_field(name=words.say(N_("Note")), value=words.notice(job.notice), inline=False)
     if left_off:
-        embed.add_field(name="Note", value=RESULT_TOO_LARGE, inline=False)
-    embed.set_footer(text=f"job {job.id[:12]}")
+        embed.add_field(name=words.say(N_("Note")), value=words.say(RESULT_TOO_LARGE), inline=False)
+    embed.set_footer(text=words.say(N_("job {id}"), id=job.id[:12]))
     return Rendered(embed=embed, files=files)

@@ -9,95 +9,143 @@ from datetime import UTC, datetime
 
 import discord
 
-from bot.providers.base import TaskKind
-from bot.store.quotas import UNLIMITED, USAGE_COLUMNS, KindStatus, UsageReport
-from bot.ui.text import DM_ONLY_SERVER, KIND_NAMES, KIND_UNITS, provider_name, relative_time
+from bot.domain.quota import UNLIMITED, USAGE_COLUMNS, KindStatus, UsageReport
+from bot.domain.tasks import TaskKind
+from bot.ui.words import KIND_NAMES, KIND_UNITS, N_, Words, relative_time
 
-NEEDS_MANAGE_SERVER = "Only members with the Manage Server permission can change quotas here."
-SERVERS_ONLY = DM_ONLY_SERVER
-NEEDS_ROLE = "Pick the role this limit is for (the role option)."
-NEEDS_USER = "Pick the member this limit is for (the user option)."
-NEEDS_LIMIT = "Give a limit (0 blocks, -1 is unlimited), or set clear to remove this rule."
 KIND_CHOICE_NAMES = {
-    TaskKind.DESCRIBE: "describe (image to prompt)",
-    TaskKind.IMAGINE: "imagine (image generation)",
+    TaskKind.DESCRIBE: N_("describe (image to prompt)"),
+    TaskKind.IMAGINE: N_("imagine (image generation)"),
 }
-PERIOD_TITLES = {"today": "today", "7 days": "last 7 days", "30 days": "last 30 days"}
-_SCOPE_WORDS = {"server": "everyone on this server", "role": "the role <@&{id}>", "user": "<@{id}>"}
-_KIND_BY_VALUE = {kind.value: name for kind, name in KIND_NAMES.items()}
+PERIOD_TITLES = {"today": N_("today"), "7 days": N_("last 7 days"), "30 days": N_("last 30 days")}
+_SCOPE_WORDS = {
+    "server": N_("everyone on this server"),
+    "role": N_("the role <@&{id}>"),
+    "user": N_("<@{id}>"),
+}
+_KIND_BY_VALUE = {kind.value: kind for kind in TaskKind}
 # Discord allows 25 fields per embed; the report keeps room for the top members.
 _MAX_LINE_FIELDS = 20
 
 
-def quota_embed(statuses: Sequence[KindStatus], running: int, max_running: int) -> discord.Embed:
+def quota_embed(
+    words: Words, statuses: Sequence[KindStatus], running: int, max_running: int
+) -> discord.Embed:
     """Show a member what each kind has left today, when it renews, and what is running."""
-    embed = discord.Embed(title="Your quota today", colour=discord.Colour.blurple())
+    embed = discord.Embed(title=words.say(N_("Your quota today")), colour=discord.Colour.blurple())
     for status in statuses:
         if status.limit == UNLIMITED:
-            value = f"{status.used} used · unlimited"
+            value = words.say(N_("{used} used · unlimited"), used=status.used)
         elif status.limit <= 0:
-            value = "Switched off for you on this server."
+            value = words.say(N_("Switched off for you on this server."))
         else:
-            extra = f" (with {status.granted} granted today)" if status.granted else ""
-            value = (
-                f"{status.used} used · **{status.left} left** of {status.limit}{extra}\n"
-                f"Renews {relative_time(status.renews_at)}"
+            extra = (
+                words.say(N_(" (with {granted} granted today)"), granted=status.granted)
+                if status.granted
+                else ""
             )
-        embed.add_field(name=KIND_NAMES[status.kind], value=value, inline=False)
-    embed.add_field(name="Running now", value=f"{running} of at most {max_running} at once", inline=False)
-    embed.set_footer(text="Days run from midnight to midnight UTC")
+            value = words.say(
+                N_("{used} used · **{left} left** of {limit}{extra}\nRenews {renews}"),
+                used=status.used,
+                left=status.left,
+                limit=status.limit,
+                extra=extra,
+                renews=relative_time(status.renews_at),
+            )
+        embed.add_field(name=words.kind(status.kind), value=value, inline=False)
+    embed.add_field(
+        name=words.say(N_("Running now")),
+        value=words.say(
+            N_("{running} of at most {max_running} at once"), running=running, max_running=max_running
+        ),
+        inline=False,
+    )
+    embed.set_footer(text=words.say(N_("Days run from midnight to midnight UTC")))
     return embed
 
 
-def limit_set(scope: str, target_id: int, kind: TaskKind, limit: int | None) -> str:
-    who = _SCOPE_WORDS[scope].format(id=target_id)
+def limit_set(words: Words, scope: str, target_id: int, kind: TaskKind, limit: int | None) -> str:
+    who = words.say(_SCOPE_WORDS[scope], id=target_id)
     if limit is None:
-        return f"Removed the {KIND_NAMES[kind].lower()} limit for {who}; the next rule applies."
-    amount = "unlimited" if limit == UNLIMITED else ("blocked" if limit == 0 else f"{limit} per day (UTC)")
-    return f"{KIND_NAMES[kind]} for {who}: {amount}."
+        return words.say(
+            N_("Removed the {kind} limit for {who}; the next rule applies."),
+            kind=words.kind(kind).lower(),
+            who=who,
+        )
+    if limit == UNLIMITED:
+        amount = words.say(N_("unlimited"))
+    elif limit == 0:
+        amount = words.say(N_("blocked"))
+    else:
+        amount = words.say(N_("{limit} per day (UTC)"), limit=limit)
+    return words.say(N_("{kind} for {who}: {amount}."), kind=words.kind(kind), who=who, amount=amount)
 
 
-def granted(user_id: int, kind: TaskKind, amount: int, left: int | None) -> str:
-    now_left = "unlimited" if left is None else f"{left} left"
-    return (
-        f"Granted <@{user_id}> {amount} extra {KIND_UNITS[kind]} for today (UTC); they now have {now_left}."
+def granted(words: Words, user_id: int, kind: TaskKind, amount: int, left: int | None) -> str:
+    now_left = words.say(N_("unlimited")) if left is None else words.say(N_("{left} left"), left=left)
+    return words.say(
+        N_("Granted <@{user}> {amount} extra {units} for today (UTC); they now have {now_left}."),
+        user=user_id,
+        amount=amount,
+        units=words.say(KIND_UNITS[kind]),
+        now_left=now_left,
     )
 
 
-def reset_done(user_id: int, kind: TaskKind | None, forgiven: int) -> str:
-    what = KIND_UNITS[kind] if kind else "tasks"
-    return f"Reset <@{user_id}>'s usage today: {forgiven} spent {what} given back."
+def reset_done(words: Words, user_id: int, kind: TaskKind | None, forgiven: int) -> str:
+    what = words.say(KIND_UNITS[kind]) if kind else words.say(N_("tasks"))
+    return words.say(
+        N_("Reset <@{user}>'s usage today: {forgiven} spent {what} given back."),
+        user=user_id,
+        forgiven=forgiven,
+        what=what,
+    )
 
 
-def usage_embed(report: UsageReport, period: str) -> discord.Embed:
+def usage_embed(words: Words, report: UsageReport, period: str) -> discord.Embed:
     """Sum up a server's usage: by kind and provider, failures, and the members who spent most."""
+    title = words.say(PERIOD_TITLES[period]) if period in PERIOD_TITLES else period
     embed = discord.Embed(
-        title=f"Usage · {PERIOD_TITLES.get(period, period)}", colour=discord.Colour.blurple()
+        title=words.say(N_("Usage · {period}"), period=title), colour=discord.Colour.blurple()
     )
     completed = sum(line.completed for line in report.lines)
     failed = sum(line.failed for line in report.lines)
     cached = sum(line.cached for line in report.lines)
-    embed.description = (
-        f"From {report.since:%Y-%m-%d} to {report.until:%Y-%m-%d %H:%M} UTC\n"
-        f"**{completed}** completed · **{failed}** failed · **{cached}** from cache"
+    embed.description = words.say(
+        N_(
+            "From {since} to {until} UTC\n"
+            "**{completed}** completed · **{failed}** failed · **{cached}** from cache"
+        ),
+        since=f"{report.since:%Y-%m-%d}",
+        until=f"{report.until:%Y-%m-%d %H:%M}",
+        completed=completed,
+        failed=failed,
+        cached=cached,
     )
     if not report.lines:
-        embed.add_field(name="Tasks", value="None in this period.", inline=False)
+        embed.add_field(
+            name=words.say(N_("Tasks")), value=words.say(N_("None in this period.")), inline=False
+        )
     for line in report.lines[:_MAX_LINE_FIELDS]:
-        value = (
-            f"{line.completed} completed · {line.failed} failed ({line.refunded} refunded) · "
-            f"{line.cached} from cache"
+        value = words.say(
+            N_("{completed} completed · {failed} failed ({refunded} refunded) · {cached} from cache"),
+            completed=line.completed,
+            failed=line.failed,
+            refunded=line.refunded,
+            cached=line.cached,
         )
         if line.running:
-            value += f" · {line.running} running"
-        kind = _KIND_BY_VALUE.get(line.kind, line.kind)
-        embed.add_field(name=f"{kind} · {provider_name(line.provider)}", value=value, inline=False)
+            value += words.say(N_(" · {running} running"), running=line.running)
+        kind = _KIND_BY_VALUE.get(line.kind)
+        kind_name = words.say(KIND_NAMES[kind]) if kind else line.kind
+        embed.add_field(name=f"{kind_name} · {words.provider(line.provider)}", value=value, inline=False)
     if report.top_members:
         top = "\n".join(
-            f"{rank}. <@{user}> — {count} spent" for rank, (user, count) in enumerate(report.top_members, 1)
+            words.say(N_("{rank}. <@{user}> — {count} spent"), rank=rank, user=user, count=count)
+            for rank, (user, count) in enumerate(report.top_members, 1)
         )
-        embed.add_field(name="Top members", value=top, inline=False)
-    embed.set_footer(text="Every task of the period is in the attached CSV")
+        embed.add_field(name=words.say(N_("Top members")), value=top, inline=False)
+    embed.set_footer(text=words.say(N_("Every task of the period is in the attached CSV")))
     return embed
 
 

@@ -12,10 +12,9 @@ import aiohttp
 import discord
 from yarl import URL
 
-from bot.errors import BadInput
-from bot.images import CheckedImage
-from bot.service import TaskService
-from bot.ui import input_text
+from bot.core.images import CheckedImage
+from bot.core.service import TaskService
+from bot.domain.errors import BadInput, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +86,34 @@ def checked_link(url: str) -> str:
     try:
         scheme = URL(link.removeprefix("<").removesuffix(">")).scheme.lower()
     except (ValueError, TypeError):
-        raise BadInput(input_text.LINK_INVALID) from None
+        raise BadInput(Refusal.LINK_INVALID) from None
     if not scheme:
-        raise BadInput(input_text.LINK_INVALID)
+        raise BadInput(Refusal.LINK_INVALID)
     if scheme not in _WEB_SCHEMES:
-        raise BadInput(input_text.LINK_NOT_WEB)
+        raise BadInput(Refusal.LINK_NOT_WEB)
     # Everything else (the address, redirects, size, time) is the guarded downloader's to judge.
     return link
 
 
-async def load_attachment(
-    attachment: discord.Attachment, service: TaskService, max_bytes: int
-) -> CheckedImage:
+async def load_attachment(attachment: discord.Attachment, service: TaskService) -> CheckedImage:
     """Read an attachment's bytes through discord.py and check them."""
+    max_bytes = service.max_image_bytes
     # Discord tells the size up front: a file over the limit is refused without downloading it.
     if attachment.size > max_bytes:
-        raise BadInput(input_text.image_too_large(max_bytes))
+        raise BadInput(Refusal.IMAGE_TOO_LARGE, max_bytes=max_bytes)
     try:
         async with asyncio.timeout(_ATTACHMENT_READ_TIMEOUT):
             data = await attachment.read()
     except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
         log.info("attachment %s could not be read: %r", attachment.id, exc)
-        raise BadInput(input_text.ATTACHMENT_UNREADABLE) from exc
+        raise BadInput(Refusal.ATTACHMENT_UNREADABLE) from exc
     return await service.check_bytes(data)
 
 
-async def load_source(source: ImageSource, service: TaskService, max_bytes: int) -> CheckedImage:
+async def load_source(source: ImageSource, service: TaskService) -> CheckedImage:
     """Load one of a message's images: an attachment through Discord, a link through the downloader."""
     if source.attachment is not None:
-        return await load_attachment(source.attachment, service, max_bytes)
+        return await load_attachment(source.attachment, service)
     assert source.url is not None
     return await service.fetch_url(source.url)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
 
 import discord
 
-from bot.store.jobs import ReportVia
-from bot.store.quotas import Member
+from bot.domain.errors import BotError
+from bot.domain.quota import Member
+from bot.domain.tasks import Route
+from bot.ui.words import Words
 
 log = logging.getLogger(__name__)
 
@@ -37,41 +39,26 @@ def member_of_message(message: discord.Message) -> Member:
     return Member(guild_id=message.guild.id if message.guild else 0, user_id=author.id, role_ids=roles)
 
 
-@dataclass(frozen=True, slots=True)
-class ReportTarget:
-    """Where a job's states are shown: an interaction's response, or a channel message of the bot's."""
+def route_of(interaction: discord.Interaction) -> Route:
+    """Show a job on the interaction's own response, through its token."""
+    # The token's 15 minutes run from the interaction's creation, not from when we saw it.
+    created = interaction.created_at.timestamp() if interaction.created_at else time.time()
+    return Route(
+        channel_id=interaction.channel_id,
+        application_id=interaction.application_id,
+        interaction_token=interaction.token,
+        token_created_at=created,
+    )
 
-    channel_id: int | None
-    application_id: int | None = None
-    interaction_token: str | None = None
-    token_created_at: float | None = None
-    message_id: int | None = None
-    via: ReportVia = "interaction"
 
-    @classmethod
-    def from_interaction(cls, interaction: discord.Interaction) -> ReportTarget:
-        # The token's 15 minutes run from the interaction's creation, not from when we saw it.
-        created = interaction.created_at.timestamp() if interaction.created_at else time.time()
-        return cls(
-            channel_id=interaction.channel_id,
-            application_id=interaction.application_id,
-            interaction_token=interaction.token,
-            token_created_at=created,
-        )
+def route_of_message(message: discord.Message) -> Route:
+    """Show a job by editing one of the bot's own channel messages."""
+    return Route(channel_id=message.channel.id, message_id=message.id, via="channel")
 
-    @classmethod
-    def from_message(cls, message: discord.Message) -> ReportTarget:
-        return cls(channel_id=message.channel.id, message_id=message.id, via="channel")
 
-    def job_fields(self) -> dict[str, object]:
-        return {
-            "channel_id": self.channel_id,
-            "application_id": self.application_id,
-            "interaction_token": self.interaction_token,
-            "token_created_at": self.token_created_at,
-            "message_id": self.message_id,
-            "report_via": self.via,
-        }
+def words_for(interaction: discord.Interaction, provider_labels: Mapping[str, str]) -> Words:
+    """Return the words of the member who interacted, in their Discord language."""
+    return Words(str(interaction.locale), provider_labels)
 
 
 async def reply(interaction: discord.Interaction, sentence: str, *, ephemeral: bool = True) -> None:
@@ -89,3 +76,14 @@ async def reply(interaction: discord.Interaction, sentence: str, *, ephemeral: b
             await interaction.followup.send(sentence, ephemeral=ephemeral)
     except discord.HTTPException as exc:
         log.warning("could not answer interaction %s: %s", interaction.id, exc.text or exc.status)
+
+
+async def answering_errors(interaction: discord.Interaction, words: Words, action: Awaitable[object]) -> None:
+    """Run a component's or modal's action; a BotError becomes its one sentence, anything else is logged."""
+    try:
+        await action
+    except BotError as exc:
+        await reply(interaction, words.error(exc))
+    except Exception as exc:
+        log.exception("component %s failed", interaction.data.get("custom_id") if interaction.data else "?")
+        await reply(interaction, words.error(exc))

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
-from bot.client import ImageBot
-from bot.connection import FATAL_CLOSE_CODES, install_connection_policy, login_until_reachable
-from bot.errors import StartupError
+from bot.discord.client import ImageBot
+from bot.discord.connection import FATAL_CLOSE_CODES, install_connection_policy, login_until_reachable
+from bot.domain.errors import StartupError
 from bot.settings import Settings
-from bot.store.database import Database, DatabaseUnusable
+from bot.store.sqlite.database import Database, DatabaseUnusable
 
 log = logging.getLogger("bot")
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from bot.errors import BadInput
-from bot.providers.base import GeneratedImage, ImageLimits, InputImage
-from bot.ui import input_text
+from bot.domain.errors import BadInput, Refusal
+from bot.domain.tasks import ImageBytes, ImageLimits
 
 log = logging.getLogger(__name__)
 
@@ -60,49 +59,49 @@ def _bomb_guard() -> Iterator[None]:
         yield
 
 
-def _sniff_document(data: bytes) -> str | None:
+def _sniff_document(data: bytes) -> Refusal | None:
     """Name the common non-image files members send, from their first bytes."""
     head = data[:4096].lstrip(b"\xef\xbb\xbf").lstrip().lower()
     if head.startswith(b"%pdf-"):
-        return input_text.IMAGE_IS_PDF
+        return Refusal.IMAGE_IS_PDF
     if head.startswith(_HTML_STARTS) or (head.startswith((b"<?xml", b"<!--")) and b"<html" in head):
-        return input_text.IMAGE_IS_HTML
+        return Refusal.IMAGE_IS_HTML
     if head.startswith(b"<svg") or (
         head.startswith((b"<?xml", b"<!--", b"<!doctype svg")) and b"<svg" in head
     ):
-        return input_text.IMAGE_IS_SVG
+        return Refusal.IMAGE_IS_SVG
     return None
 
 
-def _sniff_container(data: bytes) -> str | None:
+def _sniff_container(data: bytes) -> Refusal | None:
     """Name HEIC photos and videos, which Pillow cannot open, from their container header."""
     if data[4:8] == b"ftyp":
         brand = data[8:12]
         if brand in _HEIF_BRANDS:
-            return input_text.IMAGE_IS_HEIC
+            return Refusal.IMAGE_IS_HEIC
         if brand in _VIDEO_BRANDS:
-            return input_text.IMAGE_IS_VIDEO
+            return Refusal.IMAGE_IS_VIDEO
     if data.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska / WebM
-        return input_text.IMAGE_IS_VIDEO
+        return Refusal.IMAGE_IS_VIDEO
     return None
 
 
-def _refuse(sentence: str, why: str) -> BadInput:
+def _refuse(refusal: Refusal, why: str, **params: str | int) -> BadInput:
     """Log a refusal for the operator and build the error the member sees."""
     log.info("refused image: %s", why)
-    return BadInput(sentence)
+    return BadInput(refusal, **params)
 
 
 def check_image(data: bytes, *, max_bytes: int) -> CheckedImage:
     """Prove the bytes are one accepted, complete, reasonably sized image, or refuse them."""
     if not data:
-        raise _refuse(input_text.IMAGE_EMPTY, "empty")
+        raise _refuse(Refusal.IMAGE_EMPTY, "empty")
     if len(data) > max_bytes:
-        raise _refuse(input_text.image_too_large(max_bytes), f"{len(data)} bytes")
+        raise _refuse(Refusal.IMAGE_TOO_LARGE, f"{len(data)} bytes", max_bytes=max_bytes)
     # Text formats first: they are certain from their opening bytes, and Pillow's weaker
     # sniffers must not get a chance to mistake one for an obscure image format.
-    if (sentence := _sniff_document(data)) is not None:
-        raise _refuse(sentence, "document")
+    if (refusal := _sniff_document(data)) is not None:
+        raise _refuse(refusal, "document")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone switched Pillow to accept cut-off files process-wide; it is a global that
         # cannot safely be flipped back for one call from a worker thread, so say so loudly.
@@ -112,37 +111,37 @@ def check_image(data: bytes, *, max_bytes: int) -> CheckedImage:
         with _bomb_guard():
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _refuse(input_text.image_too_many_pixels(MAX_PIXELS), "pillow bomb guard") from None
+        raise _refuse(Refusal.IMAGE_TOO_MANY_PIXELS, "pillow bomb guard", max_pixels=MAX_PIXELS) from None
     except UnidentifiedImageError:
-        sentence = _sniff_container(data) or input_text.IMAGE_NOT_AN_IMAGE
-        raise _refuse(sentence, "unidentified") from None
+        refusal = _sniff_container(data) or Refusal.IMAGE_NOT_AN_IMAGE
+        raise _refuse(refusal, "unidentified") from None
     except Exception as exc:  # a header Pillow recognised but could not parse
-        raise _refuse(_sentence_for_decode_error(exc), f"open failed: {exc!r}") from None
+        raise _refuse(_refusal_for_decode_error(exc), f"open failed: {exc!r}") from None
 
     with img:
         fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "")
         if fmt not in ACCEPTED_FORMATS:
-            raise _refuse(input_text.image_wrong_format(fmt or "unknown"), f"format {fmt}")
+            raise _refuse(Refusal.IMAGE_WRONG_FORMAT, f"format {fmt}", format=fmt or "unknown")
         width, height = img.size
         if width * height > MAX_PIXELS:
-            raise _refuse(input_text.image_too_many_pixels(MAX_PIXELS), f"{width}x{height}")
+            raise _refuse(Refusal.IMAGE_TOO_MANY_PIXELS, f"{width}x{height}", max_pixels=MAX_PIXELS)
         try:
             with _bomb_guard():
                 img.load()  # decode the (first) frame fully: truncated and corrupt data fail here
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _refuse(input_text.image_too_many_pixels(MAX_PIXELS), "pillow bomb guard") from None
+            raise _refuse(Refusal.IMAGE_TOO_MANY_PIXELS, "pillow bomb guard", max_pixels=MAX_PIXELS) from None
         except Exception as exc:
-            raise _refuse(_sentence_for_decode_error(exc), f"decode failed: {exc!r}") from None
+            raise _refuse(_refusal_for_decode_error(exc), f"decode failed: {exc!r}") from None
     return CheckedImage(data=data, format=fmt, width=width, height=height)
 
 
-def _sentence_for_decode_error(exc: Exception) -> str:
+def _refusal_for_decode_error(exc: Exception) -> Refusal:
     """Tell a metadata bomb (Pillow's own guard against inflating text chunks) from a damaged file."""
     # Pillow's PNG reader stops a compressed text, iTXt or ICC chunk that would inflate past its cap.
     message = str(exc)
     if isinstance(exc, ValueError) and ("Decompressed data too large" in message or "text chunks" in message):
-        return input_text.IMAGE_METADATA_TOO_LARGE
-    return input_text.IMAGE_DAMAGED
+        return Refusal.IMAGE_METADATA_TOO_LARGE
+    return Refusal.IMAGE_DAMAGED
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -200,7 +199,7 @@ def _encode(img: Image.Image, *, png: bool, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def prepare_for_provider(image: CheckedImage, limits: ImageLimits) -> InputImage:
+def prepare_for_provider(image: CheckedImage, limits: ImageLimits) -> ImageBytes:
     """Make the upright, metadata-free, size-limited bytes a provider is sent."""
     with _bomb_guard(), Image.open(io.BytesIO(image.data)) as img:
         base, png = _normalise(img, limits.max_side)
@@ -212,17 +211,17 @@ def prepare_for_provider(image: CheckedImage, limits: ImageLimits) -> InputImage
         for quality in qualities:
             smallest = _encode(candidate, png=png, quality=quality)
             if len(smallest) <= limits.max_bytes:
-                return InputImage(data=smallest, mime="image/png" if png else "image/jpeg")
+                return ImageBytes(data=smallest, mime="image/png" if png else "image/jpeg")
         # Bytes grow roughly with area, so aim straight for the side that should fit; shrink
         # by at least _SHRINK_STEP so the loop always ends.
         guess = side * math.sqrt(limits.max_bytes / len(smallest)) * 0.95
         side = int(min(guess, side * _SHRINK_STEP))
         if side < _MIN_SIDE:
             break
-    raise _refuse(input_text.IMAGE_CANNOT_SHRINK, f"cannot fit {limits.max_bytes} bytes")
+    raise _refuse(Refusal.IMAGE_CANNOT_SHRINK, f"cannot fit {limits.max_bytes} bytes")
 
 
-def refit(image: InputImage | GeneratedImage, limits: ImageLimits) -> InputImage:
+def refit(image: ImageBytes, limits: ImageLimits) -> ImageBytes:
     """Fit image bytes the bot already holds (a stored input, a generated result) to other limits."""
     checked = check_image(image.data, max_bytes=len(image.data) + 1)
     fits = (
@@ -231,15 +230,15 @@ def refit(image: InputImage | GeneratedImage, limits: ImageLimits) -> InputImage
         and checked.format in ("PNG", "JPEG")
     )
     # Bytes that already fit are kept as they are: re-encoding would only lose quality.
-    return InputImage(data=image.data, mime=image.mime) if fits else prepare_for_provider(checked, limits)
+    return image if fits else prepare_for_provider(checked, limits)
 
 
-def image_hash(image: InputImage) -> str:
+def image_hash(image: ImageBytes) -> str:
     """Return the sha256 hex digest of the normalised bytes."""
     return hashlib.sha256(image.data).hexdigest()
 
 
-def thumbnail(image: InputImage, *, size: int = 256) -> bytes:
+def thumbnail(image: ImageBytes, *, size: int = 256) -> bytes:
     """Make a small PNG (with alpha) or JPEG to show in a Discord embed."""
     with _bomb_guard(), Image.open(io.BytesIO(image.data)) as img:
         small, png = _normalise(img, size)

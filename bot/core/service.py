@@ -6,23 +6,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from bot.errors import BadInput, BotError
-from bot.images import CheckedImage, check_image, image_hash, prepare_for_provider, refit
-from bot.interactions import ReportTarget
-from bot.jobs import JobRunner
-from bot.providers.base import InputImage, Provider, TaskKind, TaskState
-from bot.safe_download import SafeDownloader
-from bot.settings import Settings
-from bot.store.jobs import Job, JobStore
-from bot.store.quotas import Member, QuotaStore
-from bot.ui import text
+from bot.core.images import CheckedImage, check_image, image_hash, prepare_for_provider, refit
+from bot.core.runner import JobRunner
+from bot.core.safe_download import SafeDownloader
+from bot.domain.errors import BadInput, Refusal, ShuttingDown
+from bot.domain.ports import JobRepository, Provider, QuotaLedger
+from bot.domain.quota import Member
+from bot.domain.tasks import ImageBytes, Job, JobState, Notice, NoticeCode, Route, TaskKind
 
 log = logging.getLogger(__name__)
 
 MAX_REFERENCES = 3
 MAX_PROMPT_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    max_image_bytes: int
+    describe_cache_days: int  # 0: no cache
+    default_describe_provider: str | None
 
 
 class TaskService:
@@ -31,15 +35,15 @@ class TaskService:
     def __init__(
         self,
         *,
-        settings: Settings,
-        jobs: JobStore,
-        quotas: QuotaStore,
+        config: ServiceConfig,
+        jobs: JobRepository,
+        quotas: QuotaLedger,
         runner: JobRunner,
         providers: Mapping[str, Provider],
         downloader: SafeDownloader,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._settings = settings
+        self._config = config
         self._jobs = jobs
         self._quotas = quotas
         self._runner = runner
@@ -47,11 +51,15 @@ class TaskService:
         self._downloader = downloader
         self._clock = clock
 
+    @property
+    def max_image_bytes(self) -> int:
+        return self._config.max_image_bytes
+
     # --- input ----------------------------------------------------------------------------------
 
     async def check_bytes(self, data: bytes) -> CheckedImage:
         """Check image bytes off the event loop (decoding is CPU work)."""
-        return await asyncio.to_thread(check_image, data, max_bytes=self._settings.max_image_bytes)
+        return await asyncio.to_thread(check_image, data, max_bytes=self._config.max_image_bytes)
 
     async def fetch_url(self, url: str) -> CheckedImage:
         """Download a member's URL through the guarded downloader, then check it."""
@@ -59,45 +67,39 @@ class TaskService:
 
     def describe_provider(self, requested: str | None) -> str:
         """Return the provider to describe with, or explain why the requested one cannot be used."""
-        default = self._settings.default_describe_provider
+        default = self._config.default_describe_provider
         if requested is None:
             if default is None:
-                raise BadInput(text.NO_PROVIDER_FOR_KIND.format(what="image to prompt"))
+                raise BadInput(Refusal.NO_PROVIDER_FOR_KIND, kind=TaskKind.DESCRIBE.value)
             return default
         provider = self._providers.get(requested)
-        if provider is None or TaskKind.DESCRIBE not in provider.kinds:
-            raise BadInput(
-                text.PROVIDER_NOT_CONFIGURED.format(
-                    name=text.provider_name(requested), default=text.provider_name(default or "")
-                )
-            )
+        if provider is None or provider.describer is None:
+            raise BadInput(Refusal.PROVIDER_NOT_CONFIGURED, provider=requested, default=default or "")
         return requested
 
     def imagine_provider(self) -> str:
         for name, provider in self._providers.items():
-            if TaskKind.IMAGINE in provider.kinds:
+            if provider.imaginer is not None:
                 return name
-        raise BadInput(text.NO_PROVIDER_FOR_KIND.format(what="image generation"))
+        raise BadInput(Refusal.NO_PROVIDER_FOR_KIND, kind=TaskKind.IMAGINE.value)
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def describe(
-        self, member: Member, image: CheckedImage, provider_name: str, target: ReportTarget
-    ) -> Job:
+    async def describe(self, member: Member, image: CheckedImage, provider_name: str, route: Route) -> Job:
         """Describe an image: from the cache when this provider saw it lately, else as a new task."""
         self._check_accepting()
         provider = self._providers[provider_name]
         prepared = await asyncio.to_thread(prepare_for_provider, image, provider.image_limits)
         digest = image_hash(prepared)
-        cached = await self._jobs.cached_prompt(digest, provider_name, self._settings.describe_cache_days)
+        cached = await self._jobs.cached_prompt(digest, provider_name, self._config.describe_cache_days)
         if cached is not None:
             await self._quotas.record_cached(member, TaskKind.DESCRIBE, provider_name)
-            job = self._new_job(member, TaskKind.DESCRIBE, provider_name, target, input_hash=digest)
-            job = replace(job, state=TaskState.COMPLETED, result_text=cached, notice=text.CACHED_NOTICE)
+            job = self._new_job(member, TaskKind.DESCRIBE, provider_name, route, input_hash=digest)
+            job = replace(job, state=JobState.COMPLETED, result_text=cached, notice=Notice(NoticeCode.CACHED))
             return await self._runner.finish_cached(job, [prepared])
         reservation = await self._quotas.reserve(member, TaskKind.DESCRIBE, provider_name)
         job = self._new_job(
-            member, TaskKind.DESCRIBE, provider_name, target, usage_id=reservation.usage_id, input_hash=digest
+            member, TaskKind.DESCRIBE, provider_name, route, usage_id=reservation.usage_id, input_hash=digest
         )
         return await self._submit(job, [prepared])
 
@@ -105,20 +107,20 @@ class TaskService:
         self,
         member: Member,
         prompt: str,
-        references: Sequence[CheckedImage | InputImage],
-        target: ReportTarget,
+        references: Sequence[CheckedImage | ImageBytes],
+        route: Route,
         *,
-        notice: str | None = None,
+        notice: Notice | None = None,
     ) -> Job:
         """Generate (no references) or edit and compose (one to three references) an image."""
         self._check_accepting()
         prompt = self.clean_prompt(prompt)
         if len(references) > MAX_REFERENCES:
-            raise BadInput(text.MORE_IMAGES_NOTICE.format(count=len(references)))
+            raise BadInput(Refusal.TOO_MANY_REFERENCES, count=len(references))
         provider_name = self.imagine_provider()
         limits = self._providers[provider_name].image_limits
         prepared = [
-            ref if isinstance(ref, InputImage) else await asyncio.to_thread(prepare_for_provider, ref, limits)
+            ref if isinstance(ref, ImageBytes) else await asyncio.to_thread(prepare_for_provider, ref, limits)
             for ref in references
         ]
         reservation = await self._quotas.reserve(member, TaskKind.IMAGINE, provider_name)
@@ -126,58 +128,58 @@ class TaskService:
             member,
             TaskKind.IMAGINE,
             provider_name,
-            target,
+            route,
             usage_id=reservation.usage_id,
             prompt=prompt,
             notice=notice,
         )
         return await self._submit(job, prepared)
 
-    async def rerun(self, job: Job, member: Member, target: ReportTarget) -> Job:
+    async def rerun(self, job: Job, member: Member, route: Route) -> Job:
         """Run an imagine job again with the same prompt and references."""
         references = await self._jobs.images(job.id, "input")
-        return await self.imagine(member, job.prompt or "", references, target)
+        return await self.imagine(member, job.prompt or "", references, route)
 
-    async def edit_result(self, job: Job, member: Member, prompt: str, target: ReportTarget) -> Job:
+    async def edit_result(self, job: Job, member: Member, prompt: str, route: Route) -> Job:
         """Run a new imagine with a finished job's generated image as the reference."""
         outputs = await self._jobs.images(job.id, "output")
         if not outputs:
-            raise BadInput(text.JOB_GONE)
+            raise BadInput(Refusal.JOB_GONE)
         limits = self._providers[self.imagine_provider()].image_limits
         reference = await asyncio.to_thread(refit, outputs[0], limits)
-        return await self.imagine(member, prompt, [reference], target)
+        return await self.imagine(member, prompt, [reference], route)
 
-    async def job(self, job_id: str) -> Job:
+    async def finished_job(self, job_id: str, kind: TaskKind) -> Job:
+        """Return the completed job a button names; a job of another kind is as good as gone."""
         job = await self._jobs.get(job_id)
-        if job is None or job.state is not TaskState.COMPLETED:
-            raise BadInput(text.JOB_GONE)
+        # Only a hand-made custom id names a job of another kind: each action sits under its own kind.
+        if job is None or job.state is not JobState.COMPLETED or job.kind is not kind:
+            raise BadInput(Refusal.JOB_GONE)
         return job
 
     @staticmethod
     def clean_prompt(prompt: str) -> str:
         prompt = prompt.strip()
         if not prompt:
-            raise BadInput(text.EMPTY_PROMPT)
+            raise BadInput(Refusal.EMPTY_PROMPT)
         return prompt[:MAX_PROMPT_LENGTH]
 
     def _check_accepting(self) -> None:
         if not self._runner.accepting:
-            raise BotError(text.SHUTTING_DOWN)
+            raise ShuttingDown
 
-    def _new_job(
-        self, member: Member, kind: TaskKind, provider: str, target: ReportTarget, **extra: object
-    ) -> Job:
-        fields = target.job_fields() | extra
+    def _new_job(self, member: Member, kind: TaskKind, provider: str, route: Route, **extra: object) -> Job:
         return Job.new(
             kind=kind,
             provider=provider,
             guild_id=member.guild_id,
             user_id=member.user_id,
+            route=route,
             clock=self._clock,
-            **fields,
+            **extra,
         )
 
-    async def _submit(self, job: Job, inputs: list[InputImage]) -> Job:
+    async def _submit(self, job: Job, inputs: list[ImageBytes]) -> Job:
         try:
             return await self._runner.submit(job, inputs)
         except BaseException:

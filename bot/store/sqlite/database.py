@@ -16,9 +16,9 @@ from typing import Any
 
 import aiosqlite
 
-from bot.errors import StorageFull
-from bot.store.file_access import storage_problem
-from bot.store.use_lock import DatabaseBusy, UseLock
+from bot.domain.errors import StorageFull
+from bot.store.sqlite.file_access import storage_problem
+from bot.store.sqlite.use_lock import DatabaseBusy, UseLock
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def newer_than_bot(path: Path, version: int, known: int) -> str:
 
 def migration_files() -> list[tuple[int, str, str]]:
     """Return (number, name, sql) of every packaged migration, in order."""
-    folder = resources.files("bot.store") / "migrations"
+    folder = resources.files("bot.store.sqlite") / "migrations"
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_NAME.match(entry.name)
@@ -273,6 +273,22 @@ async def _refuse_unknown_files(conn: aiosqlite.Connection, path: Path) -> None:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements (executescript would commit our transaction)."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]
+    """Split a migration into statements (executescript would commit our transaction).
+
+    SQLite's own tokenizer says where a statement ends, so a `;` or `--` inside a string literal is
+    taken as the text it is. Comment-only lines are dropped.
+    """
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if not pending and line.lstrip().startswith("--"):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip() and not all(
+        line.lstrip().startswith("--") or not line.strip() for line in pending.splitlines()
+    ):
+        raise ValueError(f"a migration ends inside a statement: {pending.strip()[:80]!r}")
+    return statements

@@ -1,105 +1,36 @@
-"""Quotas: limits by server, role and user; reserve, commit and refund; the usage log and its report."""
+"""Quotas in SQLite: limits by server, role and user; reserve, commit and refund; the usage log and its report."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import aiosqlite
 
-from bot.errors import QuotaExceeded, TooManyInFlight
-from bot.providers.base import TaskKind
-from bot.store.database import Database
-
-UNLIMITED = -1
-LimitScope = Literal["server", "role", "user"]
-# A scope's precedence: a user override beats any role, a role beats the server's limit.
-_SCOPES: tuple[LimitScope, ...] = ("user", "role", "server")
-USAGE_COLUMNS = (
-    "id",
-    "day",
-    "user_id",
-    "kind",
-    "provider",
-    "provider_task_id",
-    "state",
-    "outcome",
-    "forgiven",
-    "started_at",
-    "ended_at",
+from bot.domain.errors import QuotaExceeded, TooManyInFlight
+from bot.domain.quota import (
+    SCOPES,
+    UNLIMITED,
+    USAGE_COLUMNS,
+    KindStatus,
+    LimitScope,
+    Member,
+    Reservation,
+    UsageLine,
+    UsageReport,
+    kind_status,
+    resolve_limit,
+    utc_day,
 )
+from bot.domain.tasks import TaskKind
+from bot.store.sqlite.database import Database
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """Who asks: quotas are kept per server (guild 0 is direct messages)."""
-
-    guild_id: int
-    user_id: int
-    role_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    usage_id: int
-    kind: TaskKind
-    day: str
-
-
-@dataclass(frozen=True, slots=True)
-class KindStatus:
-    """One kind's standing for a member today."""
-
-    kind: TaskKind
-    limit: int  # the resolved daily limit plus today's grants; UNLIMITED when there is none
-    used: int  # spent today, plus what is running now
-    renews_at: datetime
-    source: str  # which rule gave the limit: user, role, server or default
-    granted: int = 0  # extra tasks granted for today, already part of `limit`
-
-    @property
-    def left(self) -> int | None:
-        return None if self.limit == UNLIMITED else max(0, self.limit - self.used)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageLine:
-    """One kind and provider's tasks over a report's period."""
-
-    kind: str
-    provider: str
-    completed: int  # finished with a result the member was charged for
-    failed: int  # ended without a result: refunded, or spent when the provider rejected the input
-    refunded: int  # of the failed, those given back to the member
-    cached: int  # answered from the describe cache, free
-    running: int  # still reserved
-
-
-@dataclass(frozen=True, slots=True)
-class UsageReport:
-    guild_id: int
-    since: datetime
-    until: datetime
-    lines: list[UsageLine]
-    top_members: list[tuple[int, int]]  # (user id, tasks spent)
-    rows: list[dict[str, object]]  # every usage row of the period, for the CSV (USAGE_COLUMNS)
-
-
-def utc_day(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).date().isoformat()
-
-
-def next_utc_midnight(timestamp: float) -> datetime:
-    today = datetime.fromtimestamp(timestamp, UTC).date()
-    return datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-
-
-class QuotaStore:
-    """Exact under concurrency: every check-and-write is one SQLite write transaction."""
+class SqliteQuotaLedger:
+    """Exact under concurrency: every check-and-write is one SQLite write transaction (BEGIN IMMEDIATE
+    takes the file's write lock first), so two reservations can never both count the same last unit."""
 
     def __init__(
         self,
@@ -113,12 +44,16 @@ class QuotaStore:
     ) -> None:
         self._db = db
         self._defaults = dict(defaults)
-        self.max_inflight_per_user = max_inflight_per_user
-        self.max_inflight_per_provider = max_inflight_per_provider
+        self._max_inflight_per_user = max_inflight_per_user
+        self._max_inflight_per_provider = max_inflight_per_provider
         # A reservation older than this belongs to a task that can no longer be running (the bot died
         # and its job was never resumed): it stops counting as used or in flight, and `expire` settles it.
         self._ttl = reservation_ttl
         self._clock = clock
+
+    @property
+    def max_inflight_per_user(self) -> int:
+        return self._max_inflight_per_user
 
     # --- the member's side -------------------------------------------------------------------
 
@@ -142,14 +77,14 @@ class QuotaStore:
                     now - self._ttl,
                 ),
             )
-            status = _kind_status(kind, limit, source, counts, now)
+            status = kind_status(kind, limit, source, int(counts["used"]), int(counts["granted"]), now)
             # The quota first: when none is left, waiting for a running task would not help.
             if status.left == 0:
-                raise QuotaExceeded(kind.value, status.limit, status.renews_at)
-            if counts["running_user"] >= self.max_inflight_per_user:
-                raise TooManyInFlight("user", self.max_inflight_per_user)
-            if counts["running_provider"] >= self.max_inflight_per_provider:
-                raise TooManyInFlight("provider", self.max_inflight_per_provider)
+                raise QuotaExceeded(kind, status.limit, status.renews_at)
+            if counts["running_user"] >= self._max_inflight_per_user:
+                raise TooManyInFlight("user", self._max_inflight_per_user)
+            if counts["running_provider"] >= self._max_inflight_per_provider:
+                raise TooManyInFlight("provider", self._max_inflight_per_provider)
             cursor = await conn.execute(
                 "INSERT INTO usage (guild_id, user_id, kind, provider, state, day, started_at) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
@@ -157,7 +92,7 @@ class QuotaStore:
             )
             if cursor.lastrowid is None:
                 raise RuntimeError("SQLite gave no id for the reservation")
-            return Reservation(usage_id=cursor.lastrowid, kind=kind, day=day)
+            return Reservation(usage_id=cursor.lastrowid)
 
     async def commit(self, usage_id: int, *, outcome: str = "COMPLETED") -> bool:
         """Spend a reservation; False when it was already settled."""
@@ -198,7 +133,9 @@ class QuotaStore:
                     _STATUS_COUNTS_SQL,
                     (*self._member_day(member, kind, day, now), *self._member_day(member, kind, day)),
                 )
-                statuses.append(_kind_status(kind, limit, source, counts, now))
+                statuses.append(
+                    kind_status(kind, limit, source, int(counts["used"]), int(counts["granted"]), now)
+                )
             return statuses
 
     async def running(self, user_id: int) -> int:
@@ -235,7 +172,7 @@ class QuotaStore:
         actor_id: int,
     ) -> None:
         """Set (or with None remove) a daily limit for a server, a role or a user."""
-        if scope not in _SCOPES:
+        if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}")
         if limit is not None and limit < UNLIMITED:
             raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
@@ -430,31 +367,6 @@ _RESERVE_COUNTS_SQL = (
     "(SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND provider = ? AND started_at > ?) "
     "AS running_provider"
 )
-
-
-def resolve_limit(limits: Iterable[tuple[str, int, int]], member: Member, default: int) -> tuple[int, str]:
-    """Pick the member's limit from (scope, target id, limit) rows: user, else best role, else server."""
-    by_scope: dict[str, list[int]] = {scope: [] for scope in _SCOPES}
-    for scope, target, value in limits:
-        if (
-            (scope == "user" and target == member.user_id)
-            or (scope == "role" and target in member.role_ids)
-            or (scope == "server" and target == member.guild_id)
-        ):
-            by_scope[scope].append(value)
-    for scope in _SCOPES:
-        values = by_scope[scope]
-        if values:
-            # Among several roles the most generous wins; unlimited beats any number.
-            return (UNLIMITED if UNLIMITED in values else max(values)), scope
-    return default, "default"
-
-
-def _kind_status(kind: TaskKind, limit: int, source: str, counts: aiosqlite.Row, now: float) -> KindStatus:
-    granted = int(counts["granted"])
-    if limit != UNLIMITED:
-        limit += granted
-    return KindStatus(kind, limit, int(counts["used"]), next_utc_midnight(now), source, granted)
 
 
 async def _row(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> aiosqlite.Row:

@@ -6,19 +6,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import discord
 
-from bot.background import BackgroundTasks
-from bot.errors import StorageFull
-from bot.images import thumbnail
-from bot.providers.base import TaskKind, TaskState
-from bot.store.jobs import Job, JobStore
-from bot.ui import text
+from bot.core.background import BackgroundTasks
+from bot.core.images import thumbnail
+from bot.domain.errors import StorageFull
+from bot.domain.ports import JobRepository
+from bot.domain.tasks import Job, JobState, Route, TaskKind
 from bot.ui.embeds import Rendered, render_job
+from bot.ui.views import result_view
+from bot.ui.words import RESULT_MESSAGE_DELETED, Words
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,16 @@ _INVALID_WEBHOOK_TOKEN = 50027
 _MISSING_PERMISSIONS = 50013
 _MISSING_ACCESS = 50001
 
-ViewFactory = Callable[[Job], discord.ui.View | None]
-
 
 @dataclass(slots=True)
 class _Slot:
     """What is kept per job between edits: the latest state to show and when the last edit went."""
 
     latest: Job
-    # Where the message is and how to reach it, as the reporter learnt it (the runner's copy of the
-    # job does not know): applied to every later state of the job.
-    route: dict[str, Any] = field(default_factory=dict)
-    sent_state: TaskState | None = None
+    # Where the message is and how to reach it. The reporter owns this: it is taken from the job once,
+    # changed only here (and saved), and every later state of the job is shown through it.
+    route: Route
+    sent_state: JobState | None = None
     last_sent: float = float("-inf")
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flusher: asyncio.Task[None] | None = None
@@ -55,17 +54,17 @@ class DiscordReporter:
     def __init__(
         self,
         client: discord.Client,
-        jobs: JobStore,
+        jobs: JobRepository,
         *,
         coalesce_seconds: float,
-        view_for: ViewFactory,
+        provider_labels: Mapping[str, str],
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._jobs = jobs
         self._coalesce = coalesce_seconds
-        self._view_for = view_for
+        self._labels = dict(provider_labels)
         self._clock = clock
         self._monotonic = monotonic
         self._slots: dict[str, _Slot] = {}
@@ -74,8 +73,8 @@ class DiscordReporter:
     async def report(self, job: Job) -> None:
         slot = self._slots.get(job.id)
         if slot is None:
-            slot = self._slots[job.id] = _Slot(latest=job, sent_state=job.reported_state)
-        job = replace(job, **slot.route)
+            slot = self._slots[job.id] = _Slot(latest=job, route=job.route, sent_state=job.reported_state)
+        job = replace(job, route=slot.route)
         slot.latest = job
         if job.finished:
             # The end is never held back: it replaces whatever intermediate state was waiting.
@@ -127,22 +126,24 @@ class DiscordReporter:
             # Discord being down must not stop the job: the next state (or the resume) tries again.
             log.exception("could not show job %s on Discord", job.id)
             return
-        slot.route = {
-            "report_via": job.report_via,
-            "message_id": job.message_id,
-            "channel_id": job.channel_id,
-        }
+        slot.route = job.route
         slot.sent_state = job.state
         slot.last_sent = self._monotonic()
-        slot.latest = job if slot.latest.state is job.state else replace(slot.latest, **slot.route)
+        slot.latest = replace(slot.latest, route=job.route)
         with contextlib.suppress(StorageFull):  # shown already; at worst a resume shows it once more
             await self._jobs.update(job, reported_state=job.state)
 
     # --- the routes to the message ---------------------------------------------------------------
 
+    async def _reroute(self, job: Job, **changes: Any) -> Job:
+        """Save where the job's message now is; return the job as shown through that route."""
+        route = replace(job.route, **changes)
+        await self._jobs.save_route(job.id, route)
+        return replace(job, route=route)
+
     async def _send(self, job: Job, *, with_files: bool = True) -> Job:
-        """Show the job through the interaction token, else the bot's own token; return the job as saved."""
-        if job.report_via == "interaction" and self._token_usable(job):
+        """Show the job through the interaction token, else the bot's own token; return it as routed now."""
+        if job.route.via == "interaction" and self._token_usable(job.route):
             try:
                 message = await self._edit_original(job, with_files=with_files)
             except discord.HTTPException as exc:
@@ -156,87 +157,95 @@ class DiscordReporter:
                     log.info(
                         "job %s: Discord refused the interaction token; reporting in the channel", job.id
                     )
-                    job = await self._jobs.update(job, report_via="channel")
+                    job = await self._reroute(job, via="channel")
                 else:
                     raise
             else:
-                if message.id != job.message_id or message.channel.id != job.channel_id:
-                    job = await self._jobs.update(job, message_id=message.id, channel_id=message.channel.id)
+                if message.id != job.route.message_id or message.channel.id != job.route.channel_id:
+                    job = await self._reroute(job, message_id=message.id, channel_id=message.channel.id)
                 return job
-        elif job.report_via == "interaction":
-            job = await self._jobs.update(job, report_via="channel")
+        elif job.route.via == "interaction":
+            job = await self._reroute(job, via="channel")
         return await self._send_in_channel(job, with_files=with_files)
 
     async def _message_gone(self, job: Job) -> Job:
         """Stop editing a deleted message; the end is posted as a new message that mentions the member."""
-        job = await self._jobs.update(job, report_via="channel", message_id=None)
+        job = await self._reroute(job, via="channel", message_id=None)
         if not job.finished:
             return job
         return await self._send_in_channel(job)
 
     async def _send_in_channel(self, job: Job, *, with_files: bool = True) -> Job:
-        if job.channel_id is None:
+        route = job.route
+        if route.channel_id is None:
             log.warning("job %s has no channel to report in; its end is only in the usage log", job.id)
             return job
-        channel = self._client.get_partial_messageable(job.channel_id)
-        if job.message_id is not None:
+        channel = self._client.get_partial_messageable(route.channel_id)
+        words = self._words(job)
+        if route.message_id is not None:
             try:
-                rendered = await self._render(job, with_files=with_files)
-                await channel.get_partial_message(job.message_id).edit(
+                rendered = await self._render(job, words, with_files=with_files)
+                await channel.get_partial_message(route.message_id).edit(
                     content=rendered.content,
                     embed=rendered.embed,
                     attachments=rendered.files,
-                    view=self._view(job),
+                    view=self._view(job, words),
                 )
                 return job
             except discord.NotFound:
                 log.info("job %s: its message is gone; posting the result anew", job.id)
             except discord.Forbidden:
-                log.warning("job %s: no permission to edit in channel %s", job.id, job.channel_id)
+                log.warning("job %s: no permission to edit in channel %s", job.id, route.channel_id)
                 return job
         if not job.finished:
             return job  # a new message is only worth posting for the end
-        rendered = await self._render(job, with_files=with_files)
+        rendered = await self._render(job, words, with_files=with_files)
         try:
             message = await channel.send(
-                content=text.RESULT_MESSAGE_DELETED.format(mention=f"<@{job.user_id}>"),
+                content=words.say(RESULT_MESSAGE_DELETED, mention=f"<@{job.user_id}>"),
                 embed=rendered.embed,
                 files=rendered.files,
-                view=self._view(job) or discord.utils.MISSING,
+                view=self._view(job, words) or discord.utils.MISSING,
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
             )
         except discord.Forbidden:
-            log.warning("job %s: no permission to post in channel %s", job.id, job.channel_id)
+            log.warning("job %s: no permission to post in channel %s", job.id, route.channel_id)
             return job
-        return await self._jobs.update(job, message_id=message.id)
+        return await self._reroute(job, message_id=message.id)
 
     async def _edit_original(self, job: Job, *, with_files: bool = True) -> discord.WebhookMessage:
-        assert job.application_id is not None
-        assert job.interaction_token is not None
-        webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self._client)
-        rendered = await self._render(job, with_files=with_files)
+        route = job.route
+        assert route.application_id is not None
+        assert route.interaction_token is not None
+        webhook = discord.Webhook.partial(route.application_id, route.interaction_token, client=self._client)
+        words = self._words(job)
+        rendered = await self._render(job, words, with_files=with_files)
         kwargs: dict[str, Any] = {"embed": rendered.embed, "content": rendered.content}
         if job.finished:
             kwargs["attachments"] = rendered.files
-            view = self._view(job)
+            view = self._view(job, words)
             if view is not None:
                 kwargs["view"] = view
         # "@original" names the interaction's first response, whose id we may not know yet.
         return await webhook.edit_message(cast("int", "@original"), **kwargs)
 
-    def _token_usable(self, job: Job) -> bool:
-        if job.interaction_token is None or job.application_id is None or job.token_created_at is None:
+    def _token_usable(self, route: Route) -> bool:
+        if route.interaction_token is None or route.application_id is None or route.token_created_at is None:
             return False
-        return self._clock() - job.token_created_at < INTERACTION_TOKEN_LIFETIME
+        return self._clock() - route.token_created_at < INTERACTION_TOKEN_LIFETIME
 
-    def _view(self, job: Job) -> discord.ui.View | None:
-        return self._view_for(job) if job.state is TaskState.COMPLETED else None
+    def _words(self, job: Job) -> Words:
+        return Words(None, self._labels)
 
-    async def _render(self, job: Job, *, with_files: bool = True) -> Rendered:
-        if job.state is not TaskState.COMPLETED or not with_files:
-            return render_job(job)
+    @staticmethod
+    def _view(job: Job, words: Words) -> discord.ui.View | None:
+        return result_view(job, words) if job.state is JobState.COMPLETED else None
+
+    async def _render(self, job: Job, words: Words, *, with_files: bool = True) -> Rendered:
+        if job.state is not JobState.COMPLETED or not with_files:
+            return render_job(job, words)
         if job.kind is TaskKind.DESCRIBE:
             inputs = await self._jobs.images(job.id, "input")
             small = await asyncio.to_thread(thumbnail, inputs[0]) if inputs else None
-            return render_job(job, thumbnail=small)
-        return render_job(job, outputs=await self._jobs.images(job.id, "output"))
+            return render_job(job, words, thumbnail=small)
+        return render_job(job, words, outputs=await self._jobs.images(job.id, "output"))

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.store.database import migration_files
-from bot.store.file_access import SIDE_FILE_SUFFIXES, storage_problem
-from bot.store.use_lock import DatabaseBusy, UseLock
+from bot.store.sqlite.database import migration_files
+from bot.store.sqlite.file_access import SIDE_FILE_SUFFIXES, storage_problem
+from bot.store.sqlite.use_lock import DatabaseBusy, UseLock
 
 # Tables every version of the bot's schema has: a file without them is not a backup of this bot.
 _OUR_TABLES = frozenset({"meta", "usage", "jobs"})

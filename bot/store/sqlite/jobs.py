@@ -1,107 +1,74 @@
-"""Job rows: what is in flight, its inputs and results, and where its Discord message is."""
+"""Job rows in SQLite: what is in flight, its inputs and results, and where its Discord message is."""
 
 from __future__ import annotations
 
+import json
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from dataclasses import fields, replace
+from typing import Any
 
 import aiosqlite
 
-from bot.errors import ProviderFault
-from bot.providers.base import GeneratedImage, InputImage, TaskKind, TaskState
-from bot.store.database import Database
+from bot.domain.ports import ImageRole
+from bot.domain.tasks import Fault, ImageBytes, Job, JobState, Notice, NoticeCode, Route, TaskKind
+from bot.store.sqlite.database import Database
 
-ImageRole = Literal["input", "output"]
-ReportVia = Literal["interaction", "channel"]
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One member's request, as saved: the runner drives it, the reporter shows it."""
-
-    id: str
-    kind: TaskKind
-    provider: str
-    state: TaskState
-    guild_id: int
-    user_id: int
-    created_at: float
-    updated_at: float
-    provider_task_id: str | None = None
-    reported_state: TaskState | None = None
-    fault: ProviderFault | None = None
-    usage_id: int | None = None
-    channel_id: int | None = None
-    message_id: int | None = None
-    application_id: int | None = None
-    interaction_token: str | None = field(default=None, repr=False)
-    token_created_at: float | None = None
-    report_via: ReportVia = "interaction"
-    input_hash: str | None = None
-    prompt: str | None = None
-    result_text: str | None = None
-    notice: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    @classmethod
-    def new(
-        cls,
-        *,
-        kind: TaskKind,
-        provider: str,
-        guild_id: int,
-        user_id: int,
-        clock: Callable[[], float] = time.time,
-        **extra: Any,
-    ) -> Job:
-        now = clock()
-        return cls(
-            id=uuid.uuid4().hex,
-            kind=kind,
-            provider=provider,
-            state=TaskState.QUEUED,
-            guild_id=guild_id,
-            user_id=user_id,
-            created_at=now,
-            updated_at=now,
-            **extra,
-        )
-
-    @property
-    def finished(self) -> bool:
-        return self.state.finished
+# The job's own columns; its route is kept in the columns below.
+_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name != "route")
+_ROUTE_COLUMNS = {
+    "channel_id": "channel_id",
+    "message_id": "message_id",
+    "application_id": "application_id",
+    "interaction_token": "interaction_token",
+    "token_created_at": "token_created_at",
+    "via": "report_via",
+}
 
 
-_COLUMNS = tuple(f.name for f in fields(Job))
+def notice_to_text(notice: Notice | None) -> str | None:
+    """Store a notice as its code and parameters (JSON), never as a sentence."""
+    if notice is None:
+        return None
+    return json.dumps({"code": notice.code.value, **notice.params}, sort_keys=True)
+
+
+def notice_from_text(text: str | None) -> Notice | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    code = NoticeCode(data.pop("code"))
+    return Notice(code, data)
 
 
 def _job_from_row(row: aiosqlite.Row) -> Job:
-    values = dict(row)
+    values = {name: row[name] for name in _JOB_COLUMNS}
     values["kind"] = TaskKind(values["kind"])
-    values["state"] = TaskState(values["state"])
-    values["reported_state"] = TaskState(values["reported_state"]) if values["reported_state"] else None
-    values["fault"] = ProviderFault(values["fault"]) if values["fault"] else None
-    return Job(**{name: values[name] for name in _COLUMNS})
+    values["state"] = JobState(values["state"])
+    values["reported_state"] = JobState(values["reported_state"]) if values["reported_state"] else None
+    values["fault"] = Fault(values["fault"]) if values["fault"] else None
+    values["notice"] = notice_from_text(values["notice"])
+    route = Route(**{field: row[column] for field, column in _ROUTE_COLUMNS.items()})
+    return Job(route=route, **values)
 
 
-def _as_row(job: Job) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in _COLUMNS}
+def _column_values(job: Job) -> dict[str, Any]:
+    values = {name: getattr(job, name) for name in _JOB_COLUMNS}
+    values["notice"] = notice_to_text(job.notice)
+    values |= {column: getattr(job.route, field) for field, column in _ROUTE_COLUMNS.items()}
+    return values
 
 
-class JobStore:
+class SqliteJobRepository:
     """Intent-named reads and writes of jobs; each write is saved before the state is reported."""
 
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 
-    async def create(self, job: Job, inputs: Sequence[InputImage] = ()) -> None:
+    async def create(self, job: Job, inputs: Sequence[ImageBytes] = ()) -> None:
         """Save a new job and its input images in one transaction."""
-        row = _as_row(job)
+        row = _column_values(job)
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))
         async with self._db.transaction() as conn:
@@ -114,9 +81,7 @@ class JobStore:
         await self._db.execute(sql, params)
         return updated
 
-    async def save_outputs(
-        self, job: Job, images: Sequence[InputImage | GeneratedImage], **changes: Any
-    ) -> Job:
+    async def save_outputs(self, job: Job, images: Sequence[ImageBytes], **changes: Any) -> Job:
         """Save generated images and the job's new fields together."""
         updated, sql, params = self._update_statement(job, changes)
         async with self._db.transaction() as conn:
@@ -124,12 +89,32 @@ class JobStore:
             await conn.execute(sql, params)
         return updated
 
+    async def finish(self, job: Job) -> Job:
+        """Close a job whose end was reported: note when, and drop its interaction token (no longer needed)."""
+        now = self._clock()
+        await self._db.execute(
+            "UPDATE jobs SET finished_at = ?, updated_at = ?, interaction_token = NULL WHERE id = ?",
+            (now, now, job.id),
+        )
+        return replace(job, finished_at=now, updated_at=now, route=replace(job.route, interaction_token=None))
+
+    async def save_route(self, job_id: str, route: Route) -> None:
+        values = {column: getattr(route, field) for field, column in _ROUTE_COLUMNS.items()}
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        await self._db.execute(
+            f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608 (our own column names)
+            (*values.values(), self._clock(), job_id),
+        )
+
     def _update_statement(self, job: Job, changes: dict[str, Any]) -> tuple[Job, str, tuple[Any, ...]]:
+        if "route" in changes:
+            raise ValueError("a job's route is saved with save_route")
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
+        stored = _column_values(updated)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         sql = f"UPDATE jobs SET {assignments} WHERE id = ?"  # noqa: S608 (column names are our own fields)
-        return updated, sql, (*[getattr(updated, name) for name in changes], job.id)
+        return updated, sql, (*[stored[name] for name in changes], job.id)
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -146,12 +131,12 @@ class JobStore:
         rows = await self._db.fetchall("SELECT * FROM jobs WHERE finished_at IS NULL ORDER BY created_at")
         return [_job_from_row(row) for row in rows]
 
-    async def images(self, job_id: str, role: ImageRole) -> list[InputImage]:
+    async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]:
         rows = await self._db.fetchall(
             "SELECT mime, data FROM job_images WHERE job_id = ? AND role = ? ORDER BY position",
             (job_id, role),
         )
-        return [InputImage(data=bytes(row["data"]), mime=str(row["mime"])) for row in rows]
+        return [ImageBytes(data=bytes(row["data"]), mime=str(row["mime"])) for row in rows]
 
     async def cached_prompt(self, image_hash: str, provider: str, max_age_days: int) -> str | None:
         """Return a prompt this provider gave for the same image within the cache's lifetime."""
@@ -183,7 +168,7 @@ class JobStore:
 
 
 async def _insert_images(
-    conn: aiosqlite.Connection, job_id: str, role: ImageRole, images: Sequence[InputImage | GeneratedImage]
+    conn: aiosqlite.Connection, job_id: str, role: ImageRole, images: Sequence[ImageBytes]
 ) -> None:
     await conn.executemany(
         "INSERT INTO job_images (job_id, role, position, mime, data) VALUES (?, ?, ?, ?, ?)",

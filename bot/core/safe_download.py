@@ -19,8 +19,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from bot.errors import BadInput
-from bot.ui import input_text
+from bot.domain.errors import BadInput, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -220,55 +219,61 @@ class SafeDownloader:
             )
         return self._session
 
-    def _refuse(self, host: str, why: str, sentence: str) -> BadInput:
+    def _refuse(self, host: str, why: str, refusal: Refusal, **params: str | int) -> BadInput:
         """Log a refusal with the host only and build the error the member sees."""
         log.info("refused download from %s: %s", host, why)
-        return BadInput(sentence)
+        return BadInput(refusal, **params)
 
     def _checked_url(self, url: URL, progress: _Progress) -> URL:
         """Check a URL's scheme, credentials and, for an IP literal, its address."""
         if url.scheme.lower() not in _SCHEMES:
             if not url.scheme:
-                raise self._refuse(progress.host, "no scheme", input_text.LINK_INVALID)
-            raise self._refuse(progress.host, f"scheme {url.scheme}", input_text.LINK_NOT_WEB)
+                raise self._refuse(progress.host, "no scheme", Refusal.LINK_INVALID)
+            raise self._refuse(progress.host, f"scheme {url.scheme}", Refusal.LINK_NOT_WEB)
         if not url.host:
-            raise self._refuse(progress.host, "no host", input_text.LINK_INVALID)
+            raise self._refuse(progress.host, "no host", Refusal.LINK_INVALID)
         progress.host = url.host
         if url.user is not None or url.password is not None:
-            raise self._refuse(progress.host, "credentials in URL", input_text.LINK_HAS_CREDENTIALS)
+            raise self._refuse(progress.host, "credentials in URL", Refusal.LINK_HAS_CREDENTIALS)
         # aiohttp connects to an IP literal without asking the resolver, so check it here.
         literal = _literal_address(url.host)
         if literal is not None and not self._address_allowed(literal):
-            raise self._refuse(progress.host, "address refused", input_text.LINK_NOT_PUBLIC)
+            raise self._refuse(progress.host, "address refused", Refusal.LINK_NOT_PUBLIC)
         return url
 
     def _redirect_target(self, resp: aiohttp.ClientResponse, progress: _Progress) -> URL:
         """Return the checked URL a redirect points at."""
         location = resp.headers.get("Location")
         if not location:
-            raise self._refuse(progress.host, "redirect without Location", input_text.LINK_BAD_REDIRECT)
+            raise self._refuse(progress.host, "redirect without Location", Refusal.LINK_BAD_REDIRECT)
         try:
             target = resp.url.join(URL(location))
         except (ValueError, TypeError):
-            raise self._refuse(progress.host, "bad redirect", input_text.LINK_BAD_REDIRECT) from None
+            raise self._refuse(progress.host, "bad redirect", Refusal.LINK_BAD_REDIRECT) from None
         if target.scheme.lower() not in _SCHEMES:
             raise self._refuse(
-                progress.host, f"redirect to scheme {target.scheme}", input_text.LINK_BAD_REDIRECT
+                progress.host, f"redirect to scheme {target.scheme}", Refusal.LINK_BAD_REDIRECT
             )
         return self._checked_url(target, progress)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, progress: _Progress) -> bytes:
         """Read the body, stopping as soon as it is known to be too large."""
-        too_large = input_text.link_too_large(self._max_bytes)
         if resp.content_length is not None and resp.content_length > self._max_bytes:
             resp.close()
-            raise self._refuse(progress.host, f"Content-Length {resp.content_length}", too_large)
+            raise self._refuse(
+                progress.host,
+                f"Content-Length {resp.content_length}",
+                Refusal.LINK_TOO_LARGE,
+                max_bytes=self._max_bytes,
+            )
         body = bytearray()
         async for chunk in resp.content.iter_chunked(_CHUNK):
             body += chunk
             if len(body) > self._max_bytes:
                 resp.close()  # drop the connection rather than drain an endless body
-                raise self._refuse(progress.host, "body over the limit", too_large)
+                raise self._refuse(
+                    progress.host, "body over the limit", Refusal.LINK_TOO_LARGE, max_bytes=self._max_bytes
+                )
         return bytes(body)
 
     async def _fetch(self, url: str, progress: _Progress) -> bytes:
@@ -276,7 +281,7 @@ class SafeDownloader:
         try:
             target = URL(url.strip().removeprefix("<").removesuffix(">"))
         except (ValueError, TypeError):
-            raise self._refuse(progress.host, "unparsable URL", input_text.LINK_INVALID) from None
+            raise self._refuse(progress.host, "unparsable URL", Refusal.LINK_INVALID) from None
         target = self._checked_url(target, progress)
         session = self._get_session()
         for _ in range(self._max_redirects + 1):
@@ -287,34 +292,33 @@ class SafeDownloader:
                         continue
                     if not 200 <= resp.status < 300:
                         raise self._refuse(
-                            progress.host, f"status {resp.status}", input_text.link_http_status(resp.status)
+                            progress.host,
+                            f"status {resp.status}",
+                            Refusal.LINK_HTTP_STATUS,
+                            status=resp.status,
                         )
                     return await self._read_body(resp, progress)
             except TimeoutError:
                 raise  # aiohttp's own timeouts are ClientErrors too; fetch() words them
             except aiohttp.ClientConnectorDNSError as exc:
                 if isinstance(exc.os_error, _AddressRefused):
-                    raise self._refuse(progress.host, "address refused", input_text.LINK_NOT_PUBLIC) from None
-                raise self._refuse(
-                    progress.host, "name not resolved", input_text.LINK_HOST_NOT_FOUND
-                ) from None
+                    raise self._refuse(progress.host, "address refused", Refusal.LINK_NOT_PUBLIC) from None
+                raise self._refuse(progress.host, "name not resolved", Refusal.LINK_HOST_NOT_FOUND) from None
             except aiohttp.InvalidURL:
-                raise self._refuse(progress.host, "invalid URL", input_text.LINK_INVALID) from None
+                raise self._refuse(progress.host, "invalid URL", Refusal.LINK_INVALID) from None
             except aiohttp.ClientError as exc:
-                raise self._refuse(
-                    progress.host, f"{type(exc).__name__}", input_text.LINK_UNREACHABLE
-                ) from None
-        raise self._refuse(progress.host, "too many redirects", input_text.LINK_TOO_MANY_REDIRECTS)
+                raise self._refuse(progress.host, f"{type(exc).__name__}", Refusal.LINK_UNREACHABLE) from None
+        raise self._refuse(progress.host, "too many redirects", Refusal.LINK_TOO_MANY_REDIRECTS)
 
     async def fetch(self, url: str) -> bytes:
-        """Download a link's bytes, or raise BadInput with the sentence for the member."""
+        """Download a link's bytes, or raise BadInput saying why the member's link cannot be used."""
         progress = _Progress(host=_host_for_log(url))
         try:
             # ClientTimeout bounds each request; this bounds the whole chain of redirects.
             async with asyncio.timeout(self._timeout):
                 return await self._fetch(url, progress)
         except TimeoutError:
-            raise self._refuse(progress.host, "timed out", input_text.LINK_TOO_SLOW) from None
+            raise self._refuse(progress.host, "timed out", Refusal.LINK_TOO_SLOW) from None
 
     async def close(self) -> None:
         """Close the session and, if it was ours, the resolver."""

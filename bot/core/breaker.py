@@ -6,18 +6,19 @@ import logging
 import time
 from collections.abc import Callable
 
-from bot.errors import ProviderError, ProviderFault
+from bot.domain.errors import ProviderError
+from bot.domain.tasks import Fault
 
 log = logging.getLogger(__name__)
 
 # Faults that say the provider itself is in trouble; a refused image or a failed task does not.
 TRIPPING_FAULTS = frozenset(
     {
-        ProviderFault.BUSY,
-        ProviderFault.UNREACHABLE,
-        ProviderFault.LOST,
-        ProviderFault.TIMEOUT,
-        ProviderFault.BAD_RESULT,
+        Fault.BUSY,
+        Fault.UNREACHABLE,
+        Fault.LOST,
+        Fault.TIMEOUT,
+        Fault.BAD_RESULT,
     }
 )
 
@@ -50,7 +51,7 @@ class CircuitBreaker:
         if self._opened_at is None:
             return
         if self._clock() - self._opened_at < self._cooldown or self._trial_running:
-            raise ProviderError(self.provider, ProviderFault.UNAVAILABLE)
+            raise ProviderError(self.provider, Fault.UNAVAILABLE)
         self._trial_running = True  # half-open: this request decides
 
     def record_success(self) -> None:
@@ -60,7 +61,7 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_running = False
 
-    def record_failure(self, fault: ProviderFault) -> None:
+    def record_failure(self, fault: Fault) -> None:
         if fault not in TRIPPING_FAULTS:
             self._trial_running = False
             return

@@ -1,0 +1,460 @@
+"""The job runner: start a provider task, poll it or wait for its webhook, save and report each new state.
+
+A job's life is a loop over its saved state: QUEUED is started, STARTING at a resume is an answer that was
+lost, CREATED and IN_PROGRESS are waited out; every step returns the job as it now is, and the end is
+settled (the quota spent or given back) and reported once. Shutdown pauses a job in its saved state; the
+next start carries it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bot.core.background import BackgroundTasks
+from bot.core.breaker import CircuitBreaker
+from bot.core.images import refit
+from bot.domain.errors import BadInput, ProviderError, StorageFull
+from bot.domain.ports import JobReporter, JobRepository, Provider, QuotaLedger, WebhookDelivery
+from bot.domain.tasks import (
+    Fault,
+    ImageBytes,
+    ImageLimits,
+    Job,
+    JobState,
+    Notice,
+    NoticeCode,
+    ProviderStatus,
+    TaskKind,
+    TaskSnapshot,
+)
+
+log = logging.getLogger(__name__)
+
+# Faults at create time after which describe may go to another provider: nothing was created.
+_FALLBACK_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.UNAVAILABLE, Fault.MISCONFIGURED})
+# Poll failures that say nothing about the task itself: keep polling until the deadline.
+_TRANSIENT_POLL_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.LOST, Fault.BAD_RESULT})
+# Generated images are shown as Discord uploads, which may not exceed 10 MiB on a server without boosts.
+RESULT_UPLOAD_LIMITS = ImageLimits(max_side=8192, max_bytes=9_500_000)
+# Deliveries that arrive before the create answer is saved wait here this long for their job.
+_EARLY_DELIVERY_TTL = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    poll_interval: float
+    poll_max_interval: float
+    task_timeout: float
+    # A synchronous provider's answer that takes longer than this is shown as "In progress" meanwhile
+    # (the reporter's coalescing window: a quicker answer replaces that edit anyway).
+    progress_after: float = 1.0
+    # With webhooks on, polling is only the safety net for a lost delivery: slow and steady.
+    webhook_poll_interval: float = 30.0
+    poll_growth: float = 1.5
+
+
+class JobRunner:
+    """Drive every job to its end; a restart reloads unfinished jobs and carries them on."""
+
+    def __init__(
+        self,
+        *,
+        jobs: JobRepository,
+        quotas: QuotaLedger,
+        providers: Mapping[str, Provider],
+        breakers: Mapping[str, CircuitBreaker],
+        reporter: JobReporter,
+        config: RunnerConfig,
+        webhook_url_for: Callable[[str], str | None] = lambda provider: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._jobs = jobs
+        self._quotas = quotas
+        self._providers = providers
+        self._breakers = breakers
+        self._reporter = reporter
+        self._config = config
+        self._webhook_url_for = webhook_url_for
+        self._clock = clock
+        self._tasks = BackgroundTasks()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        # Webhook snapshots for the jobs driven here, by (provider, task id), with the job's kind.
+        self._deliveries: dict[tuple[str, str], tuple[TaskKind, asyncio.Queue[TaskSnapshot]]] = {}
+        self._listening: dict[str, tuple[str, str]] = {}  # job id -> its key in _deliveries
+        self._early: dict[tuple[str, str], tuple[float, WebhookDelivery]] = {}
+        self._stopping = asyncio.Event()
+        self.accepting = True
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def submit(self, job: Job, inputs: Sequence[ImageBytes]) -> Job:
+        """Save a new job with its inputs and start driving it."""
+        await self._jobs.create(job, inputs)
+        self._spawn(job, inputs=list(inputs))
+        return job
+
+    async def finish_cached(self, job: Job, inputs: Sequence[ImageBytes]) -> Job:
+        """Save and report a job answered from the cache (already COMPLETED, nothing reserved)."""
+        await self._jobs.create(job, inputs)
+        await self._reporter.report(job)
+        return await self._jobs.finish(job)
+
+    async def resume(self) -> int:
+        """Carry on every job the last run left unfinished; return how many."""
+        jobs = await self._jobs.unfinished()
+        for job in jobs:
+            log.info("resuming job %s (%s, %s)", job.id, job.provider, job.state)
+            self._spawn(job, resumed=True)
+        return len(jobs)
+
+    async def deliver(self, provider_name: str, body: bytes) -> bool:
+        """Take a verified webhook delivery; return False when no job of ours has its task.
+
+        Raises ProviderError (BAD_RESULT) when the body is not the provider's task object.
+        """
+        provider = self._providers.get(provider_name)
+        if provider is None or provider.webhooks is None:
+            return False
+        delivery = provider.webhooks.read_delivery(body)
+        key = (provider_name, delivery.task_id)
+        listening = self._deliveries.get(key)
+        if listening is not None:
+            kind, queue = listening
+            queue.put_nowait(provider.webhooks.snapshot(kind, delivery))
+            return True
+        if await self._jobs.find_by_task(provider_name, delivery.task_id) is not None:
+            return True  # known but not driven here (finished, or another process): polling covers it
+        # The create answer may still be on its way: keep the delivery for a little while.
+        self._forget_stale_early()
+        self._early[key] = (self._clock(), delivery)
+        return False
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop taking jobs; let requests in flight reach a safe point, then stop every drive."""
+        self.accepting = False
+        self._stopping.set()
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+        await self._tasks.cancel_all()
+
+    # --- driving one job --------------------------------------------------------------------
+
+    def _spawn(self, job: Job, *, resumed: bool = False, inputs: list[ImageBytes] | None = None) -> None:
+        task = self._tasks.spawn(self._drive(job, resumed=resumed, inputs=inputs), name=f"job-{job.id[:12]}")
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._running.pop(job.id, None))
+
+    async def _drive(self, job: Job, *, resumed: bool, inputs: list[ImageBytes] | None) -> None:
+        try:
+            ended = await self._run(job, resumed=resumed, inputs=inputs)
+        except asyncio.CancelledError:
+            raise
+        except StorageFull:
+            # Nothing more can be saved (the database logged why): the job keeps its last saved state
+            # and carries on from it at the next start, when there is room again.
+            await self._reporter.forget(job.id)
+            log.info("job %s paused in state %s: the database cannot be written", job.id, job.state)
+            return
+        except Exception:
+            log.exception("job %s broke unexpectedly", job.id)
+            ended = await self._end(job, Fault.BAD_RESULT)
+        finally:
+            self._stop_listening(job.id)
+        if ended is None:
+            await self._reporter.forget(job.id)
+            log.info("job %s paused for shutdown in state %s", job.id, job.state)
+            return
+        await self._settle_and_report(ended)
+
+    async def _run(self, job: Job, *, resumed: bool, inputs: list[ImageBytes] | None) -> Job | None:
+        """Move the job from its saved state to its end; None when shutdown paused it."""
+        while not job.finished:
+            step: Job | None
+            if job.state is JobState.QUEUED:
+                step = await self._start(job, inputs)
+            elif job.state is JobState.STARTING:
+                # The create went out and its answer was never saved: the task may exist, but it cannot
+                # be found (no idempotency key), and sending it again might pay twice.
+                step = await self._end(job, Fault.LOST, "the bot stopped while creating the task")
+            else:
+                step = await self._wait_for_end(job, poll_now=resumed)
+                resumed = False
+            if step is None:
+                return None
+            job = step
+        return job
+
+    async def _start(self, job: Job, inputs: list[ImageBytes] | None) -> Job | None:
+        if self._stopping.is_set():
+            return None
+        if inputs is None:  # a resumed job: its inputs are only in the database
+            inputs = await self._jobs.images(job.id, "input")
+        try:
+            return await self._start_with(job, job.provider, inputs)
+        except ProviderError as exc:
+            alternative = self._fallback_for(job, exc.fault)
+            if alternative is None:
+                return await self._end(job, exc.fault, exc)
+            log.warning(
+                "job %s: %s unavailable (%s); falling back to %s",
+                job.id,
+                job.provider,
+                exc.fault,
+                alternative,
+            )
+        notice = Notice(NoticeCode.FALLBACK, {"failed": job.provider, "used": alternative})
+        job = await self._jobs.update(job, provider=alternative, notice=notice, state=JobState.QUEUED)
+        if job.usage_id is not None:
+            await self._quotas.move(job.usage_id, alternative)
+        try:
+            limits = self._providers[alternative].image_limits
+            refitted = [await _refit(image, limits) for image in inputs]
+            return await self._start_with(job, alternative, refitted)
+        except ProviderError as exc:
+            return await self._end(job, exc.fault, exc)
+
+    async def _start_with(self, job: Job, provider_name: str, inputs: list[ImageBytes]) -> Job:
+        """Create the provider task (raising ProviderError when nothing came of it) and save its first state."""
+        provider = self._providers[provider_name]
+        breaker = self._breakers[provider_name]
+        breaker.check()
+        # Saved before the request: a crash mid-create is then known as such at the next start.
+        job = await self._jobs.update(job, state=JobState.STARTING)
+        webhook_url = None if provider.synchronous else self._webhook_url_for(provider_name)
+        try:
+            if provider.synchronous:
+                snapshot = await self._answer_showing_progress(
+                    job, self._create(provider, job, inputs, webhook_url)
+                )
+            else:
+                snapshot = await self._create(provider, job, inputs, webhook_url)
+        except ProviderError as exc:
+            breaker.record_failure(exc.fault)
+            if exc.fault is not Fault.LOST:
+                # Nothing was created: the job may go elsewhere or end cleanly.
+                await self._jobs.update(job, state=JobState.QUEUED)
+            raise
+        breaker.record_success()
+        if snapshot.status is not ProviderStatus.COMPLETED and snapshot.status is not ProviderStatus.FAILED:
+            # Listen before saving: a delivery may follow the create answer within milliseconds.
+            self._listen(job, provider_name, snapshot.task_id)
+        job = await self._jobs.update(job, provider_task_id=snapshot.task_id, started_at=self._clock())
+        if job.usage_id is not None:
+            await self._quotas.record_task_id(job.usage_id, snapshot.task_id)
+        return await self._advance(job, snapshot)
+
+    @staticmethod
+    def _create(
+        provider: Provider, job: Job, inputs: list[ImageBytes], webhook_url: str | None
+    ) -> Coroutine[Any, Any, TaskSnapshot]:
+        if job.kind is TaskKind.DESCRIBE:
+            assert provider.describer is not None
+            return provider.describer.describe(inputs[0], webhook_url=webhook_url)
+        assert provider.imaginer is not None
+        return provider.imaginer.imagine(job.prompt or "", inputs, webhook_url=webhook_url)
+
+    async def _answer_showing_progress(
+        self, job: Job, answer: Coroutine[Any, Any, TaskSnapshot]
+    ) -> TaskSnapshot:
+        """Wait for a synchronous provider's answer, showing "In progress" once it is slow in coming."""
+        pending = asyncio.ensure_future(answer)
+        try:
+            done, _ = await asyncio.wait({pending}, timeout=self._config.progress_after)
+            if not done:
+                # Shown, not saved: the saved STARTING state is what tells a restart the answer was lost.
+                await self._reporter.report(replace(job, state=JobState.IN_PROGRESS))
+            return await pending
+        except BaseException:
+            pending.cancel()
+            raise
+
+    def _fallback_for(self, job: Job, fault: Fault) -> str | None:
+        if job.kind is not TaskKind.DESCRIBE or fault not in _FALLBACK_FAULTS or job.notice is not None:
+            return None
+        for name, provider in self._providers.items():
+            if name != job.provider and provider.describer is not None and not self._breakers[name].is_open:
+                return name
+        return None
+
+    # --- waiting for the end ------------------------------------------------------------------
+
+    def _listen(self, job: Job, provider_name: str, task_id: str) -> asyncio.Queue[TaskSnapshot] | None:
+        """Route this task's webhook deliveries to its drive (idempotent); None without webhooks."""
+        provider = self._providers[provider_name]
+        if provider.webhooks is None:
+            return None
+        key = (provider_name, task_id)
+        listening = self._deliveries.get(key)
+        if listening is not None:
+            return listening[1]
+        queue: asyncio.Queue[TaskSnapshot] = asyncio.Queue()
+        self._deliveries[key] = (job.kind, queue)
+        self._listening[job.id] = key
+        early = self._early.pop(key, None)
+        if early is not None:
+            queue.put_nowait(provider.webhooks.snapshot(job.kind, early[1]))
+        return queue
+
+    def _stop_listening(self, job_id: str) -> None:
+        key = self._listening.pop(job_id, None)
+        if key is not None:
+            self._deliveries.pop(key, None)
+
+    async def _wait_for_end(self, job: Job, *, poll_now: bool) -> Job | None:
+        """Poll (or wait for a webhook) until the task ends, saving each new state; None on shutdown."""
+        provider = self._providers[job.provider]
+        assert job.provider_task_id is not None
+        queue = self._listen(job, job.provider, job.provider_task_id)
+        webhooks = self._webhook_url_for(job.provider) is not None
+        interval = self._config.webhook_poll_interval if webhooks else self._config.poll_interval
+        ceiling = max(interval, self._config.poll_max_interval)
+        deadline = job.created_at + self._config.task_timeout
+        # A resumed job is polled at once: the task may have finished while the bot was away, and its
+        # result beats a timeout.
+        while not job.finished:
+            remaining = deadline - self._clock()
+            if remaining <= 0 and not poll_now:
+                return await self._end(job, Fault.TIMEOUT, "not finished within TASK_TIMEOUT_SECONDS")
+            snapshot: TaskSnapshot | None = None
+            if not poll_now:
+                waited = await self._wait_for_delivery(queue, min(interval, remaining))
+                if waited is _SHUTDOWN:
+                    return None
+                snapshot = waited if isinstance(waited, TaskSnapshot) else None
+            poll_now = False
+            if snapshot is None:
+                try:
+                    snapshot = await self._poll_once(provider, job)
+                except ProviderError as exc:
+                    return await self._end(job, exc.fault, exc)
+                interval = min(interval * self._config.poll_growth, ceiling)
+            if snapshot is not None:
+                job = await self._advance(job, snapshot)
+        return job
+
+    async def _wait_for_delivery(
+        self, queue: asyncio.Queue[TaskSnapshot] | None, timeout: float
+    ) -> TaskSnapshot | _Shutdown | None:
+        """Wait for a webhook snapshot, the next poll time, or shutdown, whichever comes first."""
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stopping.wait())]
+        if queue is not None:
+            waiters.append(asyncio.ensure_future(queue.get()))
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self._stopping.is_set():
+            return _SHUTDOWN
+        for waiter in done:
+            result = waiter.result()
+            if isinstance(result, TaskSnapshot):
+                return result
+        return None
+
+    async def _poll_once(self, provider: Provider, job: Job) -> TaskSnapshot | None:
+        """Read the task's state; None for a failed poll that says nothing about the task."""
+        assert job.provider_task_id is not None
+        if provider.poller is None:
+            # A synchronous provider's answer came with its request: a job here lost that answer.
+            raise ProviderError(provider.name, Fault.NOT_FOUND, "synchronous tasks cannot be polled")
+        try:
+            return await provider.poller.poll(job.kind, job.provider_task_id)
+        except ProviderError as exc:
+            if exc.fault in _TRANSIENT_POLL_FAULTS:
+                log.info("job %s: poll failed (%s); polling on", job.id, exc.fault)
+                return None
+            raise
+
+    async def _advance(self, job: Job, snapshot: TaskSnapshot) -> Job:
+        """Save a snapshot's state if it is new, then report it; unchanged polls report nothing."""
+        state = JobState.following(snapshot.status)
+        if state is job.state:
+            return job
+        if state is JobState.FAILED:
+            return await self._end(job, Fault.FAILED)
+        if state is JobState.COMPLETED:
+            return await self._complete(job, snapshot)
+        job = await self._jobs.update(job, state=state)
+        await self._reporter.report(job)
+        return job
+
+    async def _complete(self, job: Job, snapshot: TaskSnapshot) -> Job:
+        """Save a result: the prompt (and cache it), or the generated images fetched while their URLs live."""
+        if job.kind is TaskKind.DESCRIBE:
+            if not snapshot.prompt:
+                return await self._end(job, Fault.BAD_RESULT, "completed without a prompt")
+            job = await self._jobs.update(job, state=JobState.COMPLETED, result_text=snapshot.prompt)
+            if job.input_hash:
+                await self._jobs.cache_prompt(job.input_hash, job.provider, snapshot.prompt)
+            return job
+        imaginer = self._providers[job.provider].imaginer
+        assert imaginer is not None
+        try:
+            # Provider URLs expire: fetch the images now and keep them with the job.
+            fetched = await imaginer.fetch_results(snapshot)
+            uploadable = [await _refit(image, RESULT_UPLOAD_LIMITS) for image in fetched.images]
+        except ProviderError as exc:
+            return await self._end(job, exc.fault, exc)
+        return await self._jobs.save_outputs(job, uploadable, state=JobState.COMPLETED)
+
+    # --- the end ------------------------------------------------------------------------------
+
+    async def _end(self, job: Job, fault: Fault, why: ProviderError | str | None = None) -> Job:
+        """Save the job as FAILED for `fault`."""
+        if why is not None and fault is not Fault.UNAVAILABLE:
+            log.info("job %s failed: %s", job.id, why)
+        return await self._jobs.update(job, state=JobState.FAILED, fault=fault)
+
+    async def _settle_and_report(self, job: Job) -> None:
+        """Spend or give back the reservation (once), show the end, and close the job."""
+        if job.usage_id is not None:
+            outcome = str(job.fault or job.state)
+            if job.state is JobState.COMPLETED or (job.fault is not None and job.fault.member_pays):
+                await self._quotas.commit(job.usage_id, outcome=outcome)
+            else:
+                await self._quotas.refund(job.usage_id, outcome=outcome)
+        await self._reporter.report(job)
+        job = await self._jobs.finish(job)
+        log.info(
+            "task finished",
+            extra={
+                "job_id": job.id,
+                "user_id": job.user_id,
+                "guild_id": job.guild_id,
+                "provider": job.provider,
+                "kind": job.kind.value,
+                "state": job.state.value,
+                "fault": job.fault.value if job.fault else None,
+                "duration": round(self._clock() - job.created_at, 3),
+            },
+        )
+
+    def _forget_stale_early(self) -> None:
+        cutoff = self._clock() - _EARLY_DELIVERY_TTL
+        for key in [key for key, (at, _) in self._early.items() if at < cutoff]:
+            del self._early[key]
+
+
+class _Shutdown:
+    """What waiting returns when the runner is shutting down."""
+
+
+_SHUTDOWN = _Shutdown()
+
+
+async def _refit(image: ImageBytes, limits: ImageLimits) -> ImageBytes:
+    try:
+        return await asyncio.to_thread(refit, image, limits)
+    except BadInput as exc:  # the bytes passed the checks once: failing now is not the member's doing
+        raise ProviderError("bot", Fault.BAD_RESULT, "stored image no longer fits") from exc

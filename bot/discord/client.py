@@ -1,0 +1,184 @@
+"""The Bot subclass: handed its resources, it builds the core, loads the cogs and listens for webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from bot.core.background import BackgroundTasks
+from bot.core.safe_download import SafeDownloader
+from bot.discord.connection import TRANSIENT_ERRORS, CappedBackoff, one_line
+from bot.discord.heartbeat import Heartbeat, gateway_connected, heartbeat_path
+from bot.discord.interactions import words_for
+from bot.discord.reporting import DiscordReporter
+from bot.discord.tree import BotTree
+from bot.domain.errors import StartupError
+from bot.domain.ports import JobRepository
+from bot.settings import Settings
+from bot.store.sqlite.database import Database
+from bot.ui.words import Words
+from bot.webhooks import WebhookListener
+from bot.wiring import Core, build_core
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS: tuple[str, ...] = ("cogs.describe", "cogs.imagine", "cogs.quota")
+_MAINTENANCE_INTERVAL = 3600.0
+# Running tasks get this long to reach a safe point at shutdown (SIGTERM must end the process within 10 s).
+JOB_GRACE = 5.0
+
+
+class ImageBot(commands.Bot):
+    """The bot, handed its settings, HTTP session and database by `__main__`."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        db: Database,
+        downloader: SafeDownloader | None = None,
+        clock: Callable[[], float] = time.time,
+        extensions: Sequence[str] = EXTENSIONS,
+        **options: object,
+    ) -> None:
+        intents = discord.Intents.default()
+        # Reading a replied-to message's attachments needs the privileged message content intent.
+        intents.message_content = settings.mention_trigger
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=BotTree,
+            help_command=None,
+            chunk_guilds_at_startup=False,
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,  # type: ignore[arg-type]
+        )
+        self.settings = settings
+        self._extensions = tuple(extensions)
+        self._background = BackgroundTasks()
+        self._clock = clock
+        self.reporter: DiscordReporter | None = None
+        self.core: Core = build_core(
+            settings, session, db, reporter_for=self._make_reporter, downloader=downloader, clock=clock
+        )
+        self.webhooks: WebhookListener | None = None
+
+    def _make_reporter(self, jobs: JobRepository, labels: Mapping[str, str]) -> DiscordReporter:
+        self.reporter = DiscordReporter(
+            self,
+            jobs,
+            coalesce_seconds=self.settings.edit_coalesce_seconds,
+            provider_labels=labels,
+            clock=self._clock,
+        )
+        return self.reporter
+
+    def words_for(self, interaction: discord.Interaction) -> Words:
+        """Return the words of the member who interacted."""
+        return words_for(interaction, self.core.labels)
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        # No prefix commands exist: skipping their processing keeps a mention from logging
+        # CommandNotFound. Cog listeners (the mention trigger) still receive every message.
+        return
+
+    async def setup_hook(self) -> None:
+        for extension in self._extensions:
+            await self.load_extension(extension)
+        try:
+            await self.sync_commands_if_changed()
+        except TRANSIENT_ERRORS as exc:
+            # The bot works without a fresh sync (Discord keeps the last one): keep trying in the background.
+            log.warning("could not sync commands (%s); trying again in the background", one_line(exc))
+            self._background.spawn(self._sync_when_reachable(), name="command-sync")
+        if self.settings.webhooks_enabled:
+            await self._start_webhooks()
+        resumed = await self.core.runner.resume()
+        if resumed:
+            log.info("resumed %d unfinished jobs", resumed)
+        self._background.spawn(self._maintenance(), name="maintenance")
+        heartbeat = Heartbeat(heartbeat_path(self.settings), lambda: gateway_connected(self))
+        self._background.spawn(heartbeat.run(), name="heartbeat")
+
+    async def sync_commands_if_changed(self) -> None:
+        """Sync the commands where their definition changed since the last sync (a hash in the database)."""
+        guilds: list[discord.Object | None] = [discord.Object(gid) for gid in self.settings.discord_guild_ids]
+        for guild in guilds or [None]:
+            if guild is not None:
+                self.tree.copy_global_to(guild=guild)
+            payload = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            key = f"commands:{self.application_id}:{guild.id if guild else 'global'}"
+            if await self.core.db.get_meta(key) == digest:
+                log.info("commands unchanged for %s; not syncing", guild.id if guild else "global")
+                continue
+            await self.tree.sync(guild=guild)
+            await self.core.db.set_meta(key, digest)
+            log.info("synced %d commands to %s", len(payload), guild.id if guild else "all servers (global)")
+
+    async def _sync_when_reachable(self) -> None:
+        backoff = CappedBackoff()
+        while True:
+            wait = backoff.delay()
+            await asyncio.sleep(wait)
+            try:
+                await self.sync_commands_if_changed()
+                return
+            except TRANSIENT_ERRORS as exc:
+                log.warning("could not sync commands (%s); trying again", one_line(exc))
+
+    async def close(self) -> None:
+        """Stop taking commands, let jobs reach a safe point, then close; cogs first, resources last."""
+        await self.core.runner.shutdown(grace=JOB_GRACE)
+        if self.reporter is not None:
+            await self.reporter.close()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        await self._background.cancel_all()
+        await self.core.close()
+        await super().close()
+
+    async def health(self) -> dict[str, bool]:
+        return {"database": await self.core.db.is_reachable(), "gateway": gateway_connected(self)}
+
+    async def _start_webhooks(self) -> None:
+        assert self.settings.webhook_secret is not None
+        listener = WebhookListener(
+            secret=self.settings.webhook_secret.get_secret_value(),
+            port=self.settings.webhook_port,
+            providers=[name for name, provider in self.core.providers.items() if provider.webhooks],
+            on_delivery=self.core.runner.deliver,
+            health=self.health,
+        )
+        try:
+            await listener.start()
+        except OSError as exc:
+            raise StartupError(
+                f"WEBHOOK_PORT {self.settings.webhook_port} cannot be listened on ({exc.strerror}): "
+                "another program uses it, or the port needs privileges; choose another port"
+            ) from None
+        self.webhooks = listener
+        log.info("webhook listener on port %d", self.webhooks.bound_port)
+
+    async def _maintenance(self) -> None:
+        """Settle abandoned reservations and prune old rows, hourly."""
+        while True:
+            try:
+                expired = await self.core.quotas.expire()
+                # Jobs first: their usage rows can only go once no job points at them.
+                pruned = await self.core.jobs.prune(self.settings.usage_retention_days)
+                pruned += await self.core.quotas.prune(self.settings.usage_retention_days)
+                if expired or pruned:
+                    log.info("maintenance: %d reservations expired, %d old rows pruned", expired, pruned)
+            except Exception:
+                log.exception("maintenance failed; trying again later")
+            await asyncio.sleep(_MAINTENANCE_INTERVAL)

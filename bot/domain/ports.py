@@ -1,0 +1,197 @@
+"""The seams the core needs: storage, the place a job is shown, and what a provider can do.
+
+Implementations live elsewhere (`bot.store.sqlite`, `bot.discord.reporting`, `bot.providers`); the core
+depends only on these. A provider offers the capabilities it has and no others: a synchronous one has no
+poller, one without webhooks no webhook reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from bot.domain.quota import KindStatus, LimitScope, Member, Reservation, UsageReport
+from bot.domain.tasks import ImageBytes, ImageLimits, Job, Route, TaskKind, TaskSnapshot
+
+ImageRole = Literal["input", "output"]
+
+
+class JobRepository(Protocol):
+    """Jobs as saved: every state is saved before it is reported."""
+
+    async def create(self, job: Job, inputs: Sequence[ImageBytes] = ()) -> None:
+        """Save a new job and its input images together."""
+        ...
+
+    async def update(self, job: Job, **changes: Any) -> Job:
+        """Save the given fields of a job (not its route) and return the job as it now is."""
+        ...
+
+    async def save_outputs(self, job: Job, images: Sequence[ImageBytes], **changes: Any) -> Job:
+        """Save generated images and the job's new fields together."""
+        ...
+
+    async def finish(self, job: Job) -> Job:
+        """Close a job whose end was reported: note when, and drop its interaction token."""
+        ...
+
+    async def save_route(self, job_id: str, route: Route) -> None:
+        """Save where the job's message now is."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def find_by_task(self, provider: str, task_id: str) -> Job | None: ...
+
+    async def unfinished(self) -> list[Job]:
+        """Return every job whose end has not been reported yet, oldest first."""
+        ...
+
+    async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]: ...
+
+    async def cached_prompt(self, image_hash: str, provider: str, max_age_days: int) -> str | None: ...
+
+    async def cache_prompt(self, image_hash: str, provider: str, prompt: str) -> None: ...
+
+    async def prune(self, retention_days: int) -> int:
+        """Delete finished jobs older than the retention; return how many went."""
+        ...
+
+
+class QuotaLedger(Protocol):
+    """Limits, reservations and the usage log.
+
+    `reserve` is the one check-and-write that must be exact whatever the concurrency: it counts what the
+    member used and holds one unit in a single atomic step, or refuses. An implementation says how it
+    keeps that true (one SQLite write transaction; a row lock on the member's day in PostgreSQL).
+    """
+
+    @property
+    def max_inflight_per_user(self) -> int: ...
+
+    async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
+        """Hold one task for the member, or raise QuotaExceeded or TooManyInFlight."""
+        ...
+
+    async def commit(self, usage_id: int, *, outcome: str = "COMPLETED") -> bool:
+        """Spend a reservation; False when it was already settled."""
+        ...
+
+    async def refund(self, usage_id: int, *, outcome: str) -> bool:
+        """Give a reservation back; False when it was already settled."""
+        ...
+
+    async def move(self, usage_id: int, provider: str) -> None: ...
+
+    async def record_task_id(self, usage_id: int, task_id: str) -> None: ...
+
+    async def record_cached(self, member: Member, kind: TaskKind, provider: str) -> None: ...
+
+    async def status(self, member: Member) -> list[KindStatus]: ...
+
+    async def running(self, user_id: int) -> int: ...
+
+    async def expire(self) -> int: ...
+
+    async def set_limit(
+        self,
+        guild_id: int,
+        scope: LimitScope,
+        target_id: int,
+        kind: TaskKind,
+        limit: int | None,
+        actor_id: int,
+    ) -> None: ...
+
+    async def grant(
+        self, guild_id: int, user_id: int, kind: TaskKind, amount: int, actor_id: int
+    ) -> None: ...
+
+    async def reset_today(self, guild_id: int, user_id: int, kind: TaskKind | None, actor_id: int) -> int: ...
+
+    async def usage_report(self, guild_id: int, days: int, *, top: int = 10) -> UsageReport: ...
+
+    async def prune(self, retention_days: int) -> int: ...
+
+
+class JobReporter(Protocol):
+    """Where a job's saved state is shown (a Discord message, a terminal)."""
+
+    async def report(self, job: Job) -> None:
+        """Show the job; a final state is shown before this returns, earlier ones may be coalesced."""
+        ...
+
+    async def forget(self, job_id: str) -> None:
+        """Drop what is kept for a job whose runner stopped (shutdown)."""
+        ...
+
+
+class Describer(Protocol):
+    async def describe(self, image: ImageBytes, *, webhook_url: str | None) -> TaskSnapshot:
+        """Create an image-to-prompt task (a synchronous provider answers with its end)."""
+        ...
+
+
+class Imaginer(Protocol):
+    async def imagine(
+        self, prompt: str, references: Sequence[ImageBytes], *, webhook_url: str | None
+    ) -> TaskSnapshot:
+        """Create an image generation task."""
+        ...
+
+    async def fetch_results(self, snapshot: TaskSnapshot) -> TaskSnapshot:
+        """Download what a COMPLETED snapshot points at (provider URLs expire)."""
+        ...
+
+
+class TaskPoller(Protocol):
+    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
+        """Read a task's current state."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """A delivery's body read once: the task it is about, and the provider's own parsed object."""
+
+    task_id: str
+    body: object
+
+
+class WebhookReader(Protocol):
+    def read_delivery(self, body: bytes) -> WebhookDelivery:
+        """Parse a verified delivery; raise ProviderError (BAD_RESULT) when it has the wrong shape."""
+        ...
+
+    def snapshot(self, kind: TaskKind, delivery: WebhookDelivery) -> TaskSnapshot:
+        """Read the delivery as an observation of a task of this kind."""
+        ...
+
+
+class KeyChecker(Protocol):
+    async def check_key(self) -> None:
+        """Prove the key works with the cheapest call there is; raise ProviderError if not."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A configured provider: its name, its limits, and the capabilities it has."""
+
+    name: str
+    image_limits: ImageLimits
+    key_checker: KeyChecker
+    describer: Describer | None = None
+    imaginer: Imaginer | None = None
+    poller: TaskPoller | None = None  # None: the answer comes with the request (synchronous)
+    webhooks: WebhookReader | None = None
+
+    @property
+    def kinds(self) -> frozenset[TaskKind]:
+        offered = {TaskKind.DESCRIBE: self.describer, TaskKind.IMAGINE: self.imaginer}
+        return frozenset(kind for kind, capability in offered.items() if capability is not None)
+
+    @property
+    def synchronous(self) -> bool:
+        return self.poller is None

@@ -1,0 +1,175 @@
+"""Tasks and jobs: what a member asked for, what a provider says of it, and where it is shown."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class TaskKind(enum.StrEnum):
+    DESCRIBE = "describe"
+    IMAGINE = "imagine"
+
+
+class ProviderStatus(enum.StrEnum):
+    """What a provider says of its task; an unknown status is read as still running."""
+
+    CREATED = "CREATED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. QUEUED and STARTING are the bot's own; the rest follow the provider."""
+
+    QUEUED = "QUEUED"  # saved, not sent to a provider yet
+    STARTING = "STARTING"  # the create request is out and its answer not yet saved
+    CREATED = "CREATED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+    @classmethod
+    def following(cls, status: ProviderStatus) -> JobState:
+        """Return the job state a provider status moves a job to."""
+        return cls(status.value)
+
+
+class Fault(enum.StrEnum):
+    """Why a job ended without a result; decides the sentence and who pays."""
+
+    BUSY = "busy"  # 429, 503, 5xx that did not clear with retries
+    UNREACHABLE = "unreachable"  # no connection could be made: nothing reached the provider
+    REJECTED = "rejected"  # 400: the provider refused this input or content (the member pays)
+    MISCONFIGURED = "misconfigured"  # 401, 402, 403: the admin's key or plan
+    FAILED = "failed"  # the task ended FAILED or CANCELLED
+    TIMEOUT = "timeout"  # not finished within TASK_TIMEOUT_SECONDS
+    LOST = "lost"  # a create whose answer never came: it may or may not exist
+    UNAVAILABLE = "unavailable"  # the circuit breaker is open after repeated faults
+    BAD_RESULT = "bad_result"  # the provider's answer or its generated file was unusable
+    NOT_FOUND = "not_found"  # the provider no longer knows the task
+
+    @property
+    def member_pays(self) -> bool:
+        """Whether the failure was the member's doing, so the reserved task is spent."""
+        return self is Fault.REJECTED
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """What a provider (or Discord) accepts; larger images are downscaled and re-encoded to fit."""
+
+    max_side: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageBytes:
+    """ImageBytes bytes the bot holds: checked input on its way to a provider, or a generated result."""
+
+    data: bytes = field(repr=False)
+    mime: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSnapshot:
+    """One observation of a provider task."""
+
+    task_id: str
+    status: ProviderStatus
+    prompt: str | None = None  # describe: the result text
+    image_urls: tuple[str, ...] = ()  # imagine: where the results are, until downloaded
+    images: tuple[ImageBytes, ...] = field(default=(), repr=False)  # imagine: downloaded results
+
+
+ReportVia = Literal["interaction", "channel"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a job's message is and how to reach it: an interaction's response, or a channel message."""
+
+    channel_id: int | None
+    message_id: int | None = None
+    application_id: int | None = None
+    interaction_token: str | None = field(default=None, repr=False)
+    token_created_at: float | None = None
+    via: ReportVia = "interaction"
+
+
+class NoticeCode(enum.StrEnum):
+    """A line shown with a result; kept as a code so it can be said in any language."""
+
+    CACHED = "cached"  # answered from the describe cache, free
+    FALLBACK = "fallback"  # params: failed, used (provider names)
+    MORE_IMAGES = "more_images"  # params: count (the first three were used)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    code: NoticeCode
+    params: Mapping[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One member's request, as saved: the runner drives it, the reporter shows it."""
+
+    id: str
+    kind: TaskKind
+    provider: str
+    state: JobState
+    guild_id: int
+    user_id: int
+    created_at: float
+    updated_at: float
+    route: Route
+    provider_task_id: str | None = None
+    reported_state: JobState | None = None
+    fault: Fault | None = None
+    usage_id: int | None = None
+    input_hash: str | None = None
+    prompt: str | None = None
+    result_text: str | None = None
+    notice: Notice | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        kind: TaskKind,
+        provider: str,
+        guild_id: int,
+        user_id: int,
+        route: Route,
+        clock: Callable[[], float] = time.time,
+        **extra: Any,
+    ) -> Job:
+        now = clock()
+        return cls(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            provider=provider,
+            state=JobState.QUEUED,
+            guild_id=guild_id,
+            user_id=user_id,
+            created_at=now,
+            updated_at=now,
+            route=route,
+            **extra,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished

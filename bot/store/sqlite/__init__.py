@@ -1,0 +1,1 @@
+"""The SQLite implementation of the storage ports (all its SQL lives here)."""

@@ -1,0 +1,308 @@
+"""Every sentence a member reads about tasks, inputs and failures, rendered from codes: one place to review.
+
+Errors, notices and states reach this module as codes with parameters (`bot.domain`); `Words` turns them
+into sentences in a member's locale. Templates are marked with `N_` so a translation toolchain can extract
+them; `render` is the one function that picks the language (English only, until catalogues exist).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+
+from bot.domain.errors import (
+    BadInput,
+    BotError,
+    ProviderError,
+    QuotaExceeded,
+    Refusal,
+    ShuttingDown,
+    StorageFull,
+    TooManyInFlight,
+)
+from bot.domain.tasks import Fault, JobState, Notice, NoticeCode, TaskKind
+
+DEFAULT_LOCALE = "en-US"
+
+
+def N_(template: str) -> str:
+    """Mark a template for translation; it is rendered later, in the reader's locale."""
+    return template
+
+
+def render(template: str, locale: str | None = None, **params: object) -> str:
+    """Say one template in `locale`, with its parameters filled in (every locale is English for now)."""
+    return template.format(**params)
+
+
+ACCEPTED_FORMATS = "PNG, JPEG, WebP or GIF"
+
+STATE_WORDS = {
+    JobState.QUEUED: N_("Queued"),
+    JobState.STARTING: N_("Sending to the provider"),
+    JobState.CREATED: N_("Task created, waiting for the provider"),
+    JobState.IN_PROGRESS: N_("In progress"),
+    JobState.COMPLETED: N_("Done"),
+    JobState.FAILED: N_("Failed"),
+}
+KIND_NAMES = {TaskKind.DESCRIBE: N_("Image to prompt"), TaskKind.IMAGINE: N_("Image generation")}
+KIND_UNIT = {TaskKind.DESCRIBE: N_("description"), TaskKind.IMAGINE: N_("generation")}
+KIND_UNITS = {TaskKind.DESCRIBE: N_("descriptions"), TaskKind.IMAGINE: N_("generations")}
+# What the bot cannot do for want of a provider, by kind.
+KIND_ABILITIES = {TaskKind.DESCRIBE: N_("image to prompt"), TaskKind.IMAGINE: N_("image generation")}
+
+REFUSALS: dict[Refusal, str] = {
+    Refusal.IMAGE_EMPTY: N_("That file is empty; send a {formats} image."),
+    Refusal.IMAGE_NOT_AN_IMAGE: N_("That file is not an image I can read; send a {formats}."),
+    Refusal.IMAGE_DAMAGED: N_("That image is damaged or incomplete; send the file again or try another one."),
+    Refusal.IMAGE_IS_SVG: N_("That file is an SVG drawing, not a picture; export it as a PNG and send that."),
+    Refusal.IMAGE_IS_HTML: N_(
+        "That is a web page, not a picture; send the image itself or a direct link to it."
+    ),
+    Refusal.IMAGE_IS_PDF: N_("That file is a PDF document, not a picture; send a {formats} instead."),
+    Refusal.IMAGE_IS_HEIC: N_(
+        "That file is a HEIC photo, which I cannot read; send it as a JPEG or PNG instead."
+    ),
+    Refusal.IMAGE_IS_VIDEO: N_("That file is a video, not a picture; send a {formats} instead."),
+    Refusal.IMAGE_WRONG_FORMAT: N_("That file is {format_name} image; send a {formats}."),
+    Refusal.IMAGE_TOO_LARGE: N_("That image is larger than {size}; send a smaller one."),
+    Refusal.IMAGE_TOO_MANY_PIXELS: N_(
+        "That image is larger than {megapixels} megapixels; send a smaller one."
+    ),
+    Refusal.IMAGE_CANNOT_SHRINK: N_("That image cannot be made small enough to pass on; send a smaller one."),
+    Refusal.IMAGE_METADATA_TOO_LARGE: N_(
+        "That image carries an unusually large block of hidden text (metadata) that I will not unpack; "
+        "save it again without metadata, or send a screenshot of it."
+    ),
+    Refusal.ATTACHMENT_UNREADABLE: N_("Discord could not hand me that attachment; upload it again."),
+    Refusal.LINK_INVALID: N_(
+        "That link is not a valid web address; send one that starts with http:// or https://."
+    ),
+    Refusal.LINK_NOT_WEB: N_("That link is not a web link; send one that starts with http:// or https://."),
+    Refusal.LINK_HAS_CREDENTIALS: N_("That link contains a user name or password; send a link without them."),
+    Refusal.LINK_NOT_PUBLIC: N_(
+        "That link points to a private or local network address; send a link to a public website."
+    ),
+    Refusal.LINK_HOST_NOT_FOUND: N_(
+        "That link's website could not be found; check the address and try again."
+    ),
+    Refusal.LINK_UNREACHABLE: N_(
+        "That link could not be reached; check it or send the image as an attachment."
+    ),
+    Refusal.LINK_TOO_SLOW: N_(
+        "That link took too long to answer; try again later or send the image as an attachment."
+    ),
+    Refusal.LINK_TOO_MANY_REDIRECTS: N_(
+        "That link redirects too many times; send the direct link to the image instead."
+    ),
+    Refusal.LINK_BAD_REDIRECT: N_(
+        "That link redirects to something that is not a web page; send the direct link to the image."
+    ),
+    Refusal.LINK_HTTP_STATUS: N_(
+        "That link answered with status {status} instead of an image; "
+        "check the link or send the image as an attachment."
+    ),
+    Refusal.LINK_TOO_LARGE: N_("That link's file is larger than {size}; send a smaller image."),
+    Refusal.BOTH_IMAGE_AND_URL: N_("Give either an image or a URL, not both."),
+    Refusal.NEITHER_IMAGE_NOR_URL: N_("Attach an image or give a URL to describe."),
+    Refusal.EMPTY_PROMPT: N_("The prompt is empty; describe the image you want."),
+    Refusal.TOO_MANY_REFERENCES: N_("The message has {count} images; the first three were used."),
+    Refusal.NO_IMAGE_IN_MESSAGE: N_(
+        "That message has no image to use; pick a message with an attached or embedded image."
+    ),
+    Refusal.PROVIDER_NOT_CONFIGURED: N_(
+        "{provider} is not set up on this bot; leave the provider option empty to use {default}."
+    ),
+    Refusal.NO_PROVIDER_FOR_KIND: N_("No provider for {ability} is set up on this bot; ask a server admin."),
+    Refusal.JOB_GONE: N_("This result is too old to act on; run the command again."),
+    Refusal.ONLY_INVOKER: N_("Only the member who asked can use this."),
+    Refusal.MISSING_CHANNEL_PERMISSION: N_(
+        "I cannot post in this channel (missing permission); ask an admin to let me send messages and "
+        "embeds here."
+    ),
+    Refusal.COMMAND_DISABLED: N_("This command is not available here."),
+    Refusal.SERVERS_ONLY: N_("This command works in servers only."),
+    Refusal.NEEDS_MANAGE_SERVER: N_("Only members with the Manage Server permission can change quotas here."),
+    Refusal.NEEDS_ROLE: N_("Pick the role this limit is for (the role option)."),
+    Refusal.NEEDS_USER: N_("Pick the member this limit is for (the user option)."),
+    Refusal.NEEDS_LIMIT: N_("Give a limit (0 blocks, -1 is unlimited), or set clear to remove this rule."),
+}
+
+FAULTS: dict[Fault, str] = {
+    Fault.BUSY: N_("{provider} is busy right now; try again in a minute (this did not use your quota)."),
+    Fault.UNREACHABLE: N_(
+        "{provider} cannot be reached right now; try again in a few minutes (this did not use your quota)."
+    ),
+    Fault.REJECTED: N_("{provider} refused this request{detail}; try a different image or prompt."),
+    Fault.MISCONFIGURED: N_(
+        "The bot is misconfigured: {provider} rejected its API key or plan; please tell a server admin "
+        "(this did not use your quota)."
+    ),
+    Fault.FAILED: N_(
+        "{provider} could not finish this task; try again or with another image (this did not use your quota)."
+    ),
+    Fault.TIMEOUT: N_(
+        "{provider} took too long and the task was given up; try again later (this did not use your quota)."
+    ),
+    Fault.LOST: N_(
+        "The answer from {provider} never came, so the task may or may not have started; it was given up "
+        "and did not use your quota."
+    ),
+    Fault.UNAVAILABLE: N_(
+        "{provider} is failing at the moment and is paused for a short while; try again in a few minutes "
+        "(this did not use your quota)."
+    ),
+    Fault.BAD_RESULT: N_(
+        "{provider} finished but its result could not be used; try again (this did not use your quota)."
+    ),
+    Fault.NOT_FOUND: N_("{provider} no longer knows this task; try again (this did not use your quota)."),
+}
+
+NOTICES: dict[NoticeCode, str] = {
+    NoticeCode.CACHED: N_("Answered from the cache: this image was described recently, so it cost nothing."),
+    NoticeCode.FALLBACK: N_("{failed} was unavailable, so {used} answered instead."),
+    NoticeCode.MORE_IMAGES: N_("The message has {count} images; the first three were used."),
+}
+
+QUOTA_OFF = N_("{kind} is switched off for you on this server.")
+QUOTA_USED_ONE = N_("You have used your {unit} for today; your quota renews {renews}.")
+QUOTA_USED_ALL = N_("You have used all {limit} {units} for today; your quota renews {renews}.")
+TOO_MANY_OF_YOURS = N_("You already have {limit} tasks running; wait for one to finish, then ask again.")
+PROVIDER_AT_LIMIT = N_("The bot is at its limit of running tasks for this provider; try again in a minute.")
+SHUTTING_DOWN = N_("The bot is restarting; try again in a minute.")
+STORAGE_FULL = N_(
+    "The bot cannot save anything right now (its disk is full), so this did not run and did not use your "
+    "quota; please tell a server admin."
+)
+UNEXPECTED = N_("Something went wrong on the bot's side; the admin can find the details in its log.")
+RESULT_MESSAGE_DELETED = N_("{mention}, your result is here (the original message was deleted):")
+PICK_IMAGE = N_("This message has {count} images; pick the one to describe.")
+PICK_PLACEHOLDER = N_("Choose an image")
+IMAGINE_MODAL_TITLE = N_("Edit image")
+IMAGINE_MODAL_LABEL = N_("What should change?")
+IMAGINE_MODAL_PLACEHOLDER = N_("e.g. make it a watercolour painting at sunset")
+
+# Pillow's format names, spelt the way a member knows them, with their article.
+_FORMAT_NAMES = {
+    "BMP": "a BMP",
+    "DIB": "a BMP",
+    "TIFF": "a TIFF",
+    "ICO": "an ICO icon",
+    "ICNS": "an ICNS icon",
+    "CUR": "a cursor",
+    "PSD": "a Photoshop (PSD)",
+    "JPEG2000": "a JPEG 2000",
+    "AVIF": "an AVIF",
+    "EPS": "an EPS",
+    "TGA": "a TGA",
+    "PCX": "a PCX",
+    "PPM": "a PPM",
+    "QOI": "a QOI",
+    "DDS": "a DDS",
+    "SGI": "an SGI",
+    "XBM": "an XBM",
+    "XPM": "an XPM",
+    "WMF": "a WMF",
+    "EMF": "an EMF",
+}
+# Letters whose spoken name starts with a vowel sound ("an SVG", "an MPO").
+_VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
+
+
+def megabytes(n_bytes: int) -> str:
+    """Return a byte limit in MB, rounded down so the stated limit is never too generous."""
+    if n_bytes < 1_000_000:  # only tests and odd configurations have limits this small
+        return f"{n_bytes // 1000} KB" if n_bytes >= 1000 else f"{n_bytes} bytes"
+    tenths = math.floor(n_bytes / 100_000)
+    return f"{tenths // 10} MB" if tenths % 10 == 0 else f"{tenths / 10:.1f} MB"
+
+
+def format_name(pillow_format: str) -> str:
+    """Name an image format the way a member knows it, with its article ("a TIFF", "an AVIF")."""
+    name = _FORMAT_NAMES.get(pillow_format)
+    if name is None:
+        article = "an" if pillow_format[:1].upper() in _VOWEL_SOUND_LETTERS else "a"
+        name = f"{article} {pillow_format}"
+    return name
+
+
+def relative_time(moment: datetime | float) -> str:
+    """Return a Discord timestamp that every client renders live, in the reader's own language."""
+    seconds = moment.timestamp() if isinstance(moment, datetime) else moment
+    return f"<t:{int(seconds)}:R>"
+
+
+class Words:
+    """The sentences of one reader: their locale, and the names members see for the providers."""
+
+    def __init__(self, locale: str | None = None, provider_labels: Mapping[str, str] | None = None) -> None:
+        self.locale = locale or DEFAULT_LOCALE
+        self._labels = dict(provider_labels or {})
+
+    def say(self, template: str, **params: object) -> str:
+        return render(template, self.locale, **params)
+
+    def provider(self, name: str) -> str:
+        return self._labels.get(name, name.title())
+
+    def kind(self, kind: TaskKind) -> str:
+        return self.say(KIND_NAMES[kind])
+
+    def state(self, state: JobState) -> str:
+        return self.say(STATE_WORDS[state])
+
+    def refusal(self, refusal: Refusal, params: Mapping[str, str | int] | None = None) -> str:
+        values: dict[str, object] = {"formats": ACCEPTED_FORMATS, **(params or {})}
+        if "max_bytes" in values:
+            values["size"] = megabytes(int(values["max_bytes"]))  # type: ignore[call-overload]
+        if "max_pixels" in values:
+            values["megapixels"] = int(values["max_pixels"]) // 1_000_000  # type: ignore[call-overload]
+        if "format" in values:
+            values["format_name"] = format_name(str(values["format"]))
+        for key in ("provider", "default"):
+            if key in values:
+                values[key] = self.provider(str(values[key]))
+        if "kind" in values:
+            values["ability"] = self.say(KIND_ABILITIES[TaskKind(str(values["kind"]))])
+        return self.say(REFUSALS[refusal], **values)
+
+    def fault(self, provider: str, fault: Fault, detail: str = "") -> str:
+        # The provider's own reason for a refusal helps the member change their input; it stays as it came.
+        shown = f" ({detail})" if detail and fault is Fault.REJECTED else ""
+        return self.say(FAULTS[fault], provider=self.provider(provider), detail=shown)
+
+    def notice(self, notice: Notice) -> str:
+        params = dict(notice.params)
+        for key in ("failed", "used"):
+            if key in params:
+                params[key] = self.provider(str(params[key]))
+        return self.say(NOTICES[notice.code], **params)
+
+    def quota_exceeded(self, kind: TaskKind, limit: int, renews_at: datetime) -> str:
+        if limit <= 0:
+            return self.say(QUOTA_OFF, kind=self.kind(kind))
+        renews = relative_time(renews_at)
+        if limit == 1:
+            return self.say(QUOTA_USED_ONE, unit=self.say(KIND_UNIT[kind]), renews=renews)
+        return self.say(QUOTA_USED_ALL, limit=limit, units=self.say(KIND_UNITS[kind]), renews=renews)
+
+    def error(self, error: BaseException) -> str:
+        """Turn any error that reached the member into one sentence."""
+        if isinstance(error, BadInput):
+            return self.refusal(error.refusal, error.params)
+        if isinstance(error, QuotaExceeded):
+            return self.quota_exceeded(error.kind, error.limit, error.renews_at)
+        if isinstance(error, TooManyInFlight):
+            if error.scope == "user":
+                return self.say(TOO_MANY_OF_YOURS, limit=error.limit)
+            return self.say(PROVIDER_AT_LIMIT)
+        if isinstance(error, ProviderError):
+            return self.fault(error.provider, error.fault, error.detail)
+        if isinstance(error, StorageFull):
+            return self.say(STORAGE_FULL)
+        if isinstance(error, ShuttingDown):
+            return self.say(SHUTTING_DOWN)
+        if isinstance(error, BotError):
+            return str(error)
+        return self.say(UNEXPECTED)

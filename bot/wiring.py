@@ -1,0 +1,126 @@
+"""The object graph, built in one place for the bot and for the terminal: store, providers, runner, service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.core.breaker import CircuitBreaker
+from bot.core.runner import JobRunner, RunnerConfig
+from bot.core.safe_download import SafeDownloader
+from bot.core.service import ServiceConfig, TaskService
+from bot.domain.ports import JobReporter, JobRepository, Provider
+from bot.domain.tasks import TaskKind
+from bot.providers import registry
+from bot.providers.spec import BuildContext
+from bot.settings import Settings
+from bot.store.sqlite.database import Database
+from bot.store.sqlite.jobs import SqliteJobRepository
+from bot.store.sqlite.quotas import SqliteQuotaLedger
+from bot.webhooks import webhook_url
+
+# A reservation outlives its task's timeout by this much before it is taken as abandoned.
+RESERVATION_MARGIN = 300.0
+
+# Given the job repository and the names members see for the providers.
+ReporterFactory = Callable[[JobRepository, Mapping[str, str]], JobReporter]
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """Everything below the Discord edge, wired together."""
+
+    settings: Settings
+    db: Database
+    jobs: SqliteJobRepository
+    quotas: SqliteQuotaLedger
+    providers: dict[str, Provider]
+    breakers: dict[str, CircuitBreaker]
+    runner: JobRunner
+    service: TaskService
+    downloader: SafeDownloader
+    labels: dict[str, str]  # provider name -> the name members see
+
+    async def close(self) -> None:
+        await self.downloader.close()
+
+
+def build_core(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    db: Database,
+    *,
+    reporter_for: ReporterFactory,
+    downloader: SafeDownloader | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Core:
+    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's."""
+    providers = registry.build_providers(
+        settings.providers, BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
+    )
+    jobs = SqliteJobRepository(db, clock=clock)
+    quotas = SqliteQuotaLedger(
+        db,
+        defaults={
+            TaskKind.DESCRIBE: settings.quota_describe_per_day,
+            TaskKind.IMAGINE: settings.quota_imagine_per_day,
+        },
+        max_inflight_per_user=settings.max_inflight_per_user,
+        max_inflight_per_provider=settings.max_inflight_per_provider,
+        reservation_ttl=settings.task_timeout_seconds + RESERVATION_MARGIN,
+        clock=clock,
+    )
+    breakers = {name: CircuitBreaker(name) for name in providers}
+    labels = registry.labels(settings.providers)
+
+    def webhook_url_for(name: str) -> str | None:
+        if settings.webhook_public_url is None or not settings.webhooks_enabled:
+            return None
+        if providers[name].webhooks is None:
+            return None
+        return webhook_url(str(settings.webhook_public_url), name)
+
+    runner = JobRunner(
+        jobs=jobs,
+        quotas=quotas,
+        providers=providers,
+        breakers=breakers,
+        reporter=reporter_for(jobs, labels),
+        config=RunnerConfig(
+            poll_interval=settings.poll_interval_seconds,
+            poll_max_interval=settings.poll_max_interval_seconds,
+            task_timeout=settings.task_timeout_seconds,
+            progress_after=settings.edit_coalesce_seconds,
+        ),
+        webhook_url_for=webhook_url_for,
+        clock=clock,
+    )
+    downloader = downloader or SafeDownloader(max_bytes=settings.max_image_bytes)
+    service = TaskService(
+        config=ServiceConfig(
+            max_image_bytes=settings.max_image_bytes,
+            describe_cache_days=settings.describe_cache_days,
+            default_describe_provider=settings.default_describe_provider,
+        ),
+        jobs=jobs,
+        quotas=quotas,
+        runner=runner,
+        providers=providers,
+        downloader=downloader,
+        clock=clock,
+    )
+    return Core(
+        settings=settings,
+        db=db,
+        jobs=jobs,
+        quotas=quotas,
+        providers=providers,
+        breakers=breakers,
+        runner=runner,
+        service=service,
+        downloader=downloader,
+        labels=labels,
+    )
