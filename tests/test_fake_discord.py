@@ -790,7 +790,7 @@ LIMITS = [
     pytest.param(
         _send_field_value,
         "embeds.0.fields.0.value",
-        "Must be between 1 and 1024 in length.",
+        "Must be 1024 or fewer in length.",
         id="field-value-1024",
     ),
 ]
@@ -833,6 +833,65 @@ async def test_a_message_at_a_documented_limit_is_accepted(
     assert fake.violations == []
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        pytest.param({"content": "hi", "tts": "yes"}, "tts", "Must be either true or false.", id="tts"),
+        pytest.param({"content": "hi", "embeds": "x"}, "embeds", "Must be an array.", id="embeds"),
+        pytest.param(
+            {"content": "hi", "message_reference": {"message_id": "last"}},
+            "message_reference.message_id",
+            'Value "last" is not snowflake.',
+            id="snowflake",
+        ),
+    ],
+)
+async def test_a_body_the_spec_does_not_allow_is_refused_and_kept(
+    fake: FakeDiscord, bot: TinyBot, body: dict[str, Any], field: str, message: str
+) -> None:
+    # discord.py's typed API cannot build these; its HTTP client sends them as they are.
+    with pytest.raises(discord.HTTPException) as refused:
+        await bot.http.request(_create_message(fake), json=body)
+    _assert_refused(fake, refused, f"POST /channels/{fake.channel_id}/messages", field, message)
+
+
+async def test_a_multipart_body_is_checked_through_its_payload_json(fake: FakeDiscord) -> None:
+    form = aiohttp.FormData()
+    form.add_field("payload_json", '{"content": "file", "tts": "yes"}', content_type="application/json")
+    form.add_field("files[0]", RENDERED_PNG, filename="out.png", content_type="image/png")
+    url = f"{fake.base_url}/api/v10/channels/{fake.channel_id}/messages"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": "Bot raw"}) as session,
+        session.post(url, data=form) as response,
+    ):
+        assert response.status == 400
+        body = await response.json()
+    assert body["code"] == 50035
+    assert body["errors"] == {
+        "tts": {"_errors": [{"code": "BASE_TYPE_BOOLEAN", "message": "Must be either true or false."}]}
+    }
+    assert fake.violations == [
+        f"POST /channels/{fake.channel_id}/messages: tts: Must be either true or false."
+    ]
+
+
+async def test_routes_and_methods_discord_does_not_have_are_refused_and_kept(
+    fake: FakeDiscord, bot: TinyBot
+) -> None:
+    nonsense = discord.http.Route("GET", "/channels/{channel_id}/nonsense", channel_id=fake.channel_id)
+    with pytest.raises(discord.NotFound) as unknown:
+        await bot.http.request(nonsense)
+    with pytest.raises(discord.HTTPException) as wrong_method:
+        await bot.http.request(discord.http.Route("PUT", "/users/@me"))
+    assert (unknown.value.status, unknown.value.text) == (404, "404: Not Found")
+    assert (wrong_method.value.status, wrong_method.value.text) == (405, "405: Method Not Allowed")
+    assert fake.violations == [
+        f"GET /channels/{fake.channel_id}/nonsense: Discord has no such route",
+        "PUT /users/@me: Discord has no PUT for this path",
+    ]
+    fake.violations.clear()
+
+
 async def test_interaction_webhooks_are_held_to_the_same_limits(fake: FakeDiscord, bot: TinyBot) -> None:
     payload = fake.slash("late_edit")
     await fake.send_interaction(payload)
@@ -846,3 +905,42 @@ async def test_interaction_webhooks_are_held_to_the_same_limits(fake: FakeDiscor
     assert len(sent.content) == 2000
     bot.gate.set()
     assert await bot.outcomes.get("late_edit") == "edited"
+
+
+async def test_what_real_discord_accepts_beyond_the_spec_is_accepted(fake: FakeDiscord, bot: TinyBot) -> None:
+    target = fake.make_message(content="reply to me")
+    # Integer snowflakes, as discord.py sends them in replies, mentions and upload indexes.
+    body = {
+        "content": "a reply",
+        "message_reference": {"message_id": int(target["id"]), "channel_id": fake.channel_id},
+        "allowed_mentions": {"parse": [], "users": [fake.default_user_id]},
+    }
+    reply = await bot.http.request(_create_message(fake), json=body)
+    assert reply["referenced_message"]["id"] == target["id"]
+    # default_member_permissions as the string Discord documents, and as the int discord.py sends.
+    commands = discord.http.Route("PUT", "/applications/{app}/commands", app=fake.application_id)
+    listed = [
+        {"name": "admin", "description": "Administration", "default_member_permissions": "32"},
+        {"name": "config", "description": "Configuration", "default_member_permissions": 32},
+    ]
+    synced = await bot.http.request(commands, json=listed)
+    assert [c["default_member_permissions"] for c in synced] == ["32", 32]
+    with pytest.raises(discord.HTTPException) as refused:
+        await bot.http.request(commands, json=[{**listed[0], "default_member_permissions": "admins"}])
+    path = f"PUT /applications/{fake.application_id}/commands"
+    _assert_refused(fake, refused, path, "0.default_member_permissions", 'Value "admins" is not int.')
+
+
+async def test_without_the_spec_check_the_documented_limits_still_hold() -> None:
+    async with (
+        FakeDiscord(validate_requests=False) as fake,
+        aiohttp.ClientSession(headers={"Authorization": "Bot raw"}) as session,
+    ):
+        url = f"{fake.base_url}/api/v10/channels/{fake.channel_id}/messages"
+        async with session.post(url, json={"content": "hi", "tts": "yes"}) as response:
+            assert response.status == 200  # the spec's types are not checked
+        async with session.post(url, json={"content": "c" * 2001}) as response:
+            assert response.status == 400
+        assert fake.violations == [
+            f"POST /channels/{fake.channel_id}/messages: content: Must be 2000 or fewer in length."
+        ]

@@ -8,16 +8,16 @@ The fake behaves like Discord where a bot can get it wrong: the first interactio
 within `ack_window` seconds (else 404 10062), an interaction answers only once (400 40060), webhook tokens
 expire after `token_lifetime` (401 50027), empty messages are refused (50006), edits of unknown or deleted
 messages answer 10008, and anything it does not model answers 404 `Unknown route (fake)` so gaps show up.
-Every REST request is checked against Discord's documented limits (content 2,000, embeds 6,000 in all,
-5 action rows, custom ids 100, ...); one Discord would refuse is answered as Discord would (400 50035
-naming the field) and recorded in `violations`, which `assert_no_violations` fails on.
+Every REST request is checked against Discord's OpenAPI spec and documented limits (content 2,000,
+embeds 6,000 in all, 5 action rows, custom ids 100, ...); one Discord would refuse is answered as Discord
+would (400 50035 naming the field) and recorded in `violations`, which `assert_no_violations` fails on.
 
 The package, by what it fakes:
 - state.py: users, guilds, channels, roles, messages, interactions, commands and the CDN store;
 - payloads.py: the builders tests script with (slash, button_click, make_message, add_attachment, ...);
 - rest.py: REST and CDN routes, handlers, injected failures and error answers;
 - gateway.py: HELLO/IDENTIFY/RESUME, events, and the scripted faults (identify_close_code, silent_gateway);
-- validation.py: Discord's documented limits and rules;
+- validation.py: Discord's OpenAPI spec (tests/data/discord-openapi.json) and documented limits;
 - bot_runner.py: start_bot, stop_bot and connect_task for a real discord.py client;
 - fake.py: FakeDiscord, the one object tests hold, composed of the parts above.
 """

@@ -27,6 +27,7 @@ from tests.fakes.discord.constants import (
 from tests.fakes.discord.errors import DiscordError, RefusedRequest, form_error, json_response, no_content
 from tests.fakes.discord.state import DiscordState, Interaction
 from tests.fakes.discord.validation import (
+    DiscordSpec,
     Limits,
     callback_limits,
     check_limits,
@@ -94,10 +95,12 @@ class RestApi:
         self,
         state: DiscordState,
         *,
+        spec: DiscordSpec | None,
         gateway_url: Callable[[], str],
         notify: Callable[[], None],
     ) -> None:
         self._state = state
+        self._spec = spec
         self._gateway_url = gateway_url
         self._notify = notify
         self.calls: list[RecordedCall] = []
@@ -161,8 +164,12 @@ class RestApi:
     def _answer(self, call: RecordedCall, *, api: bool) -> web.StreamResponse:
         """Check the request in Discord's order (route, auth, form body, size), then answer it."""
         route, params = self._find_route(call)
+        spec = self._spec if api else None
+        operation, spec_params = spec.operation(call.method, call.path) if spec is not None else (None, {})
         if route is not None and route.bot_auth and not (call.auth or "").startswith("Bot "):
             raise DiscordError(401, 0, "401: Unauthorized")
+        if spec is not None and operation is not None:
+            spec.check(operation, spec_params, call.json)
         if route is not None:
             check_limits(route.limits.get(call.method), call.json)
         upload_limits(call.files)
