@@ -7,7 +7,7 @@ import io
 import logging
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import aiohttp
@@ -341,6 +341,7 @@ async def bot(fake: FakeDiscord) -> AsyncIterator[TinyBot]:
     assert tiny.recording_tree.errors == []
     assert tiny.view_errors == []
     assert [r.getMessage() for r in errors.records] == []
+    fake.assert_no_violations()
 
 
 def _shape(calls: list[RecordedCall]) -> list[tuple[str, str, int]]:
@@ -693,6 +694,9 @@ async def test_message_edit_rules(fake: FakeDiscord, bot: TinyBot) -> None:
     await fake.send_interaction(payload)
     assert await bot.outcomes.get("empty") == (400, 50006)
     assert [c.status for c in fake.interaction_calls(payload["token"])] == [400]
+    # An empty message is a request Discord refuses: the fake keeps it as a violation.
+    assert fake.violations == [f"POST {_callback(payload)}: Cannot send an empty message"]
+    fake.violations.clear()
 
 
 class NoIdentifyDelayBot(TinyBot):
@@ -721,3 +725,222 @@ async def test_restart_and_non_resumable_reconnect(fake: FakeDiscord) -> None:
         await stop_bot(second, fake)
     assert fake.identify_count == 3  # two bots, then a re-identify after the refused RESUME
     assert [f["op"] for f in fake.gateway_received if f.get("op") in (2, 6)] == [2, 2, 6, 2]
+
+
+# ---------------------------------------------------------------- requests Discord would refuse
+
+
+def _channel(bot: TinyBot, fake: FakeDiscord) -> discord.PartialMessageable:
+    """Give the guild channel without waiting for the guild cache."""
+    return bot.get_partial_messageable(fake.channel_id)
+
+
+def _create_message(fake: FakeDiscord) -> discord.http.Route:
+    """Give the route of POST /channels/{id}/messages, for bodies discord.py's typed API would not build."""
+    return discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=fake.channel_id)
+
+
+def _row(name: str) -> dict[str, Any]:
+    """Build an action row with one button."""
+    return {"type": 1, "components": [{"type": 2, "style": 1, "label": name, "custom_id": name}]}
+
+
+def _button(custom_id: str) -> discord.ui.View:
+    """Build a view with one button."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="press", custom_id=custom_id))
+    return view
+
+
+# Each sends one message through the bot at a documented limit, or `over` it by one.
+async def _send_content(bot: TinyBot, fake: FakeDiscord, over: int) -> None:
+    await _channel(bot, fake).send("c" * (2000 + over))
+
+
+async def _send_action_rows(bot: TinyBot, fake: FakeDiscord, over: int) -> None:
+    # discord.py's View has rows 0-4 only, so the bot's HTTP client sends the raw body.
+    rows = [_row(f"row{i}") for i in range(5 + over)]
+    await bot.http.request(_create_message(fake), json={"content": "rows", "components": rows})
+
+
+async def _send_custom_id(bot: TinyBot, fake: FakeDiscord, over: int) -> None:
+    await _channel(bot, fake).send("press it", view=_button("i" * (100 + over)))
+
+
+async def _send_embeds(bot: TinyBot, fake: FakeDiscord, over: int) -> None:
+    embeds = [discord.Embed(description="d" * 4096), discord.Embed(description="d" * (1904 + over))]
+    await _channel(bot, fake).send(embeds=embeds)
+
+
+async def _send_field_value(bot: TinyBot, fake: FakeDiscord, over: int) -> None:
+    embed = discord.Embed(title="t").add_field(name="f", value="v" * (1024 + over))
+    await _channel(bot, fake).send(embed=embed)
+
+
+LIMITS = [
+    pytest.param(_send_content, "content", "Must be 2000 or fewer in length.", id="content-2000"),
+    pytest.param(_send_action_rows, "components", "Must be 5 or fewer in length.", id="action-rows-5"),
+    pytest.param(
+        _send_custom_id,
+        "components.0.components.0.custom_id",
+        "Must be between 1 and 100 in length.",
+        id="custom-id-100",
+    ),
+    pytest.param(_send_embeds, "embeds", "Embed size exceeds maximum size of 6000", id="embeds-6000"),
+    pytest.param(
+        _send_field_value,
+        "embeds.0.fields.0.value",
+        "Must be 1024 or fewer in length.",
+        id="field-value-1024",
+    ),
+]
+Send = Callable[[TinyBot, FakeDiscord, int], Awaitable[None]]
+
+
+def _assert_refused(
+    fake: FakeDiscord,
+    refused: pytest.ExceptionInfo[discord.HTTPException],
+    request: str,
+    field: str,
+    message: str,
+) -> None:
+    """Check the answer named the field as Discord would, and the fake kept the violation."""
+    assert (refused.value.status, refused.value.code) == (400, 50035)
+    assert f"In {field}: {message}" in refused.value.text
+    assert fake.violations == [f"{request}: {field}: {message}"]
+    with pytest.raises(AssertionError, match="Discord would refuse"):
+        fake.assert_no_violations()
+    fake.violations.clear()  # the bot fixture fails on any violation left
+
+
+@pytest.mark.parametrize(("send", "field", "message"), LIMITS)
+async def test_a_message_over_a_documented_limit_is_refused_and_kept(
+    fake: FakeDiscord, bot: TinyBot, send: Send, field: str, message: str
+) -> None:
+    with pytest.raises(discord.HTTPException) as refused:
+        await send(bot, fake, 1)
+    _assert_refused(fake, refused, f"POST /channels/{fake.channel_id}/messages", field, message)
+    assert fake.channel_messages() == []
+
+
+@pytest.mark.parametrize(("send", "field", "message"), LIMITS)
+async def test_a_message_at_a_documented_limit_is_accepted(
+    fake: FakeDiscord, bot: TinyBot, send: Send, field: str, message: str
+) -> None:
+    await send(bot, fake, 0)
+    assert [c.status for c in fake.calls if c.method == "POST"] == [200]
+    assert len(fake.channel_messages()) == 1
+    assert fake.violations == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        pytest.param({"content": "hi", "tts": "yes"}, "tts", "Must be either true or false.", id="tts"),
+        pytest.param({"content": "hi", "embeds": "x"}, "embeds", "Must be an array.", id="embeds"),
+        pytest.param(
+            {"content": "hi", "message_reference": {"message_id": "last"}},
+            "message_reference.message_id",
+            'Value "last" is not snowflake.',
+            id="snowflake",
+        ),
+    ],
+)
+async def test_a_body_the_spec_does_not_allow_is_refused_and_kept(
+    fake: FakeDiscord, bot: TinyBot, body: dict[str, Any], field: str, message: str
+) -> None:
+    # discord.py's typed API cannot build these; its HTTP client sends them as they are.
+    with pytest.raises(discord.HTTPException) as refused:
+        await bot.http.request(_create_message(fake), json=body)
+    _assert_refused(fake, refused, f"POST /channels/{fake.channel_id}/messages", field, message)
+
+
+async def test_a_multipart_body_is_checked_through_its_payload_json(fake: FakeDiscord) -> None:
+    form = aiohttp.FormData()
+    form.add_field("payload_json", '{"content": "file", "tts": "yes"}', content_type="application/json")
+    form.add_field("files[0]", RENDERED_PNG, filename="out.png", content_type="image/png")
+    url = f"{fake.base_url}/api/v10/channels/{fake.channel_id}/messages"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": "Bot raw"}) as session,
+        session.post(url, data=form) as response,
+    ):
+        assert response.status == 400
+        body = await response.json()
+    assert body["code"] == 50035
+    assert body["errors"] == {
+        "tts": {"_errors": [{"code": "BASE_TYPE_BOOLEAN", "message": "Must be either true or false."}]}
+    }
+    assert fake.violations == [
+        f"POST /channels/{fake.channel_id}/messages: tts: Must be either true or false."
+    ]
+
+
+async def test_routes_and_methods_discord_does_not_have_are_refused_and_kept(
+    fake: FakeDiscord, bot: TinyBot
+) -> None:
+    nonsense = discord.http.Route("GET", "/channels/{channel_id}/nonsense", channel_id=fake.channel_id)
+    with pytest.raises(discord.NotFound) as unknown:
+        await bot.http.request(nonsense)
+    with pytest.raises(discord.HTTPException) as wrong_method:
+        await bot.http.request(discord.http.Route("PUT", "/users/@me"))
+    assert (unknown.value.status, unknown.value.text) == (404, "404: Not Found")
+    assert (wrong_method.value.status, wrong_method.value.text) == (405, "405: Method Not Allowed")
+    assert fake.violations == [
+        f"GET /channels/{fake.channel_id}/nonsense: Discord has no such route",
+        "PUT /users/@me: Discord has no PUT for this path",
+    ]
+    fake.violations.clear()
+
+
+async def test_interaction_webhooks_are_held_to_the_same_limits(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = fake.slash("late_edit")
+    await fake.send_interaction(payload)
+    await fake.wait_for_call(lambda c: c.path == _callback(payload))
+    webhook = discord.Webhook.partial(fake.application_id, payload["token"], client=bot)
+    with pytest.raises(discord.HTTPException) as refused:
+        await webhook.send("w" * 2001, wait=True)
+    path = f"POST /webhooks/{fake.application_id}/{payload['token']}"
+    _assert_refused(fake, refused, path, "content", "Must be 2000 or fewer in length.")
+    sent = await webhook.send("w" * 2000, wait=True)
+    assert len(sent.content) == 2000
+    bot.gate.set()
+    assert await bot.outcomes.get("late_edit") == "edited"
+
+
+async def test_what_real_discord_accepts_beyond_the_spec_is_accepted(fake: FakeDiscord, bot: TinyBot) -> None:
+    target = fake.make_message(content="reply to me")
+    # Integer snowflakes, as discord.py sends them in replies, mentions and upload indexes.
+    body = {
+        "content": "a reply",
+        "message_reference": {"message_id": int(target["id"]), "channel_id": fake.channel_id},
+        "allowed_mentions": {"parse": [], "users": [fake.default_user_id]},
+    }
+    reply = await bot.http.request(_create_message(fake), json=body)
+    assert reply["referenced_message"]["id"] == target["id"]
+    # default_member_permissions as the string Discord documents, and as the int discord.py sends.
+    commands = discord.http.Route("PUT", "/applications/{app}/commands", app=fake.application_id)
+    listed = [
+        {"name": "admin", "description": "Administration", "default_member_permissions": "32"},
+        {"name": "config", "description": "Configuration", "default_member_permissions": 32},
+    ]
+    synced = await bot.http.request(commands, json=listed)
+    assert [c["default_member_permissions"] for c in synced] == ["32", 32]
+    with pytest.raises(discord.HTTPException) as refused:
+        await bot.http.request(commands, json=[{**listed[0], "default_member_permissions": "admins"}])
+    path = f"PUT /applications/{fake.application_id}/commands"
+    _assert_refused(fake, refused, path, "0.default_member_permissions", 'Value "admins" is not int.')
+
+
+async def test_without_the_spec_check_the_documented_limits_still_hold() -> None:
+    async with (
+        FakeDiscord(validate_requests=False) as fake,
+        aiohttp.ClientSession(headers={"Authorization": "Bot raw"}) as session,
+    ):
+        url = f"{fake.base_url}/api/v10/channels/{fake.channel_id}/messages"
+        async with session.post(url, json={"content": "hi", "tts": "yes"}) as response:
+            assert response.status == 200  # the spec's types are not checked
+        async with session.post(url, json={"content": "c" * 2001}) as response:
+            assert response.status == 400
+        assert fake.violations == [
+            f"POST /channels/{fake.channel_id}/messages: content: Must be 2000 or fewer in length."
+        ]
