@@ -13,7 +13,8 @@ from bot.domain.errors import BotError, Refusal
 from bot.ui.words import SHUTTING_DOWN
 
 if TYPE_CHECKING:
-    pass
+    # Named only in the base class's string subscript below, which linters do not read as a use.
+    from bot.discord.client import ImageBot  # noqa: F401
 
 log = logging.getLogger(__name__)
 
