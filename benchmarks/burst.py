@@ -161,7 +161,9 @@ async def run_burst(config: BurstConfig, *, log_dir: Path | None = None) -> Burs
     result = BurstResult(config)
     # The fake enforces a window; a wide one lets a late acknowledgement through so the tail is measured,
     # and misses are counted against Discord's 3 s below.
-    fake = BenchDiscord(ack_window=60.0)
+    # The spec check costs the fake ~0.4 ms a request on the machine it shares with the bot: the tests
+    # hold the bot to the spec; the benchmark measures it.
+    fake = BenchDiscord(ack_window=60.0, validate_requests=False)
     freepik = TimedFreepik(
         seconds_per_state=config.seconds_per_state, jitter=config.jitter, ticker_interval=0.01
     )

@@ -218,6 +218,7 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     await fake.start()
     try:
         yield fake
+        fake.assert_no_violations()
     finally:
         await fake.close()
         fake.uninstall()
@@ -236,6 +237,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     try:
         with unexpected.watching():
             yield h
+        # Every request the bot sent was one Discord would accept (its OpenAPI spec and documented limits).
+        discord.assert_no_violations()
         # An error that reached a member as "something went wrong" is a bug, even when the test's own
         # assertions passed: the command tree and the component handlers log each one.
         assert not unexpected.records, [record.getMessage() for record in unexpected.records]
