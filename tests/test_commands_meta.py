@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import Harness
 
-# The product surface of docs/interface.md: these names are a contract with admins and members.
+# The product surface (README "Commands"): these names are a contract with admins and members.
 EXPECTED = {
     ("describe", 1): {"image", "url", "provider"},
     ("imagine", 1): {"prompt", "reference1", "reference2", "reference3"},

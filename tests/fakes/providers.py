@@ -1,7 +1,7 @@
 """Fake Freepik and Novita HTTP APIs on 127.0.0.1 that record requests and inject faults.
 
-Both fakes answer with the real services' status codes and body shapes (see the shared
-providers.md notes), keep every request in ``requests`` and every image they could
+Both fakes answer with the real services' status codes and body shapes (see "What the providers
+speak" in docs/architecture.md), keep every request in ``requests`` and every image they could
 decode in ``received_images``, and take faults through ``fail_next`` and ``hang_next``.
 They are built for end-to-end tests and for a benchmark of hundreds of simultaneous tasks, so a
 request costs a dict lookup and no sleep unless ``delay`` asks for one.
