@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from bot.settings import Settings
+from bot.settings_docs import setting_docs
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.providers import DEFAULT_FREEPIK_KEY, DEFAULT_WEBHOOK_SECRET, FakeFreepik
 
@@ -40,7 +40,7 @@ def bot_environment(
     fake: FakeDiscord, freepik: FakeFreepik, workdir: Path, options: BotOptions
 ) -> dict[str, str]:
     """Return the bot's environment: the caller's, less any bot setting, plus the benchmark's settings."""
-    settings_names = {name.upper() for name in Settings.model_fields}
+    settings_names = {doc.env for doc in setting_docs()}
     env = {key: value for key, value in os.environ.items() if key.upper() not in settings_names}
     env.update(
         FAKE_DISCORD_URL=fake.base_url,

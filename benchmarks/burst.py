@@ -19,15 +19,15 @@ from benchmarks.botproc import BotOptions, BotProcess
 from benchmarks.fakes import BenchDiscord, TimedFreepik
 from benchmarks.machine import cpu_seconds, memory_mib, self_cpu_seconds
 from bot.domain.tasks import JobState, TaskKind
-from bot.ui import text
+from bot.ui.words import Words
 from tests.fakes.discord import FakeDiscord, RecordedCall
 
 ACK_WINDOW = 3.0
 # The states a Freepik describe goes through that the member is shown: each is one edit at best.
 SHOWN_STATES = (JobState.CREATED, JobState.IN_PROGRESS, JobState.COMPLETED)
 FLOOR = 1 + len(SHOWN_STATES)  # the acknowledgement, then one edit per new state
-_DONE_TITLE = f"{text.KIND_NAMES[TaskKind.DESCRIBE]} · {text.STATE_WORDS[JobState.COMPLETED]}"
-_FAILED_TITLE = f"{text.KIND_NAMES[TaskKind.DESCRIBE]} · {text.STATE_WORDS[JobState.FAILED]}"
+_DONE_TITLE = f"{Words().kind(TaskKind.DESCRIBE)} · {Words().state(JobState.COMPLETED)}"
+_FAILED_TITLE = f"{Words().kind(TaskKind.DESCRIBE)} · {Words().state(JobState.FAILED)}"
 _FIRST_MEMBER = 700_000_000_000_000_000
 
 
