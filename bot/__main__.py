@@ -11,6 +11,7 @@ import threading
 from bot import cli
 from bot.discord.heartbeat import DEFAULT_MAX_AGE
 from bot.discord.runtime import run_bot
+from bot.domain.tasks import MAX_SUGGESTIONS, DescribeRequest, DescribeStyle
 from bot.logs import configure_logging, secret_values
 from bot.providers.registry import BY_NAME
 from bot.settings import SettingsError, load_settings
@@ -33,6 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     describe.add_argument("source", metavar="PATH_OR_URL")
     describe.add_argument("--provider", choices=list(BY_NAME))
+    describe.add_argument(
+        "--style", choices=[style.value for style in DescribeStyle], default=DescribeStyle.DETAILED.value
+    )
+    describe.add_argument(
+        "--suggestions", type=int, choices=range(1, MAX_SUGGESTIONS + 1), default=1, metavar="1-4"
+    )
     commands.add_parser("invite", help="print the link that adds the bot to a server")
     backup = commands.add_parser(
         "backup", help="write a consistent copy of the database, safe while the bot runs"
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check":
         return asyncio.run(cli.check(settings, live=args.live))
     if command == "describe":
-        return asyncio.run(cli.describe(settings, args.source, args.provider))
+        request = DescribeRequest(DescribeStyle(args.style), args.suggestions)
+        return asyncio.run(cli.describe(settings, args.source, args.provider, request))
     if command == "invite":
         return cli.invite(settings)
     if command == "backup":

@@ -17,7 +17,7 @@ from bot.core.images import CheckedImage
 from bot.discord.heartbeat import heartbeat_age, heartbeat_path
 from bot.domain.errors import BotError, ProviderError
 from bot.domain.quota import Member
-from bot.domain.tasks import Fault, Job, JobState, Route
+from bot.domain.tasks import DescribeRequest, Fault, Job, JobState, Route
 from bot.invite import SCOPES, application_id_from_token, invite_url, permission_names, required_permissions
 from bot.providers.registry import BY_NAME, PROVIDERS, build_providers
 from bot.providers.spec import BuildContext, ProviderSpec
@@ -26,7 +26,7 @@ from bot.store.sqlite.database import Database, DatabaseUnusable, migration_file
 from bot.store.sqlite.file_access import storage_problem
 from bot.store.sqlite.restore import RestoreRefused, utc_stamp
 from bot.store.sqlite.restore import restore as restore_backup
-from bot.ui.words import Words
+from bot.ui.words import NEGATIVE_PROMPT, Words
 from bot.wiring import build_core
 
 # Every fault an admin must fix ends a command with this status (as a bad setting does).
@@ -62,7 +62,7 @@ async def check(settings: Settings, *, live: bool) -> int:
                 except ProviderError as exc:
                     problems.append(_key_problem(BY_NAME[name], exc))
                 else:
-                    say(f"ok: {name} accepted {BY_NAME[name].key_setting}")
+                    say(f"ok: {name} {BY_NAME[name].live_check_passed(settings.providers[name])}")
     for problem in problems:
         complain(f"error: {problem}")
     return EXIT_PROBLEM if problems else 0
@@ -87,11 +87,26 @@ async def _check_database(path: Path) -> list[str]:
 
 def _key_problem(spec: ProviderSpec[Any], exc: ProviderError) -> str:
     detail = f" ({_one_line(exc.detail)})" if exc.detail else ""
-    if exc.fault is Fault.MISCONFIGURED:
-        return f"{spec.name} rejected {spec.key_setting}{detail}: copy the key again from the provider's dashboard and check the plan"
     if exc.fault in (Fault.BUSY, Fault.UNREACHABLE):
         return f"{spec.name} could not be asked{detail}: the key was not tried; check the network and {spec.address_setting}"
-    return f"{spec.name} did not confirm {spec.key_setting}: {exc.fault.value}{detail}"
+    line = _admin_line(spec, exc.fault, detail)
+    return line or f"{spec.name} did not confirm {spec.key_setting}: {exc.fault.value}{detail}"
+
+
+def _admin_line(spec: ProviderSpec[Any], fault: Fault, detail: str = "") -> str | None:
+    """Say which of the admin's settings a provider's fault points at, and what to do; None for others."""
+    if fault is Fault.MISCONFIGURED:
+        return f"{spec.name} rejected {spec.key_setting}{detail}: copy the key again from the provider's dashboard and check the plan"
+    if fault is Fault.MODEL_NOT_FOUND:
+        return f"{spec.name} does not have the model named in {spec.model_setting}{detail}: pull it on the server or name one it lists"
+    if fault is Fault.MODEL_BLIND:
+        return f"{spec.name}'s model ({spec.model_setting}) cannot read images{detail}: name a vision model"
+    if fault is Fault.INCOMPATIBLE:
+        return (
+            f"{spec.name} does not answer like the API the bot speaks{detail}: check {spec.address_setting} "
+            "(OpenAI-compatible addresses usually end in /v1)"
+        )
+    return None
 
 
 def _one_line(error: BaseException | str) -> str:
@@ -151,8 +166,10 @@ class _TerminalReporter:
         return None
 
 
-async def describe(settings: Settings, source: str, provider_name: str | None) -> int:
-    """Describe one image through the same core the bot uses, and print the prompt."""
+async def describe(
+    settings: Settings, source: str, provider_name: str | None, request: DescribeRequest | None = None
+) -> int:
+    """Describe one image through the same core the bot uses, and print the prompt (or prompts)."""
     if not settings.configured_providers:
         complain(f"error: {no_provider_problem()}")
         return 2
@@ -172,11 +189,12 @@ async def describe(settings: Settings, source: str, provider_name: str | None) -
     db = await Database.open(":memory:")
     try:
         async with aiohttp.ClientSession() as session:
-            core = build_core(terminal, session, db, reporter_for=lambda jobs, labels: reporter)
+            core = build_core(terminal, session, db, reporter_for=lambda needs: reporter)
             try:
                 image = await _read_source(core.service.fetch_url, core.service.check_bytes, source)
-                name = core.service.describe_provider(provider_name)
-                await core.service.describe(Member(0, 0), image, name, Route(channel_id=None, via="channel"))
+                name = core.service.describe_provider(provider_name, request)
+                route = Route(channel_id=None, via="channel")
+                await core.service.describe(Member(0, 0), image, name, route, request)
                 await reporter.done.wait()
             except OSError as exc:
                 complain(f"error: cannot read {source}: {exc.strerror}")
@@ -191,8 +209,11 @@ async def describe(settings: Settings, source: str, provider_name: str | None) -
         await db.close()
     final = reporter.final
     assert final is not None
-    if final.state is JobState.COMPLETED and final.result_text:
-        say(final.result_text)
+    if final.state is JobState.COMPLETED and final.suggestions:
+        for number, suggestion in enumerate(final.suggestions, start=1):
+            say(suggestion.prompt if len(final.suggestions) == 1 else f"{number}. {suggestion.prompt}")
+            if suggestion.negative:
+                say(f"   {words.say(NEGATIVE_PROMPT)}: {suggestion.negative}")
         return 0
     assert final.fault is not None
     complain(f"error: {_terminal_fault(settings, final.provider, final.fault, words)}")
@@ -215,9 +236,7 @@ def _terminal_fault(settings: Settings, provider: str, fault: Fault, words: Word
     if fault is Fault.UNREACHABLE:
         address = getattr(settings.providers[provider], "base_url", "")
         return f"{provider} could not be reached at {address}: check the network and {spec.address_setting}"
-    if fault is Fault.MISCONFIGURED:
-        return f"{provider} rejected {spec.key_setting}: copy the key again from the provider's dashboard and check the plan"
-    return words.fault(provider, fault)
+    return _admin_line(spec, fault) or words.fault(provider, fault)
 
 
 def invite(settings: Settings) -> int:

@@ -25,8 +25,17 @@ from bot.webhooks import webhook_url
 # A reservation outlives its task's timeout by this much before it is taken as abandoned.
 RESERVATION_MARGIN = 300.0
 
-# Given the job repository and the names members see for the providers.
-ReporterFactory = Callable[[JobRepository, Mapping[str, str]], JobReporter]
+
+@dataclass(frozen=True, slots=True)
+class ReporterNeeds:
+    """What a reporter is built with: the jobs' images and routes, and how to name what it shows."""
+
+    jobs: JobRepository
+    labels: Mapping[str, str]  # provider name -> the name members see
+    can_imagine: bool  # whether any provider generates images (else no Imagine button is shown)
+
+
+ReporterFactory = Callable[[ReporterNeeds], JobReporter]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +97,9 @@ def build_core(
         quotas=quotas,
         providers=providers,
         breakers=breakers,
-        reporter=reporter_for(jobs, labels),
+        reporter=reporter_for(
+            ReporterNeeds(jobs, labels, any(p.imaginer is not None for p in providers.values()))
+        ),
         config=RunnerConfig(
             poll_interval=settings.poll_interval_seconds,
             poll_max_interval=settings.poll_max_interval_seconds,

@@ -25,14 +25,17 @@ from bot.discord.interactions import (
     route_of_message,
 )
 from bot.domain.errors import BadInput, BotError, Refusal
-from bot.domain.tasks import JobState, TaskKind
+from bot.domain.tasks import MAX_SUGGESTIONS, DescribeRequest, DescribeStyle, Job, JobState, TaskKind
 from bot.providers.registry import PROVIDERS
-from bot.ui.views import ImagePicker, job_button, job_button_template
-from bot.ui.words import PICK_IMAGE, Words
+from bot.ui.views import IMAGINE_ACTIONS, ImagePicker, job_button, job_button_template, suggestion_index
+from bot.ui.words import NEGATIVE_PROMPT, PICK_IMAGE, STYLE_NAMES, Words
 
 log = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = [app_commands.Choice(name=spec.title, value=spec.name) for spec in PROVIDERS]
+STYLE_CHOICES = [
+    app_commands.Choice(name=Words().say(STYLE_NAMES[style]), value=style.value) for style in DescribeStyle
+]
 # Discord allows 2000 characters in a message; longer prompts go as a text file.
 _MESSAGE_LIMIT = 2000
 
@@ -52,9 +55,9 @@ def queued_embed(words: Words) -> discord.Embed:
 
 
 class DescribeResultButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=job_button_template("imagine", "text")
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=job_button_template(*IMAGINE_ACTIONS, "text")
 ):
-    """Imagine this / Show as text, under a description; found again by its custom id after any restart."""
+    """Imagine this (or Imagine N) / Show as text, under a description; found again after any restart."""
 
     def __init__(self, action: str, job_id: str) -> None:
         super().__init__(job_button(action, job_id))
@@ -69,26 +72,44 @@ class DescribeResultButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = cast("ImageBot", interaction.client)
-        action = _imagine_this if self.action == "imagine" else _show_as_text
         # Everything a button needs is read from the job row, so a click works after any restart.
-        await answering_errors(interaction, bot.words_for(interaction), action(bot, interaction, self.job_id))
+        if self.action == "text":
+            action = _show_as_text(bot, interaction, self.job_id)
+        else:
+            action = _imagine_this(bot, interaction, self.job_id, suggestion_index(self.action))
+        await answering_errors(interaction, bot.words_for(interaction), action)
 
 
 # Every action answers Discord before it reads the database: the 3-second window allows nothing slow first.
 
 
-async def _imagine_this(bot: ImageBot, interaction: discord.Interaction, job_id: str) -> None:
-    """Run /imagine with a describe result's prompt."""
+async def _imagine_this(bot: ImageBot, interaction: discord.Interaction, job_id: str, index: int) -> None:
+    """Run /imagine with exactly the prompt of a describe result's suggestion."""
     await interaction.response.defer(thinking=True)
     job = await bot.core.service.finished_job(job_id, TaskKind.DESCRIBE)
-    await bot.core.service.imagine(member_of(interaction), job.result_text or "", [], route_of(interaction))
+    if index >= len(job.suggestions):
+        # Only a hand-made custom id names a suggestion the result does not have.
+        raise BadInput(Refusal.JOB_GONE)
+    prompt = job.suggestions[index].prompt
+    await bot.core.service.imagine(member_of(interaction), prompt, [], route_of(interaction))
+
+
+def as_text(job: Job, words: Words) -> str:
+    """Return a describe's prompts as plain text: numbered when several, a negative prompt after its own."""
+    parts = []
+    for number, suggestion in enumerate(job.suggestions, start=1):
+        text = suggestion.prompt if len(job.suggestions) == 1 else f"{number}. {suggestion.prompt}"
+        if suggestion.negative:
+            text += f"\n{words.say(NEGATIVE_PROMPT)}: {suggestion.negative}"
+        parts.append(text)
+    return "\n\n".join(parts)
 
 
 async def _show_as_text(bot: ImageBot, interaction: discord.Interaction, job_id: str) -> None:
     """Send the prompt as plain text, which phones copy more easily than a code block."""
     await interaction.response.defer(ephemeral=True, thinking=True)
     job = await bot.core.service.finished_job(job_id, TaskKind.DESCRIBE)
-    prompt = job.result_text or ""
+    prompt = as_text(job, bot.words_for(interaction))
     if len(prompt) <= _MESSAGE_LIMIT:
         await interaction.followup.send(prompt, ephemeral=True)
     else:
@@ -118,14 +139,18 @@ class DescribeCog(commands.Cog):
         image="The image to describe",
         url="A link to the image to describe (instead of attaching it)",
         provider="Which service describes it (default: the server's choice)",
+        style="The kind of prompt (default: detailed)",
+        suggestions="How many different prompts to choose from, 1 to 4 (default: 1)",
     )
-    @app_commands.choices(provider=PROVIDER_CHOICES)
+    @app_commands.choices(provider=PROVIDER_CHOICES, style=STYLE_CHOICES)
     async def describe(
         self,
         interaction: discord.Interaction,
         image: discord.Attachment | None = None,
         url: app_commands.Range[str, 1, 2000] | None = None,
         provider: app_commands.Choice[str] | None = None,
+        style: app_commands.Choice[str] | None = None,
+        suggestions: app_commands.Range[int, 1, MAX_SUGGESTIONS] | None = None,
     ) -> None:
         service = self.bot.core.service
         # Cheap checks answer privately before anything is acknowledged or spent.
@@ -135,7 +160,10 @@ class DescribeCog(commands.Cog):
             raise BadInput(Refusal.NEITHER_IMAGE_NOR_URL)
         if missing_channel_permissions(interaction):
             raise BadInput(Refusal.MISSING_CHANNEL_PERMISSION)
-        provider_name = service.describe_provider(provider.value if provider else None)
+        request = DescribeRequest(
+            DescribeStyle(style.value) if style else DescribeStyle.DETAILED, suggestions or 1
+        )
+        provider_name = service.describe_provider(provider.value if provider else None, request)
         if image is not None and image.size > service.max_image_bytes:
             raise BadInput(Refusal.IMAGE_TOO_LARGE, max_bytes=service.max_image_bytes)
         link = checked_link(url) if url is not None else None
@@ -145,7 +173,7 @@ class DescribeCog(commands.Cog):
         else:
             assert link is not None
             checked = await service.fetch_url(link)
-        await service.describe(member_of(interaction), checked, provider_name, route_of(interaction))
+        await service.describe(member_of(interaction), checked, provider_name, route_of(interaction), request)
 
     async def describe_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         sources = message_images(message)

@@ -21,6 +21,7 @@ from PIL import Image
 from bot.core.safe_download import IPAddress, SafeDownloader, is_public_address
 from bot.discord.client import ImageBot
 from bot.settings import Settings, load_settings
+from bot.settings_docs import setting_docs
 from bot.store.sqlite.database import Database
 from tests.fakes.discord import FakeDiscord, RecordedCall, start_bot, stop_bot
 from tests.fakes.providers import FakeFreepik, FakeNovita
@@ -209,6 +210,21 @@ class UnexpectedErrors(logging.Handler):
         finally:
             for logger in loggers:
                 logger.removeHandler(self)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """No setting from the machine, no .env, a database in tmp_path; logging handed back to pytest after."""
+    for doc in setting_docs():
+        monkeypatch.delenv(doc.env, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_PATH", str(tmp_path / "data" / "bot.sqlite3"))
+    loggers = [logging.getLogger(name) for name in ("", "discord", "aiohttp.access")]
+    handlers, levels = loggers[0].handlers[:], [logger.level for logger in loggers]
+    yield monkeypatch
+    loggers[0].handlers[:] = handlers
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @pytest.fixture

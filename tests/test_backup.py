@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.__main__ import main
-from bot.settings_docs import setting_docs
 from bot.store.sqlite.database import Database
 from tests.conftest import eventually
 
@@ -20,20 +17,9 @@ ROWS_BEFORE = 300
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """A clean environment whose DATABASE_PATH is in tmp_path; yields the database path."""
-    for doc in setting_docs():
-        monkeypatch.delenv(doc.env, raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    database = tmp_path / "data" / "bot.sqlite3"
-    monkeypatch.setenv("DATABASE_PATH", str(database))
-    # main() configures logging for the whole process; give pytest its handlers and levels back after.
-    loggers = [logging.getLogger(name) for name in ("", "discord", "aiohttp.access")]
-    handlers, levels = loggers[0].handlers[:], [logger.level for logger in loggers]
-    yield database
-    loggers[0].handlers[:] = handlers
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
+def database(env: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The database of a clean environment (the shared `env` fixture points DATABASE_PATH here)."""
+    return tmp_path / "data" / "bot.sqlite3"
 
 
 def read_rows(path: Path) -> tuple[str, dict[str, str]]:
@@ -48,9 +34,9 @@ def read_rows(path: Path) -> tuple[str, dict[str, str]]:
 
 
 async def test_backup_while_writes_go_on_holds_every_row_committed_before(
-    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    database: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = await Database.open(env)  # the running bot's connection
+    db = await Database.open(database)  # the running bot's connection
     try:
         for i in range(ROWS_BEFORE):
             await db.set_meta(f"before:{i:05d}", str(i))
@@ -80,7 +66,7 @@ async def test_backup_while_writes_go_on_holds_every_row_committed_before(
     assert code == 0
     assert ended_with > started_with, "the writer was not writing while the backup ran"
     out = capsys.readouterr().out
-    assert f"ok: wrote a consistent copy of {env} to {target}" in out
+    assert f"ok: wrote a consistent copy of {database} to {target}" in out
     # One file, no partial copy or journal beside it: it can be moved or uploaded as it is.
     assert sorted(p.name for p in target.parent.iterdir()) == ["copy.sqlite3"]
     integrity, rows = read_rows(target)
@@ -122,8 +108,8 @@ async def test_backup_through_the_store_while_writing(tmp_path: Path) -> None:
     assert all(rows[f"before:{i}"] == str(i) for i in range(50))
 
 
-async def test_backup_into_a_folder_names_the_copy_by_time(env: Path, tmp_path: Path) -> None:
-    db = await Database.open(env)
+async def test_backup_into_a_folder_names_the_copy_by_time(database: Path, tmp_path: Path) -> None:
+    db = await Database.open(database)
     await db.set_meta("k", "v")
     await db.close()
     folder = tmp_path / "backups"
@@ -133,28 +119,29 @@ async def test_backup_into_a_folder_names_the_copy_by_time(env: Path, tmp_path: 
     assert copy.name.startswith("bot-")
     assert copy.suffix == ".sqlite3"
     assert time.strftime("%Y%m%d") in copy.name
-    assert read_rows(copy) == ("ok", {**read_rows(env)[1]})
+    assert read_rows(copy) == ("ok", {**read_rows(database)[1]})
 
 
 def test_backup_refuses_the_database_itself_and_a_missing_database(
-    env: Path, capsys: pytest.CaptureFixture[str]
+    database: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["backup", str(env.parent / "copy.sqlite3")]) == 2
+    assert main(["backup", str(database.parent / "copy.sqlite3")]) == 2
     assert (
-        capsys.readouterr().err.strip() == f"error: there is no database at {env} (DATABASE_PATH) to back up"
+        capsys.readouterr().err.strip()
+        == f"error: there is no database at {database} (DATABASE_PATH) to back up"
     )
-    env.parent.mkdir(parents=True, exist_ok=True)
-    sqlite3.connect(env).close()
-    assert main(["backup", str(env)]) == 2
+    database.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(database).close()
+    assert main(["backup", str(database)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == ["error: the backup must go to another file than the database itself"]
 
 
 def test_a_failed_backup_leaves_no_partial_copy(
-    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    database: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env.parent.mkdir(parents=True, exist_ok=True)
-    sqlite3.connect(env).close()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(database).close()
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the backup folder should be")
     assert main(["backup", str(blocker / "copy.sqlite3")]) == 1

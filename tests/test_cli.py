@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,21 +36,6 @@ PERMISSIONS = 1024 + 2048 + 16384 + 32768 + 274877906944
 assert PERMISSIONS == 274877959168
 # ... plus Read Message History 1<<16 when the bot answers mentions (it replies to the member's message).
 PERMISSIONS_WITH_MENTIONS = PERMISSIONS + 65536
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
-    """No setting from the machine, no .env, a database in tmp_path; logging handed back to pytest after."""
-    for doc in setting_docs():
-        monkeypatch.delenv(doc.env, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATABASE_PATH", str(tmp_path / "data" / "bot.sqlite3"))
-    loggers = [logging.getLogger(name) for name in ("", "discord", "aiohttp.access")]
-    handlers, levels = loggers[0].handlers[:], [logger.level for logger in loggers]
-    yield monkeypatch
-    loggers[0].handlers[:] = handlers
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
 
 
 def error_lines(captured: pytest.CaptureResult[str]) -> list[str]:
@@ -119,7 +102,9 @@ def test_check_passes_with_a_token_a_provider_and_a_writable_database(
         ),
         pytest.param(
             {"DISCORD_TOKEN": TOKEN},
-            ["error: no provider is configured: set FREEPIK_API_KEY or NOVITA_API_KEY in .env"],
+            [
+                "error: no provider is configured: set FREEPIK_API_KEY, NOVITA_API_KEY or OPENAI_BASE_URL in .env"
+            ],
             id="no-provider",
         ),
         pytest.param(

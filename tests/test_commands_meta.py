@@ -6,7 +6,7 @@ from tests.conftest import Harness
 
 # The product surface (README "Commands"): these names are a contract with admins and members.
 EXPECTED = {
-    ("describe", 1): {"image", "url", "provider"},
+    ("describe", 1): {"image", "url", "provider", "style", "suggestions"},
     ("imagine", 1): {"prompt", "reference1", "reference2", "reference3"},
     ("quota", 1): set(),
     ("quota-admin", 1): {"set", "grant", "reset", "usage"},
@@ -49,7 +49,24 @@ async def test_describe_options_are_optional_and_provider_is_a_choice(harness: H
     assert not options["image"].get("required", False)
     assert options["url"]["type"] == 3
     assert not options["url"].get("required", False)
-    assert [choice["value"] for choice in options["provider"]["choices"]] == ["freepik", "novita"]
+    assert [choice["value"] for choice in options["provider"]["choices"]] == ["freepik", "novita", "openai"]
+    assert [choice["value"] for choice in options["style"]["choices"]] == [
+        "detailed",
+        "short",
+        "tags",
+        "midjourney",
+        "stable-diffusion",
+    ]
+    assert not options["style"].get("required", False)
+    assert (
+        options["suggestions"]["type"],
+        options["suggestions"]["min_value"],
+        options["suggestions"]["max_value"],
+    ) == (
+        4,
+        1,
+        4,
+    )
     imagine = next(c for c in harness.discord.synced_commands() if c["name"] == "imagine")
     prompt = next(option for option in imagine["options"] if option["name"] == "prompt")
     assert prompt["required"] is True

@@ -36,7 +36,18 @@ from bot.domain.tasks import (
 log = logging.getLogger(__name__)
 
 # Faults at create time after which describe may go to another provider: nothing was created.
-_FALLBACK_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.UNAVAILABLE, Fault.MISCONFIGURED})
+# The admin's faults (a refused key, a model the server lacks or that cannot see, a wrong address) qualify too.
+_FALLBACK_FAULTS = frozenset(
+    {
+        Fault.BUSY,
+        Fault.UNREACHABLE,
+        Fault.UNAVAILABLE,
+        Fault.MISCONFIGURED,
+        Fault.MODEL_NOT_FOUND,
+        Fault.MODEL_BLIND,
+        Fault.INCOMPATIBLE,
+    }
+)
 # Poll failures that say nothing about the task itself: keep polling until the deadline.
 _TRANSIENT_POLL_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.LOST, Fault.BAD_RESULT})
 # Generated images are shown as Discord uploads, which may not exceed 10 MiB on a server without boosts.
@@ -259,7 +270,7 @@ class JobRunner:
     ) -> Coroutine[Any, Any, TaskSnapshot]:
         if job.kind is TaskKind.DESCRIBE:
             assert provider.describer is not None
-            return provider.describer.describe(inputs[0], webhook_url=webhook_url)
+            return provider.describer.describe(inputs[0], job.describe_request, webhook_url=webhook_url)
         assert provider.imaginer is not None
         return provider.imaginer.imagine(job.prompt or "", inputs, webhook_url=webhook_url)
 
@@ -282,7 +293,11 @@ class JobRunner:
         if job.kind is not TaskKind.DESCRIBE or fault not in _FALLBACK_FAULTS or job.notice is not None:
             return None
         for name, provider in self._providers.items():
-            if name != job.provider and provider.describer is not None and not self._breakers[name].is_open:
+            if (
+                name != job.provider
+                and provider.can_describe(job.describe_request)
+                and not self._breakers[name].is_open
+            ):
                 return name
         return None
 
@@ -392,11 +407,14 @@ class JobRunner:
     async def _complete(self, job: Job, snapshot: TaskSnapshot) -> Job:
         """Save a result: the prompt (and cache it), or the generated images fetched while their URLs live."""
         if job.kind is TaskKind.DESCRIBE:
-            if not snapshot.prompt:
+            if not snapshot.suggestions:
                 return await self._end(job, Fault.BAD_RESULT, "completed without a prompt")
-            job = await self._jobs.update(job, state=JobState.COMPLETED, result_text=snapshot.prompt)
+            job = await self._jobs.update(job, state=JobState.COMPLETED, suggestions=snapshot.suggestions)
             if job.input_hash:
-                await self._jobs.cache_prompt(job.input_hash, job.provider, snapshot.prompt)
+                variant = self._providers[job.provider].cache_variant(job.describe_request)
+                await self._jobs.cache_suggestions(
+                    job.input_hash, job.provider, variant, snapshot.suggestions
+                )
             return job
         imaginer = self._providers[job.provider].imaginer
         assert imaginer is not None

@@ -14,7 +14,17 @@ from bot.core.safe_download import SafeDownloader
 from bot.domain.errors import BadInput, Refusal, ShuttingDown
 from bot.domain.ports import JobRepository, Provider, QuotaLedger
 from bot.domain.quota import Member
-from bot.domain.tasks import ImageBytes, Job, JobState, Notice, NoticeCode, Route, TaskKind
+from bot.domain.tasks import (
+    MAX_SUGGESTIONS,
+    DescribeRequest,
+    ImageBytes,
+    Job,
+    JobState,
+    Notice,
+    NoticeCode,
+    Route,
+    TaskKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +75,43 @@ class TaskService:
         """Download a member's URL through the guarded downloader, then check it."""
         return await self.check_bytes(await self._downloader.fetch(url))
 
-    def describe_provider(self, requested: str | None) -> str:
-        """Return the provider to describe with, or explain why the requested one cannot be used."""
+    def describe_provider(self, requested: str | None, request: DescribeRequest | None = None) -> str:
+        """Return the provider to describe with, or explain why none of those asked for can.
+
+        Without a provider asked for, the default is used when it can answer the request, else the first
+        configured one that can (a style, several suggestions).
+        """
+        request = request or DescribeRequest()
+        if not 1 <= request.count <= MAX_SUGGESTIONS:
+            raise BadInput(Refusal.TOO_MANY_SUGGESTIONS, most=MAX_SUGGESTIONS)
         default = self._config.default_describe_provider
-        if requested is None:
-            if default is None:
-                raise BadInput(Refusal.NO_PROVIDER_FOR_KIND, kind=TaskKind.DESCRIBE.value)
+        if requested is not None:
+            provider = self._providers.get(requested)
+            if provider is None or provider.describer is None:
+                raise BadInput(Refusal.PROVIDER_NOT_CONFIGURED, provider=requested, default=default or "")
+            if not provider.can_describe(request):
+                raise self._cannot_answer(requested, request)
+            return requested
+        if default is None:
+            raise BadInput(Refusal.NO_PROVIDER_FOR_KIND, kind=TaskKind.DESCRIBE.value)
+        if self._providers[default].can_describe(request):
             return default
-        provider = self._providers.get(requested)
-        if provider is None or provider.describer is None:
-            raise BadInput(Refusal.PROVIDER_NOT_CONFIGURED, provider=requested, default=default or "")
-        return requested
+        capable = self._capable_of(request)
+        if capable is None:
+            raise self._cannot_answer(default, request)
+        return capable
+
+    def _capable_of(self, request: DescribeRequest) -> str | None:
+        return next(
+            (name for name, provider in self._providers.items() if provider.can_describe(request)), None
+        )
+
+    def _cannot_answer(self, provider: str, request: DescribeRequest) -> BadInput:
+        """Say that this provider gives one detailed prompt only, and which one here gives more."""
+        capable = self._capable_of(request)
+        if capable is None:
+            return BadInput(Refusal.NO_PROVIDER_FOR_STYLES, provider=provider)
+        return BadInput(Refusal.STYLE_NEEDS_OTHER_PROVIDER, provider=provider, capable=capable)
 
     def imagine_provider(self) -> str:
         for name, provider in self._providers.items():
@@ -85,21 +121,33 @@ class TaskService:
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def describe(self, member: Member, image: CheckedImage, provider_name: str, route: Route) -> Job:
+    async def describe(
+        self,
+        member: Member,
+        image: CheckedImage,
+        provider_name: str,
+        route: Route,
+        request: DescribeRequest | None = None,
+    ) -> Job:
         """Describe an image: from the cache when this provider saw it lately, else as a new task."""
         self._check_accepting()
+        request = request or DescribeRequest()
         provider = self._providers[provider_name]
         prepared = await asyncio.to_thread(prepare_for_provider, image, provider.image_limits)
         digest = image_hash(prepared)
-        cached = await self._jobs.cached_prompt(digest, provider_name, self._config.describe_cache_days)
+        asked = {"input_hash": digest, "style": request.style, "suggestions_asked": request.count}
+        variant = provider.cache_variant(request)
+        cached = await self._jobs.cached_suggestions(
+            digest, provider_name, variant, self._config.describe_cache_days
+        )
         if cached is not None:
             await self._quotas.record_cached(member, TaskKind.DESCRIBE, provider_name)
-            job = self._new_job(member, TaskKind.DESCRIBE, provider_name, route, input_hash=digest)
-            job = replace(job, state=JobState.COMPLETED, result_text=cached, notice=Notice(NoticeCode.CACHED))
+            job = self._new_job(member, TaskKind.DESCRIBE, provider_name, route, **asked)
+            job = replace(job, state=JobState.COMPLETED, suggestions=cached, notice=Notice(NoticeCode.CACHED))
             return await self._runner.finish_cached(job, [prepared])
         reservation = await self._quotas.reserve(member, TaskKind.DESCRIBE, provider_name)
         job = self._new_job(
-            member, TaskKind.DESCRIBE, provider_name, route, usage_id=reservation.usage_id, input_hash=digest
+            member, TaskKind.DESCRIBE, provider_name, route, usage_id=reservation.usage_id, **asked
         )
         return await self._submit(job, [prepared])
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import discord
@@ -21,12 +21,11 @@ from bot.discord.interactions import words_for
 from bot.discord.reporting import DiscordReporter
 from bot.discord.tree import BotTree
 from bot.domain.errors import StartupError
-from bot.domain.ports import JobRepository
 from bot.settings import Settings
 from bot.store.sqlite.database import Database
 from bot.ui.words import Words
 from bot.webhooks import WebhookListener
-from bot.wiring import Core, build_core
+from bot.wiring import Core, ReporterNeeds, build_core
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +71,13 @@ class ImageBot(commands.Bot):
         )
         self.webhooks: WebhookListener | None = None
 
-    def _make_reporter(self, jobs: JobRepository, labels: Mapping[str, str]) -> DiscordReporter:
+    def _make_reporter(self, needs: ReporterNeeds) -> DiscordReporter:
         self.reporter = DiscordReporter(
             self,
-            jobs,
+            needs.jobs,
             coalesce_seconds=self.settings.edit_coalesce_seconds,
-            provider_labels=labels,
+            provider_labels=needs.labels,
+            can_imagine=needs.can_imagine,
             clock=self._clock,
         )
         return self.reporter

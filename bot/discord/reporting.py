@@ -58,6 +58,7 @@ class DiscordReporter:
         *,
         coalesce_seconds: float,
         provider_labels: Mapping[str, str],
+        can_imagine: bool = True,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -65,6 +66,7 @@ class DiscordReporter:
         self._jobs = jobs
         self._coalesce = coalesce_seconds
         self._labels = dict(provider_labels)
+        self._can_imagine = can_imagine
         self._clock = clock
         self._monotonic = monotonic
         self._slots: dict[str, _Slot] = {}
@@ -237,9 +239,10 @@ class DiscordReporter:
     def _words(self, job: Job) -> Words:
         return Words(None, self._labels)
 
-    @staticmethod
-    def _view(job: Job, words: Words) -> discord.ui.View | None:
-        return result_view(job, words) if job.state is JobState.COMPLETED else None
+    def _view(self, job: Job, words: Words) -> discord.ui.View | None:
+        if job.state is not JobState.COMPLETED:
+            return None
+        return result_view(job, words, can_imagine=self._can_imagine)
 
     async def _render(self, job: Job, words: Words, *, with_files: bool = True) -> Rendered:
         if job.state is not JobState.COMPLETED or not with_files:

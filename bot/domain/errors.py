@@ -54,6 +54,9 @@ class Refusal(enum.StrEnum):
     NO_IMAGE_IN_MESSAGE = "no_image_in_message"
     PROVIDER_NOT_CONFIGURED = "provider_not_configured"  # provider, default (provider names)
     NO_PROVIDER_FOR_KIND = "no_provider_for_kind"  # kind
+    STYLE_NEEDS_OTHER_PROVIDER = "style_needs_other_provider"  # provider, capable (provider names)
+    NO_PROVIDER_FOR_STYLES = "no_provider_for_styles"  # provider
+    TOO_MANY_SUGGESTIONS = "too_many_suggestions"  # most
     JOB_GONE = "job_gone"
     ONLY_INVOKER = "only_invoker"
     MISSING_CHANNEL_PERMISSION = "missing_channel_permission"

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from bot.domain.quota import KindStatus, LimitScope, Member, Reservation, UsageReport
-from bot.domain.tasks import ImageBytes, ImageLimits, Job, Route, TaskKind, TaskSnapshot
+from bot.domain.tasks import (
+    DescribeRequest,
+    DescribeStyle,
+    ImageBytes,
+    ImageLimits,
+    Job,
+    Route,
+    Suggestion,
+    TaskKind,
+    TaskSnapshot,
+)
 
 ImageRole = Literal["input", "output"]
 
@@ -50,9 +60,15 @@ class JobRepository(Protocol):
 
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]: ...
 
-    async def cached_prompt(self, image_hash: str, provider: str, max_age_days: int) -> str | None: ...
+    async def cached_suggestions(
+        self, image_hash: str, provider: str, variant: str, max_age_days: int
+    ) -> tuple[Suggestion, ...] | None:
+        """Return what this provider answered for the same image and request within the cache's lifetime."""
+        ...
 
-    async def cache_prompt(self, image_hash: str, provider: str, prompt: str) -> None: ...
+    async def cache_suggestions(
+        self, image_hash: str, provider: str, variant: str, suggestions: tuple[Suggestion, ...]
+    ) -> None: ...
 
     async def prune(self, retention_days: int) -> int:
         """Delete finished jobs older than the retention; return how many went."""
@@ -128,7 +144,9 @@ class JobReporter(Protocol):
 
 
 class Describer(Protocol):
-    async def describe(self, image: ImageBytes, *, webhook_url: str | None) -> TaskSnapshot:
+    async def describe(
+        self, image: ImageBytes, request: DescribeRequest, *, webhook_url: str | None
+    ) -> TaskSnapshot:
         """Create an image-to-prompt task (a synchronous provider answers with its end)."""
         ...
 
@@ -186,6 +204,12 @@ class Provider:
     imaginer: Imaginer | None = None
     poller: TaskPoller | None = None  # None: the answer comes with the request (synchronous)
     webhooks: WebhookReader | None = None
+    # What its describer can be asked beyond one detailed prompt.
+    describe_styles: frozenset[DescribeStyle] = frozenset({DescribeStyle.DETAILED})
+    max_suggestions: int = 1
+    # What else the same image's answer depends on (the model of an OpenAI-compatible server): part of the
+    # describe cache's key, so a new model is not answered from the old one's cache.
+    cache_scope: str = ""
 
     @property
     def kinds(self) -> frozenset[TaskKind]:
@@ -195,3 +219,14 @@ class Provider:
     @property
     def synchronous(self) -> bool:
         return self.poller is None
+
+    def can_describe(self, request: DescribeRequest) -> bool:
+        return (
+            self.describer is not None
+            and request.style in self.describe_styles
+            and request.count <= self.max_suggestions
+        )
+
+    def cache_variant(self, request: DescribeRequest) -> str:
+        """Return the part of the describe cache's key besides the image and the provider."""
+        return f"{self.cache_scope}|{request.style.value}|{request.count}"

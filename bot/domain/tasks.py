@@ -44,6 +44,41 @@ class JobState(enum.StrEnum):
         return cls(status.value)
 
 
+class DescribeStyle(enum.StrEnum):
+    """The shape of a described prompt (the `/describe style:` choices)."""
+
+    DETAILED = "detailed"
+    SHORT = "short"
+    TAGS = "tags"  # comma-separated tags in the booru manner
+    MIDJOURNEY = "midjourney"  # a Midjourney-ready prompt ending in --ar from the image's shape
+    STABLE_DIFFUSION = "stable-diffusion"  # a positive and a negative prompt
+
+
+# The most suggestions one describe may ask for (`/describe suggestions:` 1-4).
+MAX_SUGGESTIONS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeRequest:
+    """What a describe asks of its provider: the style of prompt and how many different ones."""
+
+    style: DescribeStyle = DescribeStyle.DETAILED
+    count: int = 1
+
+    @property
+    def plain(self) -> bool:
+        """Whether any provider can answer it (one prompt in the default style)."""
+        return self.style is DescribeStyle.DETAILED and self.count == 1
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """One described prompt; the Stable Diffusion style adds what the image should not have."""
+
+    prompt: str
+    negative: str | None = None
+
+
 class Fault(enum.StrEnum):
     """Why a job ended without a result; decides the sentence and who pays."""
 
@@ -57,6 +92,9 @@ class Fault(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # the circuit breaker is open after repeated faults
     BAD_RESULT = "bad_result"  # the provider's answer or its generated file was unusable
     NOT_FOUND = "not_found"  # the provider no longer knows the task
+    MODEL_NOT_FOUND = "model_not_found"  # the server does not have the model the bot is set to use
+    MODEL_BLIND = "model_blind"  # the model cannot read images
+    INCOMPATIBLE = "incompatible"  # the server does not answer like the API the bot speaks (a wrong address)
 
     @property
     def member_pays(self) -> bool:
@@ -86,7 +124,7 @@ class TaskSnapshot:
 
     task_id: str
     status: ProviderStatus
-    prompt: str | None = None  # describe: the result text
+    suggestions: tuple[Suggestion, ...] = ()  # describe: the result prompts
     image_urls: tuple[str, ...] = ()  # imagine: where the results are, until downloaded
     images: tuple[ImageBytes, ...] = field(default=(), repr=False)  # imagine: downloaded results
 
@@ -138,8 +176,10 @@ class Job:
     fault: Fault | None = None
     usage_id: int | None = None
     input_hash: str | None = None
-    prompt: str | None = None
-    result_text: str | None = None
+    prompt: str | None = None  # imagine: the member's prompt
+    style: DescribeStyle | None = None  # describe: what was asked for
+    suggestions_asked: int = 1
+    suggestions: tuple[Suggestion, ...] = ()  # describe: the result
     notice: Notice | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -173,3 +213,12 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state.finished
+
+    @property
+    def result_text(self) -> str | None:
+        """Return a describe's (first) prompt."""
+        return self.suggestions[0].prompt if self.suggestions else None
+
+    @property
+    def describe_request(self) -> DescribeRequest:
+        return DescribeRequest(self.style or DescribeStyle.DETAILED, self.suggestions_asked)

@@ -14,7 +14,16 @@ from pydantic_settings import SettingsConfigDict
 from bot.core.images import check_image
 from bot.domain.errors import BadInput, ProviderError
 from bot.domain.ports import Provider, WebhookDelivery
-from bot.domain.tasks import Fault, ImageBytes, ImageLimits, ProviderStatus, TaskKind, TaskSnapshot
+from bot.domain.tasks import (
+    DescribeRequest,
+    Fault,
+    ImageBytes,
+    ImageLimits,
+    ProviderStatus,
+    Suggestion,
+    TaskKind,
+    TaskSnapshot,
+)
 from bot.providers.http import MisconfigurationLog, RetryPolicy, request_json
 from bot.providers.spec import BuildContext, ProviderSettings, ProviderSpec
 
@@ -81,9 +90,8 @@ def snapshot_from_body(body: TaskBody, kind: TaskKind) -> TaskSnapshot:
         return TaskSnapshot(task_id=body.task_id, status=status)
     if kind is TaskKind.DESCRIBE:
         # generated[0] holds the prompt TEXT, although the schema calls it an image URL.
-        return TaskSnapshot(
-            task_id=body.task_id, status=status, prompt=body.generated[0] if body.generated else None
-        )
+        prompts = (Suggestion(body.generated[0]),) if body.generated and body.generated[0].strip() else ()
+        return TaskSnapshot(task_id=body.task_id, status=status, suggestions=prompts)
     return TaskSnapshot(task_id=body.task_id, status=status, image_urls=tuple(body.generated))
 
 
@@ -110,7 +118,10 @@ class FreepikAdapter:
         self._retry = retry or RetryPolicy()
         self._key_log = MisconfigurationLog()
 
-    async def describe(self, image: ImageBytes, *, webhook_url: str | None) -> TaskSnapshot:
+    async def describe(
+        self, image: ImageBytes, request: DescribeRequest, *, webhook_url: str | None
+    ) -> TaskSnapshot:
+        # One detailed prompt is all this endpoint gives: the service asks nothing else of it.
         encoded = base64.b64encode(image.data).decode("ascii")
         # The official example sends a data URI; the MIME type tells the service how to decode it.
         body: dict[str, object] = {"image": f"data:{image.mime};base64,{encoded}"}

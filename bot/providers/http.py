@@ -45,25 +45,29 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 
 class MisconfigurationLog:
-    """Log a rejected key for the admin at most once a minute per provider, not once per request."""
+    """Tell the admin what is wrong with a provider's settings at most once a minute per kind of problem."""
 
     def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
-        self._last: dict[str, float] = {}
+        self._last: dict[tuple[str, str], float] = {}
 
     def report(self, provider: str, status: int, detail: str) -> None:
+        self.say(
+            provider,
+            "key",
+            f"{provider} rejected the bot's API key or plan (HTTP {status}: {detail or 'no detail'}): "
+            "check the key in the settings",
+        )
+
+    def say(self, provider: str, problem: str, line: str) -> None:
+        """Log one ERROR line for the admin, unless this problem was told within the interval."""
         now = self._clock()
-        last = self._last.get(provider)
+        last = self._last.get((provider, problem))
         if last is not None and now - last < self._interval:
             return
-        self._last[provider] = now
-        log.error(
-            "%s rejected the bot's API key or plan (HTTP %s: %s): check the key in the settings",
-            provider,
-            status,
-            detail or "no detail",
-        )
+        self._last[(provider, problem)] = now
+        log.error("%s", line)
 
 
 async def request_json(
@@ -77,18 +81,25 @@ async def request_json(
     timeout: float,
     retry: RetryPolicy = NO_RETRY,
     creates: bool = False,
+    timeout_fault: Fault | None = None,
     key_log: MisconfigurationLog | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Any:
     """Send one JSON request, retrying what is safe to retry; return the parsed answer.
 
     `creates` marks a request whose lost answer may still have created a paid task: it is then never
-    sent again after a timeout, and the caller learns it as Fault.LOST.
+    sent again after a timeout, and the caller learns it as Fault.LOST. `timeout_fault` says what a
+    timeout means instead, for a request whose answer is the whole task (a model that was too slow).
     """
+    # A create whose answer was lost may have made a paid task; anything else was merely not answered.
+    on_loss = Fault.LOST if creates else Fault.BUSY
+    on_timeout = timeout_fault or on_loss
     attempt = 0
     while True:
         try:
-            return await _send_once(session, provider, method, url, headers, body, timeout, creates, key_log)
+            return await _send_once(
+                session, provider, method, url, headers, body, timeout, (on_timeout, on_loss), key_log
+            )
         except ProviderError as exc:
             attempt += 1
             # Safe to send again: the provider said it did nothing (429, 5xx), or it was never reached.
@@ -111,7 +122,7 @@ async def _send_once(
     headers: Mapping[str, str],
     body: Any,
     timeout: float,
-    creates: bool,
+    faults: tuple[Fault, Fault],  # (on a timeout, on another lost answer)
     key_log: MisconfigurationLog | None,
 ) -> Any:
     try:
@@ -124,9 +135,10 @@ async def _send_once(
     except aiohttp.ClientConnectorError as exc:
         # Nothing reached the provider, so nothing was created: safe to retry. No status: none came.
         raise ProviderError(provider, Fault.UNREACHABLE, _connect_failure(exc)) from exc
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        fault = Fault.LOST if creates else Fault.BUSY
-        raise ProviderError(provider, fault, type(exc).__name__) from exc
+    except TimeoutError as exc:
+        raise ProviderError(provider, faults[0], type(exc).__name__) from exc
+    except aiohttp.ClientError as exc:
+        raise ProviderError(provider, faults[1], type(exc).__name__) from exc
 
     if 200 <= status < 300:
         try:

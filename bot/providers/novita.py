@@ -11,7 +11,15 @@ from pydantic_settings import SettingsConfigDict
 
 from bot.domain.errors import ProviderError
 from bot.domain.ports import Provider
-from bot.domain.tasks import Fault, ImageBytes, ImageLimits, ProviderStatus, TaskSnapshot
+from bot.domain.tasks import (
+    DescribeRequest,
+    Fault,
+    ImageBytes,
+    ImageLimits,
+    ProviderStatus,
+    Suggestion,
+    TaskSnapshot,
+)
 from bot.providers.http import MisconfigurationLog, RetryPolicy, request_json
 from bot.providers.spec import BuildContext, ProviderSettings, ProviderSpec
 
@@ -57,7 +65,10 @@ class NovitaAdapter:
         self._retry = retry or RetryPolicy()
         self._key_log = MisconfigurationLog()
 
-    async def describe(self, image: ImageBytes, *, webhook_url: str | None) -> TaskSnapshot:
+    async def describe(
+        self, image: ImageBytes, request: DescribeRequest, *, webhook_url: str | None
+    ) -> TaskSnapshot:
+        # One detailed prompt is all this endpoint gives: the service asks nothing else of it.
         # Raw base64 without a data: prefix, as the official SDK sends it.
         body = {"image_file": base64.b64encode(image.data).decode("ascii")}
         answer = await request_json(
@@ -77,8 +88,9 @@ class NovitaAdapter:
         except ValidationError as exc:
             raise ProviderError(NAME, Fault.BAD_RESULT, "answer has no prompt") from exc
         # Novita has no task ids; ours lets the usage log tell tasks apart.
+        prompts = (Suggestion(prompt),) if prompt.strip() else ()
         return TaskSnapshot(
-            task_id=f"novita-{uuid.uuid4().hex}", status=ProviderStatus.COMPLETED, prompt=prompt
+            task_id=f"novita-{uuid.uuid4().hex}", status=ProviderStatus.COMPLETED, suggestions=prompts
         )
 
     async def check_key(self) -> None:

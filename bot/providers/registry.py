@@ -10,13 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from bot.domain.ports import Provider
-from bot.providers import freepik, novita
+from bot.providers import freepik, novita, openai_compatible
 from bot.providers.spec import BuildContext, ProviderSettings, ProviderSpec
 
 # The order is the preference: the default image-to-prompt provider is the first configured one.
 PROVIDERS: tuple[ProviderSpec[Any], ...] = (
     freepik.SPEC,
     novita.SPEC,
+    openai_compatible.SPEC,
 )
 
 BY_NAME: Mapping[str, ProviderSpec[Any]] = {spec.name: spec for spec in PROVIDERS}

@@ -59,11 +59,19 @@ class ProviderSpec(Generic[S]):
     key_setting: str | None  # the setting a refused key is blamed on (None: it takes no key)
     address_setting: str  # the setting an unreachable provider is blamed on
     build: Callable[[S, BuildContext], Provider]
+    model_setting: str | None = None  # the setting naming the model, where the admin chooses one
     # What members see in results, when the admin may rename it (an OpenAI-compatible server); else the title.
     label: Callable[[S], str] | None = None
+    # What a passing `check --live` proved, after "ok: NAME "; else "accepted KEY_SETTING".
+    live_check_summary: Callable[[S], str] | None = None
 
     def display_name(self, settings: S) -> str:
         return self.label(settings) if self.label is not None else self.title
+
+    def live_check_passed(self, settings: S) -> str:
+        if self.live_check_summary is not None:
+            return self.live_check_summary(settings)
+        return f"accepted {self.key_setting}"
 
     @property
     def env_prefix(self) -> str:

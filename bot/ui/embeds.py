@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import discord
 
-from bot.domain.tasks import Fault, ImageBytes, Job, JobState, TaskKind
-from bot.ui.words import N_, Words, relative_time
+from bot.domain.tasks import DescribeStyle, Fault, ImageBytes, Job, JobState, Suggestion, TaskKind
+from bot.ui.words import N_, NEGATIVE_PROMPT, STYLE_NAMES, SUGGESTION_NUMBER, Words, relative_time
 
 # Discord's limit for an embed description; the code fence and a note take a little of it.
 _DESCRIPTION_LIMIT = 4096
@@ -37,12 +37,28 @@ class Rendered:
     content: str | None = None
 
 
-def code_block(prompt: str) -> str:
+def code_block(prompt: str, room: int = _PROMPT_ROOM) -> str:
     """Put a prompt in a copyable code block that its own backticks cannot break."""
     safe = prompt.replace("```", "`\u200b``")
-    if len(safe) > _PROMPT_ROOM:
-        safe = safe[:_PROMPT_ROOM] + "…"
+    if len(safe) > room:
+        safe = safe[:room] + "…"
     return f"```\n{safe}\n```"
+
+
+def described(suggestions: Sequence[Suggestion], words: Words) -> str:
+    """Show a describe's prompts as copyable blocks: numbered when several, a negative prompt in its own."""
+    blocks = sum(2 if s.negative else 1 for s in suggestions) or 1
+    # Every block gets an equal share of the description, after its heading and fence.
+    room = (_PROMPT_ROOM - 40 * blocks) // blocks
+    parts: list[str] = []
+    for number, suggestion in enumerate(suggestions, start=1):
+        if len(suggestions) > 1:
+            parts.append(f"**{words.say(SUGGESTION_NUMBER, number=number)}**")
+        parts.append(code_block(suggestion.prompt, room))
+        if suggestion.negative:
+            parts.append(f"**{words.say(NEGATIVE_PROMPT)}**")
+            parts.append(code_block(suggestion.negative, room))
+    return "\n".join(parts)
 
 
 def duration(seconds: float) -> str:
@@ -85,7 +101,7 @@ def render_job(
     left_off = 0
 
     if job.state is JobState.COMPLETED and job.kind is TaskKind.DESCRIBE:
-        embed.description = code_block(job.result_text or "")
+        embed.description = described(job.suggestions, words)
         if thumbnail:
             files.append(
                 discord.File(
@@ -104,6 +120,8 @@ def render_job(
         embed.description = code_block(job.prompt)
 
     embed.add_field(name=words.say(N_("Provider")), value=words.provider(job.provider))
+    if job.style is not None and job.style is not DescribeStyle.DETAILED:
+        embed.add_field(name=words.say(N_("Style")), value=words.say(STYLE_NAMES[job.style]))
     embed.add_field(name=words.say(N_("Started")), value=relative_time(job.created_at))
     if job.state is JobState.COMPLETED and job.kind is TaskKind.IMAGINE:
         # updated_at is when the result was saved: from the member's request to the image in hand.

@@ -20,15 +20,22 @@ from bot.ui.words import (
     Words,
 )
 
-# action in the custom id -> (label, emoji)
+# action in the custom id -> (label, emoji); "imagine2".."imagine4" imagine the 2nd..4th suggestion.
 JOB_ACTIONS: dict[str, tuple[str, str]] = {
     "imagine": (N_("Imagine this"), "🎨"),
     "text": (N_("Show as text"), "📋"),
     "again": (N_("Run again"), "🔁"),
     "edit": (N_("Edit this"), "✏️"),
 }
-# The buttons under each kind of finished job, in order.
-RESULT_ACTIONS = {TaskKind.DESCRIBE: ("imagine", "text"), TaskKind.IMAGINE: ("again", "edit")}
+IMAGINE_NUMBER = N_("Imagine {number}")
+IMAGINE_ACTIONS = ("imagine", "imagine2", "imagine3", "imagine4")
+
+
+def suggestion_index(action: str) -> int:
+    """Return which suggestion an imagine action is for (0 for "imagine")."""
+    return IMAGINE_ACTIONS.index(action)
+
+
 _JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 
 
@@ -41,22 +48,37 @@ def job_custom_id(action: str, job_id: str) -> str:
     return f"job:{action}:{job_id}"
 
 
-def job_button(action: str, job_id: str, words: Words | None = None) -> discord.ui.Button[discord.ui.View]:
+def job_button(
+    action: str, job_id: str, words: Words | None = None, *, numbered: bool = False
+) -> discord.ui.Button[discord.ui.View]:
     """Return a result button as it is shown; clicks reach the DynamicItem of its action's cog."""
-    label, emoji = JOB_ACTIONS[action]
+    words = words or Words()
+    if action in IMAGINE_ACTIONS and (numbered or action != "imagine"):
+        label, emoji = (
+            words.say(IMAGINE_NUMBER, number=suggestion_index(action) + 1),
+            JOB_ACTIONS["imagine"][1],
+        )
+    else:
+        label, emoji = words.say(JOB_ACTIONS[action][0]), JOB_ACTIONS[action][1]
     return discord.ui.Button(
-        style=discord.ButtonStyle.secondary,
-        label=(words or Words()).say(label),
-        emoji=emoji,
-        custom_id=job_custom_id(action, job_id),
+        style=discord.ButtonStyle.secondary, label=label, emoji=emoji, custom_id=job_custom_id(action, job_id)
     )
 
 
-def result_view(job: Job, words: Words) -> discord.ui.View:
+def result_actions(job: Job, *, can_imagine: bool) -> tuple[str, ...]:
+    """Return the buttons under a finished job, in order; no Imagine button where nothing can generate."""
+    if job.kind is TaskKind.IMAGINE:
+        return ("again", "edit")
+    imagine = IMAGINE_ACTIONS[: max(1, len(job.suggestions))] if can_imagine else ()
+    return (*imagine, "text")
+
+
+def result_view(job: Job, words: Words, *, can_imagine: bool) -> discord.ui.View:
     """Return the buttons under a finished job's result."""
     view = discord.ui.View(timeout=None)
-    for action in RESULT_ACTIONS[job.kind]:
-        view.add_item(job_button(action, job.id, words))
+    numbered = len(job.suggestions) > 1
+    for action in result_actions(job, can_imagine=can_imagine):
+        view.add_item(job_button(action, job.id, words, numbered=numbered))
     # Stopped: discord.py then only sends it, rather than keeping a copy per message in memory; the
     # clicks are handled by the DynamicItems the cogs register.
     view.stop()

@@ -21,7 +21,7 @@ from bot.domain.errors import (
     StorageFull,
     TooManyInFlight,
 )
-from bot.domain.tasks import Fault, JobState, Notice, NoticeCode, TaskKind
+from bot.domain.tasks import DescribeStyle, Fault, JobState, Notice, NoticeCode, TaskKind
 
 DEFAULT_LOCALE = "en-US"
 
@@ -49,6 +49,16 @@ STATE_WORDS = {
 KIND_NAMES = {TaskKind.DESCRIBE: N_("Image to prompt"), TaskKind.IMAGINE: N_("Image generation")}
 KIND_UNIT = {TaskKind.DESCRIBE: N_("description"), TaskKind.IMAGINE: N_("generation")}
 KIND_UNITS = {TaskKind.DESCRIBE: N_("descriptions"), TaskKind.IMAGINE: N_("generations")}
+# The `/describe style:` choices as members read them (the values are the contract's names).
+STYLE_NAMES = {
+    DescribeStyle.DETAILED: N_("Detailed"),
+    DescribeStyle.SHORT: N_("Short"),
+    DescribeStyle.TAGS: N_("Tags (booru style)"),
+    DescribeStyle.MIDJOURNEY: N_("Midjourney (with --ar)"),
+    DescribeStyle.STABLE_DIFFUSION: N_("Stable Diffusion (with a negative prompt)"),
+}
+NEGATIVE_PROMPT = N_("Negative prompt")
+SUGGESTION_NUMBER = N_("Suggestion {number}")
 # What the bot cannot do for want of a provider, by kind.
 KIND_ABILITIES = {TaskKind.DESCRIBE: N_("image to prompt"), TaskKind.IMAGINE: N_("image generation")}
 
@@ -115,6 +125,15 @@ REFUSALS: dict[Refusal, str] = {
         "{provider} is not set up on this bot; leave the provider option empty to use {default}."
     ),
     Refusal.NO_PROVIDER_FOR_KIND: N_("No provider for {ability} is set up on this bot; ask a server admin."),
+    Refusal.STYLE_NEEDS_OTHER_PROVIDER: N_(
+        "{provider} gives one detailed prompt only; for another style or several suggestions, choose {capable} "
+        "in the provider option."
+    ),
+    Refusal.NO_PROVIDER_FOR_STYLES: N_(
+        "{provider} gives one detailed prompt only, and no provider on this bot gives more; ask a server admin "
+        "to add a vision model for styles and suggestions."
+    ),
+    Refusal.TOO_MANY_SUGGESTIONS: N_("Ask for 1 to {most} suggestions."),
     Refusal.JOB_GONE: N_("This result is too old to act on; run the command again."),
     Refusal.ONLY_INVOKER: N_("Only the member who asked can use this."),
     Refusal.MISSING_CHANNEL_PERMISSION: N_(
@@ -157,6 +176,18 @@ FAULTS: dict[Fault, str] = {
         "{provider} finished but its result could not be used; try again (this did not use your quota)."
     ),
     Fault.NOT_FOUND: N_("{provider} no longer knows this task; try again (this did not use your quota)."),
+    Fault.MODEL_NOT_FOUND: N_(
+        "The bot is misconfigured: {provider} does not have the model the bot asks for; please tell a server "
+        "admin (this did not use your quota)."
+    ),
+    Fault.MODEL_BLIND: N_(
+        "The bot is misconfigured: the model behind {provider} cannot read images; please tell a server admin "
+        "(this did not use your quota)."
+    ),
+    Fault.INCOMPATIBLE: N_(
+        "The bot is misconfigured: {provider} does not answer the way the bot expects; please tell a server "
+        "admin (this did not use your quota)."
+    ),
 }
 
 NOTICES: dict[NoticeCode, str] = {
@@ -260,7 +291,7 @@ class Words:
             values["megapixels"] = int(values["max_pixels"]) // 1_000_000  # type: ignore[call-overload]
         if "format" in values:
             values["format_name"] = format_name(str(values["format"]))
-        for key in ("provider", "default"):
+        for key in ("provider", "default", "capable"):
             if key in values:
                 values[key] = self.provider(str(values[key]))
         if "kind" in values:

@@ -11,7 +11,18 @@ from typing import Any
 import aiosqlite
 
 from bot.domain.ports import ImageRole
-from bot.domain.tasks import Fault, ImageBytes, Job, JobState, Notice, NoticeCode, Route, TaskKind
+from bot.domain.tasks import (
+    DescribeStyle,
+    Fault,
+    ImageBytes,
+    Job,
+    JobState,
+    Notice,
+    NoticeCode,
+    Route,
+    Suggestion,
+    TaskKind,
+)
 from bot.store.sqlite.database import Database
 
 # The job's own columns; its route is kept in the columns below.
@@ -41,6 +52,15 @@ def notice_from_text(text: str | None) -> Notice | None:
     return Notice(code, data)
 
 
+def suggestions_to_text(suggestions: Sequence[Suggestion]) -> str:
+    """Store described prompts as JSON: [{"prompt": ..., "negative": ...}, ...]."""
+    return json.dumps([{"prompt": s.prompt, "negative": s.negative} for s in suggestions])
+
+
+def suggestions_from_text(text: str) -> tuple[Suggestion, ...]:
+    return tuple(Suggestion(str(item["prompt"]), item.get("negative")) for item in json.loads(text))
+
+
 def _job_from_row(row: aiosqlite.Row) -> Job:
     values = {name: row[name] for name in _JOB_COLUMNS}
     values["kind"] = TaskKind(values["kind"])
@@ -48,6 +68,11 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
     values["reported_state"] = JobState(values["reported_state"]) if values["reported_state"] else None
     values["fault"] = Fault(values["fault"]) if values["fault"] else None
     values["notice"] = notice_from_text(values["notice"])
+    values["style"] = DescribeStyle(values["style"]) if values["style"] else None
+    if values["suggestions"]:
+        values["suggestions"] = suggestions_from_text(values["suggestions"])
+    else:  # a job saved before suggestions existed kept its one prompt in result_text
+        values["suggestions"] = (Suggestion(row["result_text"]),) if row["result_text"] else ()
     route = Route(**{field: row[column] for field, column in _ROUTE_COLUMNS.items()})
     return Job(route=route, **values)
 
@@ -55,6 +80,9 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
 def _column_values(job: Job) -> dict[str, Any]:
     values = {name: getattr(job, name) for name in _JOB_COLUMNS}
     values["notice"] = notice_to_text(job.notice)
+    values["suggestions"] = suggestions_to_text(job.suggestions) if job.suggestions else None
+    # The first prompt is kept on its own too: it is what "Imagine this" and "Show as text" used before.
+    values["result_text"] = job.result_text
     values |= {column: getattr(job.route, field) for field, column in _ROUTE_COLUMNS.items()}
     return values
 
@@ -112,9 +140,10 @@ class SqliteJobRepository:
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
         stored = _column_values(updated)
-        assignments = ", ".join(f"{name} = ?" for name in changes)
+        columns = list(changes) + (["result_text"] if "suggestions" in changes else [])
+        assignments = ", ".join(f"{name} = ?" for name in columns)
         sql = f"UPDATE jobs SET {assignments} WHERE id = ?"  # noqa: S608 (column names are our own fields)
-        return updated, sql, (*[stored[name] for name in changes], job.id)
+        return updated, sql, (*[stored[name] for name in columns], job.id)
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -138,22 +167,27 @@ class SqliteJobRepository:
         )
         return [ImageBytes(data=bytes(row["data"]), mime=str(row["mime"])) for row in rows]
 
-    async def cached_prompt(self, image_hash: str, provider: str, max_age_days: int) -> str | None:
-        """Return a prompt this provider gave for the same image within the cache's lifetime."""
+    async def cached_suggestions(
+        self, image_hash: str, provider: str, variant: str, max_age_days: int
+    ) -> tuple[Suggestion, ...] | None:
+        """Return what this provider answered for the same image and request within the cache's lifetime."""
         if max_age_days <= 0:
             return None
         row = await self._db.fetchone(
-            "SELECT prompt FROM describe_cache WHERE image_hash = ? AND provider = ? AND created_at > ?",
-            (image_hash, provider, self._clock() - max_age_days * 86400),
+            "SELECT suggestions FROM describe_cache WHERE image_hash = ? AND provider = ? AND variant = ? "
+            "AND created_at > ?",
+            (image_hash, provider, variant, self._clock() - max_age_days * 86400),
         )
-        return str(row["prompt"]) if row else None
+        return suggestions_from_text(str(row["suggestions"])) if row else None
 
-    async def cache_prompt(self, image_hash: str, provider: str, prompt: str) -> None:
+    async def cache_suggestions(
+        self, image_hash: str, provider: str, variant: str, suggestions: tuple[Suggestion, ...]
+    ) -> None:
         await self._db.execute(
-            "INSERT INTO describe_cache (image_hash, provider, prompt, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (image_hash, provider) DO UPDATE SET prompt = excluded.prompt, "
-            "created_at = excluded.created_at",
-            (image_hash, provider, prompt, self._clock()),
+            "INSERT INTO describe_cache (image_hash, provider, variant, suggestions, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (image_hash, provider, variant) DO UPDATE SET "
+            "suggestions = excluded.suggestions, created_at = excluded.created_at",
+            (image_hash, provider, variant, suggestions_to_text(suggestions), self._clock()),
         )
 
     async def prune(self, retention_days: int) -> int:
