@@ -13,6 +13,7 @@ import io
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,6 +294,130 @@ async def test_the_memory_ledger_limits_caps_and_settles_once() -> None:
     assert (describe.limit, describe.used, describe.source) == (2, 1, "user")
     assert (imagine.limit, imagine.used, imagine.source) == (10, 0, "default")
     assert await quotas.running(MEMBER.user_id) == 0
+
+
+async def _ledger_scenario(quotas: QuotaLedger, jobs: JobRepository, clock: Clock) -> list[object]:
+    """Drive a ledger through every method; return everything it answered."""
+    alice, bob = Member(10, 1, role_ids=(30,)), Member(10, 2)
+    seen: list[object] = []
+    await quotas.set_limit(10, "server", 10, TaskKind.DESCRIBE, 3, actor_id=99)
+    await quotas.set_limit(10, "role", 30, TaskKind.DESCRIBE, 5, actor_id=99)
+    await quotas.set_limit(10, "user", 2, TaskKind.IMAGINE, -1, actor_id=99)
+    first = await quotas.reserve(alice, TaskKind.DESCRIBE, "alpha")
+    seen += [await quotas.commit(first.usage_id), await quotas.commit(first.usage_id)]
+    second = await quotas.reserve(alice, TaskKind.DESCRIBE, "alpha")
+    seen += [await quotas.refund(second.usage_id, outcome="failed"), await quotas.commit(second.usage_id)]
+    third = await quotas.reserve(alice, TaskKind.DESCRIBE, "alpha")
+    await quotas.move(third.usage_id, "beta")
+    await quotas.record_task_id(third.usage_id, "t-3")
+    held = Job.new(kind=TaskKind.DESCRIBE, provider="beta", guild_id=10, user_id=1, route=ROUTE, clock=clock)
+    await jobs.create(replace(held, usage_id=third.usage_id))  # an unfinished job holds the third
+    await quotas.record_cached(alice, TaskKind.DESCRIBE, "alpha")
+    await quotas.grant(10, 1, TaskKind.DESCRIBE, 2, actor_id=99)
+    seen += [await quotas.status(alice), await quotas.status(bob)]
+    await quotas.reserve(bob, TaskKind.IMAGINE, "gamma")
+    await quotas.reserve(alice, TaskKind.IMAGINE, "gamma")
+    await quotas.reserve(bob, TaskKind.IMAGINE, "gamma")
+    for member in (alice, Member(10, 3)):  # alice has two running; gamma has three
+        try:
+            await quotas.reserve(member, TaskKind.IMAGINE, "gamma")
+        except TooManyInFlight as exc:
+            seen.append(("in flight", exc.scope, exc.limit))
+    seen += [await quotas.running(1), await quotas.running(2), quotas.max_inflight_per_user]
+    seen.append(await quotas.reset_today(10, 1, None, actor_id=99))
+    seen.append(await quotas.status(alice))
+    report = await quotas.usage_report(10, 1)
+    seen += [report.since, report.until, report.lines, report.top_members, report.rows]
+    clock.advance(3601)
+    seen += [await quotas.expire(), await quotas.status(alice), await quotas.status(bob)]
+    clock.advance(40 * 86400)
+    seen.append(await quotas.prune(30))
+    seen.append((await quotas.usage_report(10, 60)).rows)
+    return seen
+
+
+async def test_the_memory_ledger_answers_as_the_sqlite_ledger_does(tmp_path: Path) -> None:
+    from bot.store.sqlite.database import Database
+    from bot.store.sqlite.jobs import SqliteJobRepository
+    from bot.store.sqlite.quotas import SqliteQuotaLedger
+
+    settings: dict[str, Any] = {
+        "defaults": {TaskKind.DESCRIBE: 4, TaskKind.IMAGINE: 2},
+        "max_inflight_per_user": 2,
+        "max_inflight_per_provider": 3,
+        "reservation_ttl": 3600.0,
+    }
+    memory_clock = Clock()
+    memory_jobs = MemoryJobRepository(clock=memory_clock)
+    memory = MemoryQuotaLedger(clock=memory_clock, jobs=memory_jobs, **settings)
+    db = await Database.open(tmp_path / "parity.sqlite3")
+    try:
+        sqlite_clock = Clock()
+        sqlite = SqliteQuotaLedger(db, clock=sqlite_clock, **settings)
+        expected = await _ledger_scenario(sqlite, SqliteJobRepository(db, clock=sqlite_clock), sqlite_clock)
+    finally:
+        await db.close()
+    assert await _ledger_scenario(memory, memory_jobs, memory_clock) == expected
+
+
+async def _jobs_scenario(jobs: JobRepository, clock: Clock) -> list[object]:
+    """Drive a job repository through every method; return everything it answered."""
+    seen: list[object] = []
+    first = replace(
+        Job.new(kind=TaskKind.DESCRIBE, provider="alpha", guild_id=1, user_id=2, route=ROUTE, clock=clock),
+        id="a" * 32,
+        input_hash="hash-a",
+        notice=Notice(NoticeCode.FALLBACK, {"failed": "beta", "used": "alpha"}),
+    )
+    clock.advance(1)
+    second = replace(
+        Job.new(kind=TaskKind.IMAGINE, provider="gamma", guild_id=1, user_id=2, route=ROUTE, clock=clock),
+        id="b" * 32,
+        prompt="a cat",
+    )
+    await jobs.create(first, [IMAGE])
+    await jobs.create(second)
+    clock.advance(1)
+    seen.append(await jobs.update(first, state=JobState.STARTING))
+    seen.append(await jobs.update(first, state=JobState.CREATED, provider_task_id="t-1", started_at=clock()))
+    moved = replace(ROUTE, via="channel", message_id=77)
+    await jobs.save_route(first.id, moved)
+    clock.advance(1)
+    seen.append(await jobs.update(first, reported_state=JobState.CREATED))  # a stale job: the route stays
+    seen.append(await jobs.find_by_task("alpha", "t-1"))
+    seen.append(await jobs.find_by_task("beta", "t-1"))
+    result = ImageBytes(png_bytes(colour=(5, 5, 5)), "image/png")
+    seen.append(await jobs.save_outputs(second, [result], state=JobState.COMPLETED))
+    seen += [await jobs.images(first.id, "input"), await jobs.images(second.id, "output")]
+    seen += [await jobs.images(second.id, "input"), await jobs.images("unknown", "input")]
+    await jobs.cache_prompt("hash-a", "alpha", "a red square")
+    clock.advance(86400)
+    await jobs.cache_prompt("hash-b", "alpha", "a blue square")
+    seen += [await jobs.cached_prompt("hash-a", "alpha", days) for days in (0, 1, 2)]
+    seen += [await jobs.cached_prompt("hash-a", "beta", 2), await jobs.cached_prompt("hash-b", "alpha", 1)]
+    seen.append(await jobs.finish(second))
+    seen.append(await jobs.unfinished())
+    seen += [await jobs.get(first.id), await jobs.get(second.id), await jobs.get("unknown")]
+    clock.advance(10 * 86400)
+    await jobs.cache_prompt("hash-c", "alpha", "kept")
+    seen.append(await jobs.prune(5))
+    seen += [await jobs.get(second.id), await jobs.images(second.id, "output"), await jobs.unfinished()]
+    seen += [await jobs.cached_prompt(h, "alpha", 30) for h in ("hash-a", "hash-b", "hash-c")]
+    return seen
+
+
+async def test_the_memory_repository_answers_as_the_sqlite_one_does(tmp_path: Path) -> None:
+    from bot.store.sqlite.database import Database
+    from bot.store.sqlite.jobs import SqliteJobRepository
+
+    memory_clock = Clock()
+    db = await Database.open(tmp_path / "parity.sqlite3")
+    try:
+        sqlite_clock = Clock()
+        expected = await _jobs_scenario(SqliteJobRepository(db, clock=sqlite_clock), sqlite_clock)
+    finally:
+        await db.close()
+    assert await _jobs_scenario(MemoryJobRepository(clock=memory_clock), memory_clock) == expected
 
 
 # --- one describe, polled --------------------------------------------------------------------------------
