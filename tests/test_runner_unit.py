@@ -47,6 +47,7 @@ from bot.domain.tasks import (
 )
 from tests.conftest import png_bytes
 from tests.memory import (
+    DEFAULT_LIMITS,
     Clock,
     DescribeCall,
     FakeDescriber,
@@ -58,6 +59,7 @@ from tests.memory import (
     MemoryJobRepository,
     MemoryQuotaLedger,
     RecordingReporter,
+    Step,
     make_provider,
     snapshot,
     webhook_body,
@@ -95,7 +97,6 @@ class Rig:
         kind: TaskKind = TaskKind.DESCRIBE,
         *,
         prompt: str | None = None,
-        **extra: Any,
     ) -> Job:
         """A job as the service makes one: its reservation held, its input hashed."""
         reservation = await self.quotas.reserve(MEMBER, kind, provider)
@@ -109,7 +110,6 @@ class Rig:
             usage_id=reservation.usage_id,
             input_hash="hash-of-the-input" if kind is TaskKind.DESCRIBE else None,
             prompt=prompt,
-            **extra,
         )
 
     async def run(self, job: Job, inputs: Sequence[ImageBytes] = (IMAGE,)) -> Job:
@@ -164,7 +164,7 @@ async def make_rig() -> AsyncIterator[RigFactory]:
 
 
 def polled(
-    name: str = "alpha", *create: Any, polls: Sequence[Any] = (), webhooks: bool = False
+    name: str = "alpha", *create: Step, polls: Sequence[Step] = (), webhooks: bool = False
 ) -> tuple[Provider, FakeDescriber, FakePoller]:
     """A describer with a poller (like Freepik): `create` answers the creates, `polls` the polls."""
     describer = FakeDescriber(*(create or (snapshot("t-1", "CREATED"),)))
@@ -174,12 +174,10 @@ def polled(
 
 
 def synchronous(
-    name: str = "beta", *answers: Any, limits: ImageLimits | None = None
+    name: str = "beta", *answers: Step, limits: ImageLimits = DEFAULT_LIMITS
 ) -> tuple[Provider, FakeDescriber]:
     """A describer without a poller (like Novita): its answer is the end."""
     describer = FakeDescriber(*(answers or (snapshot("s-1", "COMPLETED", prompt=f"described by {name}"),)))
-    if limits is None:
-        return make_provider(name, describer=describer), describer
     return make_provider(name, describer=describer, limits=limits), describer
 
 
