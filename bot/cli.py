@@ -156,11 +156,12 @@ class _TerminalReporter:
         self.final: Job | None = None
         self.done = asyncio.Event()
 
-    async def report(self, job: Job) -> None:
+    async def report(self, job: Job) -> bool:
         complain(f"{self._words.state(job.state)} ({job.provider})")
         if job.finished:
             self.final = job
             self.done.set()
+        return True
 
     async def forget(self, job_id: str) -> None:
         return None

@@ -48,6 +48,7 @@ from bot.domain.quota import (
     utc_day,
 )
 from bot.domain.tasks import (
+    DescribeRequest,
     Fault,
     ImageBytes,
     ImageLimits,
@@ -55,6 +56,7 @@ from bot.domain.tasks import (
     JobState,
     ProviderStatus,
     Route,
+    Suggestion,
     TaskKind,
     TaskSnapshot,
 )
@@ -149,7 +151,7 @@ class MemoryJobRepository:
         self.journal = journal if journal is not None else Journal()
         self._jobs: dict[str, Job] = {}
         self._images: dict[tuple[str, ImageRole], tuple[ImageBytes, ...]] = {}
-        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[tuple[Suggestion, ...], float]] = {}
         self._faults: list[_WriteFault] = []
         self.changes = Changes()
         # Every write, in order: (method, job id, the fields it named).
@@ -213,17 +215,21 @@ class MemoryJobRepository:
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]:
         return list(self._images.get((job_id, role), ()))
 
-    async def cached_prompt(self, image_hash: str, provider: str, max_age_days: int) -> str | None:
+    async def cached_suggestions(
+        self, image_hash: str, provider: str, variant: str, max_age_days: int
+    ) -> tuple[Suggestion, ...] | None:
         if max_age_days <= 0:
             return None
-        cached = self._cache.get((image_hash, provider))
+        cached = self._cache.get((image_hash, provider, variant))
         if cached is None or cached[1] <= self._clock() - max_age_days * 86400:
             return None
         return cached[0]
 
-    async def cache_prompt(self, image_hash: str, provider: str, prompt: str) -> None:
-        self._maybe_fail("cache_prompt", {})
-        self._cache[(image_hash, provider)] = (prompt, self._clock())
+    async def cache_suggestions(
+        self, image_hash: str, provider: str, variant: str, suggestions: tuple[Suggestion, ...]
+    ) -> None:
+        self._maybe_fail("cache_suggestions", {})
+        self._cache[(image_hash, provider, variant)] = (suggestions, self._clock())
         self.changes.notify()
 
     async def prune(self, retention_days: int) -> int:
@@ -626,12 +632,22 @@ class RecordingReporter:
         self.shown: list[Job] = []
         self.forgotten: list[str] = []
         self.changes = Changes()
+        # Ends not taken before one is: each such report returns False, as when Discord answered 5xx.
+        self.refuse_ends = 0
+        self.refused: list[Job] = []
 
-    async def report(self, job: Job) -> None:
+    async def report(self, job: Job) -> bool:
+        if job.finished and self.refuse_ends > 0:
+            # As a reporter whose Discord did not take the end (a 5xx, a lost connection).
+            self.refuse_ends -= 1
+            self.refused.append(job)
+            self.changes.notify()
+            return False
         self.shown.append(job)
         if self.journal is not None:
             self.journal.add("reported", job.id, job.state.value)
         self.changes.notify()
+        return True
 
     async def forget(self, job_id: str) -> None:
         self.forgotten.append(job_id)
@@ -666,7 +682,8 @@ def snapshot(
     prompt: str | None = None,
     image_urls: Iterable[str] = (),
 ) -> TaskSnapshot:
-    return TaskSnapshot(task_id, ProviderStatus(status), prompt=prompt, image_urls=tuple(image_urls))
+    prompts = (Suggestion(prompt),) if prompt else ()
+    return TaskSnapshot(task_id, ProviderStatus(status), suggestions=prompts, image_urls=tuple(image_urls))
 
 
 class Script:
@@ -725,7 +742,9 @@ class FakeDescriber:
         self.script = Script(*steps)
         self.calls: list[DescribeCall] = []
 
-    async def describe(self, image: ImageBytes, *, webhook_url: str | None) -> TaskSnapshot:
+    async def describe(
+        self, image: ImageBytes, request: DescribeRequest, *, webhook_url: str | None
+    ) -> TaskSnapshot:
         self.calls.append(DescribeCall(image, webhook_url))
         return await self.script.answer()
 
@@ -808,7 +827,8 @@ class FakeWebhookReader:
         if status is not ProviderStatus.COMPLETED:
             return TaskSnapshot(delivery.task_id, status)
         if kind is TaskKind.DESCRIBE:
-            return TaskSnapshot(delivery.task_id, status, prompt=body.get("prompt"))
+            prompt = body.get("prompt")
+            return TaskSnapshot(delivery.task_id, status, suggestions=(Suggestion(prompt),) if prompt else ())
         return TaskSnapshot(delivery.task_id, status, image_urls=tuple(body.get("urls", ())))
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from bot.discord.reporting import INTERACTION_TOKEN_LIFETIME, DiscordReporter
 from bot.domain.errors import StorageFull
-from bot.domain.tasks import ImageBytes, Job, JobState, Route, TaskKind
+from bot.domain.tasks import ImageBytes, Job, JobState, Route, Suggestion, TaskKind
 from tests.conftest import png_bytes
 from tests.fakes.discord import FakeDiscord, RecordedCall, start_bot, stop_bot
 from tests.memory import Changes, Clock, Journal, MemoryJobRepository
@@ -152,7 +152,7 @@ async def test_each_new_state_edits_the_original_message_once(scene: Scene) -> N
     in_progress = replace(created, state=JobState.IN_PROGRESS)
     await scene.reporter.report(in_progress)
     await scene.shown(in_progress)
-    done = replace(created, state=JobState.COMPLETED, result_text="a red square")
+    done = replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("a red square"),))
     await scene.reporter.report(done)  # the end is shown before report returns
 
     edits = scene.edits_of(token)
@@ -184,7 +184,7 @@ async def test_a_state_within_the_window_waits_and_the_end_is_never_held_back(sc
     await scene.reporter.report(replace(created, state=JobState.IN_PROGRESS))
     await scene.monotonic.read_since(reads)  # the pending edit looked at the window: it waits
     # ...and the end, which comes before the window is over, replaces it and goes at once.
-    await scene.reporter.report(replace(created, state=JobState.COMPLETED, result_text="done"))
+    await scene.reporter.report(replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("done"),)))
     await scene.reporter.close()  # nothing left waiting may send anything later
 
     assert [title(call) for call in scene.edits_of(token)] == [
@@ -229,7 +229,9 @@ async def test_past_fourteen_minutes_the_bot_reports_with_its_own_token(scene: S
     in_progress = replace(created, state=JobState.IN_PROGRESS)
     await scene.reporter.report(in_progress)
     await scene.shown(in_progress)
-    await scene.reporter.report(replace(created, state=JobState.COMPLETED, result_text="late but here"))
+    await scene.reporter.report(
+        replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("late but here"),))
+    )
 
     assert len(scene.edits_of(token)) == 1  # the interaction token was used for the first edit only
     edits = scene.channel_calls()
@@ -264,7 +266,9 @@ async def test_a_deleted_message_gets_the_end_posted_anew_mentioning_the_member(
     await scene.reporter.report(in_progress)
     await scene.shown(in_progress)  # the edit found no message: nothing more is posted until the end
     assert scene.channel_calls() == []
-    await scene.reporter.report(replace(created, state=JobState.COMPLETED, result_text="still here"))
+    await scene.reporter.report(
+        replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("still here"),))
+    )
 
     assert [call.status for call in scene.edits_of(token)] == [200, 404]
     (posted,) = scene.channel_calls()
@@ -300,7 +304,9 @@ async def test_the_reporter_keeps_the_route_it_learnt_whatever_route_the_job_car
     await scene.shown(in_progress)
     # The runner's job still carries the interaction route; the end goes the reporter's way.
     assert created.route.via == "interaction"
-    await scene.reporter.report(replace(created, state=JobState.COMPLETED, result_text="moved"))
+    await scene.reporter.report(
+        replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("moved"),))
+    )
 
     assert [call.status for call in scene.edits_of(token)] == [200, 401]
     channel_path = f"/channels/{route.channel_id}/messages/{original['id']}"
@@ -324,7 +330,9 @@ async def test_a_full_disk_when_noting_what_was_shown_does_not_stop_the_report(
         await scene.reporter.report(created)
         await scene.fake.wait_for_call(lambda call: call.method == "PATCH" and token in call.path)
         scene.monotonic.advance(COALESCE + 1)
-        await scene.reporter.report(replace(created, state=JobState.COMPLETED, result_text="shown anyway"))
+        await scene.reporter.report(
+            replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("shown anyway"),))
+        )
 
     assert [title(call) for call in scene.edits_of(token)] == [
         TITLES[JobState.CREATED],
@@ -335,3 +343,41 @@ async def test_a_full_disk_when_noting_what_was_shown_does_not_stop_the_report(
     )  # never saved; at worst shown again at a resume
     assert scene.journal.of(created.id, "route")  # the route itself was saved
     assert [r for r in caplog.records if r.name == "bot.discord.reporting"] == []
+
+
+async def test_an_end_discord_answers_5xx_to_is_reported_as_not_shown_then_shown(scene: Scene) -> None:
+    """Worth offering again: the runner does. Through the bot's own token, where discord.py does not retry
+    a 503 by itself (on the interaction's webhook it retries any 5xx for about 25 s first)."""
+    token, route = await scene.deferred_interaction()
+    created = await scene.job(route)
+    await scene.reporter.report(created)
+    await scene.shown(created)
+    original = scene.fake.original_message(token)
+    assert original is not None
+    scene.clock.advance(INTERACTION_TOKEN_LIFETIME + 1)
+    scene.monotonic.advance(COALESCE + 1)
+    done = replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("a fox"),))
+    scene.fake.fail_next("PATCH", r"/channels/.*/messages/", status=503)
+
+    assert await scene.reporter.report(done) is False
+    assert await scene.reporter.report(done) is True
+
+    assert [call.status for call in scene.channel_calls()] == [503, 200]
+    assert title(scene.channel_calls()[-1]) == TITLES[JobState.COMPLETED]
+
+
+async def test_an_end_that_can_never_be_shown_counts_as_shown(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal that no retry mends (the channel is gone for the bot) is logged, not offered forever."""
+    token, route = await scene.deferred_interaction()
+    created = await scene.job(route)
+    done = replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("a fox"),))
+    scene.fake.fail_next("PATCH", r"/webhooks/.*/messages/@original", status=403, code=50001, times=2)
+    with caplog.at_level(logging.ERROR, logger="bot.discord.reporting"):
+        assert await scene.reporter.report(done) is True
+    assert [call.status for call in scene.edits_of(token)] == [
+        403,
+        403,
+    ]  # then without its files: refused too
+    assert "could not show the end" in caplog.text

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from bot.core.breaker import CircuitBreaker
+from bot.core.images import image_hash
 from bot.core.runner import JobRunner, RunnerConfig
 from bot.domain.errors import ProviderError, QuotaExceeded, StorageFull, TooManyInFlight
 from bot.domain.ports import (
@@ -43,6 +44,7 @@ from bot.domain.tasks import (
     Notice,
     NoticeCode,
     Route,
+    Suggestion,
     TaskKind,
 )
 from tests.conftest import png_bytes
@@ -70,7 +72,9 @@ IMAGE = ImageBytes(png_bytes(), "image/png")
 ROUTE = Route(channel_id=30, application_id=40, interaction_token="token", token_created_at=0.0)
 WEBHOOK_URL = "https://bot.example/webhooks/alpha"
 # Polls at once and without end: a script or a moving clock decides when a task ends.
-FAST = RunnerConfig(poll_interval=0, poll_max_interval=0, task_timeout=600, progress_after=60)
+FAST = RunnerConfig(
+    poll_interval=0, poll_max_interval=0, task_timeout=600, progress_after=60, end_retry_waits=(0, 0, 0)
+)
 # Polls an hour apart: a test that needs one must get it from a resume, a delivery or a shutdown.
 SLOW = RunnerConfig(
     poll_interval=3600,
@@ -78,6 +82,7 @@ SLOW = RunnerConfig(
     task_timeout=7200,
     progress_after=60,
     webhook_poll_interval=3600,
+    end_retry_waits=(0, 0, 0),
 )
 
 
@@ -388,20 +393,35 @@ async def _jobs_scenario(jobs: JobRepository, clock: Clock) -> list[object]:
     seen.append(await jobs.save_outputs(second, [result], state=JobState.COMPLETED))
     seen += [await jobs.images(first.id, "input"), await jobs.images(second.id, "output")]
     seen += [await jobs.images(second.id, "input"), await jobs.images("unknown", "input")]
-    await jobs.cache_prompt("hash-a", "alpha", "a red square")
+    await jobs.cache_suggestions("hash-a", "alpha", PLAIN, (Suggestion("a red square"),))
     clock.advance(86400)
-    await jobs.cache_prompt("hash-b", "alpha", "a blue square")
-    seen += [await jobs.cached_prompt("hash-a", "alpha", days) for days in (0, 1, 2)]
-    seen += [await jobs.cached_prompt("hash-a", "beta", 2), await jobs.cached_prompt("hash-b", "alpha", 1)]
+    await jobs.cache_suggestions("hash-b", "alpha", PLAIN, (Suggestion("a blue square"),))
+    seen += [prompt_of(await jobs.cached_suggestions("hash-a", "alpha", PLAIN, days)) for days in (0, 1, 2)]
+    seen += [
+        prompt_of(await jobs.cached_suggestions("hash-a", "beta", PLAIN, 2)),
+        prompt_of(await jobs.cached_suggestions("hash-b", "alpha", PLAIN, 1)),
+    ]
     seen.append(await jobs.finish(second))
     seen.append(await jobs.unfinished())
     seen += [await jobs.get(first.id), await jobs.get(second.id), await jobs.get("unknown")]
     clock.advance(10 * 86400)
-    await jobs.cache_prompt("hash-c", "alpha", "kept")
+    await jobs.cache_suggestions("hash-c", "alpha", PLAIN, (Suggestion("kept"),))
     seen.append(await jobs.prune(5))
     seen += [await jobs.get(second.id), await jobs.images(second.id, "output"), await jobs.unfinished()]
-    seen += [await jobs.cached_prompt(h, "alpha", 30) for h in ("hash-a", "hash-b", "hash-c")]
+    seen += [
+        prompt_of(await jobs.cached_suggestions(h, "alpha", PLAIN, 30))
+        for h in ("hash-a", "hash-b", "hash-c")
+    ]
     return seen
+
+
+# The describe cache's key besides the image and the provider, for one detailed prompt of a provider
+# without a model of its own (what every describe in these tests asks).
+PLAIN = "|detailed|1"
+
+
+def prompt_of(cached: tuple[Suggestion, ...] | None) -> str | None:
+    return cached[0].prompt if cached else None
 
 
 async def test_the_memory_repository_answers_as_the_sqlite_one_does(tmp_path: Path) -> None:
@@ -462,7 +482,9 @@ async def test_a_polled_describe_saves_each_state_before_showing_it_once(make_ri
     assert rig.quotas.settles == [("commit", job.usage_id, "COMPLETED", True)]
     row = rig.quotas.row(job.usage_id)
     assert (row.state, row.provider, row.provider_task_id) == ("committed", "alpha", "t-1")
-    assert await rig.jobs.cached_prompt("hash-of-the-input", "alpha", 1) == "a red square"
+    assert (
+        prompt_of(await rig.jobs.cached_suggestions("hash-of-the-input", "alpha", PLAIN, 1)) == "a red square"
+    )
     assert not rig.breakers["alpha"].is_open
 
 
@@ -481,7 +503,7 @@ async def test_a_failed_task_is_refunded_and_not_cached(make_rig: RigFactory) ->
     ]
     assert rig.quotas.settles == [("refund", job.usage_id, "failed", True)]
     assert rig.quotas.states() == ["refunded"]
-    assert await rig.jobs.cached_prompt("hash-of-the-input", "alpha", 1) is None
+    assert prompt_of(await rig.jobs.cached_suggestions("hash-of-the-input", "alpha", PLAIN, 1)) is None
 
 
 async def test_a_completed_describe_without_a_prompt_is_a_bad_result(make_rig: RigFactory) -> None:
@@ -549,7 +571,14 @@ async def test_describe_falls_back_to_the_next_describer_and_says_so(
     row = rig.quotas.row(job.usage_id or 0)
     assert (row.provider, row.state) == ("beta", "committed")
     assert rig.quotas.settles == [("commit", job.usage_id, "COMPLETED", True)]
-    assert await rig.jobs.cached_prompt("hash-of-the-input", "beta", 1) == "described by beta"
+    # Cached under the bytes the second provider was sent (refitted to its limits), not the first's.
+    assert prompt_of(await rig.jobs.cached_suggestions("hash-of-the-input", "beta", PLAIN, 1)) is None
+    refitted = beta_describer.calls[0].image
+    assert rig.jobs.saved(job.id).input_hash == image_hash(refitted)
+    assert (
+        prompt_of(await rig.jobs.cached_suggestions(image_hash(refitted), "beta", PLAIN, 1))
+        == "described by beta"
+    )
 
 
 async def test_imagine_never_falls_back(make_rig: RigFactory) -> None:
@@ -901,3 +930,121 @@ async def test_the_breaker_opens_after_repeated_faults_and_answers_unavailable(m
     assert fourth.fault is Fault.BUSY
     assert len(describer.calls) == 3
     assert rig.breakers["alpha"].is_open
+
+
+# --- ends that were not shown, faults at the very end, and jobs that outlived their settings ----------------
+
+
+async def test_an_end_discord_did_not_take_is_offered_again_and_settled_once(make_rig: RigFactory) -> None:
+    provider, _, _ = polled("alpha", snapshot("t-1", "COMPLETED", prompt="a fox"))
+    rig = make_rig(provider)
+    rig.reporter.refuse_ends = 2  # two 5xx, then Discord takes it
+    done = await rig.run(await rig.job())
+    assert done.state is JobState.COMPLETED
+    assert len(rig.reporter.refused) == 2
+    assert rig.reporter.states(done.id)[-1] is JobState.COMPLETED
+    assert rig.quotas.states() == ["committed"]
+
+
+async def test_an_end_never_taken_is_left_for_the_next_start_and_shown_there(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider, describer, _ = polled("alpha", snapshot("t-1", "COMPLETED", prompt="a fox"))
+    rig = make_rig(provider)
+    rig.reporter.refuse_ends = 4  # more than the runner offers it
+    job = await rig.job()
+    with caplog.at_level(logging.WARNING):
+        await rig.runner.submit(job, [IMAGE])
+        await rig.reporter.changes.wait_until(lambda: len(rig.reporter.refused) == 4, "four refused ends")
+        await rig.runner.shutdown(grace=1.0)
+    saved = rig.jobs.saved(job.id)
+    assert (saved.state, saved.finished_at) == (JobState.COMPLETED, None)  # not closed: not shown
+    assert any("shown at the next start" in r.getMessage() for r in caplog.records)
+
+    # The next start shows it, and the member is charged once.
+    again = make_rig(provider)
+    again.jobs, again.quotas = rig.jobs, rig.quotas
+    runner = JobRunner(
+        jobs=rig.jobs,
+        quotas=rig.quotas,
+        providers={"alpha": provider},
+        breakers=again.breakers,
+        reporter=again.reporter,
+        config=FAST,
+        clock=again.clock,
+    )
+    assert await runner.resume() == 1
+    shown = await rig.jobs.wait_finished(job.id)
+    assert shown.finished_at is not None
+    assert again.reporter.states(job.id) == [JobState.COMPLETED]
+    assert len(describer.calls) == 1
+    assert rig.quotas.states() == ["committed"]
+    assert [settled for *_, settled in rig.quotas.settles] == [True, False]  # the second commit did nothing
+    await runner.shutdown(grace=1.0)
+
+
+async def test_a_full_disk_at_the_very_end_pauses_quietly(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider, _, _ = polled("alpha", snapshot("t-1", "COMPLETED", prompt="a fox"))
+    rig = make_rig(provider)
+    rig.jobs.fail("finish", StorageFull("database or disk is full"))
+    job = await rig.job()
+    with caplog.at_level(logging.DEBUG):
+        await rig.runner.submit(job, [IMAGE])
+        await rig.reporter.forgot(job.id)
+        await rig.runner.shutdown(grace=1.0)
+    assert rig.jobs.saved(job.id).finished_at is None  # shown at the next start, charged once
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    assert any("paused in state COMPLETED" in r.getMessage() for r in caplog.records)
+
+
+async def test_tasks_that_time_out_count_against_the_provider(make_rig: RigFactory) -> None:
+    # Tasks are accepted and then never finish: the breaker must see that, not only refused creates.
+    provider, describer, _ = polled(
+        "alpha", snapshot("t-1", "CREATED"), polls=[snapshot("t-1", "IN_PROGRESS")]
+    )
+    rig = make_rig(provider, breaker_threshold=2)
+
+    async def never_finishing() -> Job:
+        job = await rig.job()
+        await rig.runner.submit(job, [IMAGE])
+        await rig.reporter.reached(job.id, JobState.IN_PROGRESS)
+        rig.clock.advance(FAST.task_timeout + 1)
+        return await rig.jobs.wait_finished(job.id)
+
+    assert [(await never_finishing()).fault for _ in range(2)] == [Fault.TIMEOUT, Fault.TIMEOUT]
+    assert rig.breakers["alpha"].is_open
+    blocked = await rig.run(await rig.job())
+    assert blocked.fault is Fault.UNAVAILABLE
+    assert len(describer.calls) == 2
+
+
+async def test_a_job_whose_provider_left_the_settings_ends_cleanly(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider, _, _ = polled("alpha")
+    rig = make_rig(provider)
+    orphan = await rig.job("gone")
+    await rig.jobs.create(orphan, [IMAGE])
+    with caplog.at_level(logging.WARNING):
+        assert await rig.runner.resume() == 1
+        done = await rig.jobs.wait_finished(orphan.id)
+    assert (done.state, done.fault) == (JobState.FAILED, Fault.MISCONFIGURED)
+    assert rig.quotas.row(orphan.usage_id or 0).state == "refunded"
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert any("gone, which is no longer configured" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_resumed_job_is_fitted_to_the_provider_it_has_now(make_rig: RigFactory) -> None:
+    # Saved after a fallback to a provider with smaller limits, before it was started again.
+    small = ImageLimits(max_side=32, max_bytes=100_000)
+    describer = FakeDescriber(snapshot("t-1", "COMPLETED", prompt="small"))
+    provider = make_provider("beta", describer=describer, limits=small)
+    rig = make_rig(provider)
+    job = await rig.job("beta")
+    await rig.jobs.create(job, [ImageBytes(png_bytes((400, 300)), "image/png")])
+    assert await rig.runner.resume() == 1
+    await rig.jobs.wait_finished(job.id)
+    with Image.open(io.BytesIO(describer.calls[0].image.data)) as sent:
+        assert max(sent.size) <= 32

@@ -24,7 +24,12 @@ TRIPPING_FAULTS = frozenset(
 
 
 class CircuitBreaker:
-    """Closed, then open after `threshold` faults in a row, then half-open after `cooldown` seconds."""
+    """Closed, then open after `threshold` faults in a row, then half-open after `cooldown` seconds.
+
+    A fault is a task that did not finish because of the provider: a create it refused or never answered,
+    a task that timed out or whose result was unusable. Taking a request only closes a half-open circuit;
+    the count of faults in a row is reset by a task that finished.
+    """
 
     def __init__(
         self,
@@ -54,7 +59,15 @@ class CircuitBreaker:
             raise ProviderError(self.provider, Fault.UNAVAILABLE)
         self._trial_running = True  # half-open: this request decides
 
+    def record_answer(self) -> None:
+        """The provider took a request: a half-open trial passed (its task has yet to finish)."""
+        if self._opened_at is not None and self._trial_running:
+            log.info("%s answers again; circuit closed", self.provider)
+            self._opened_at = None
+        self._trial_running = False
+
     def record_success(self) -> None:
+        """A task finished: the provider works; the count of faults in a row starts again."""
         if self._opened_at is not None:
             log.info("%s answers again; circuit closed", self.provider)
         self._failures = 0

@@ -9,6 +9,7 @@ next start carries it on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from bot.core.background import BackgroundTasks
 from bot.core.breaker import CircuitBreaker
-from bot.core.images import refit
+from bot.core.images import image_hash, refit
 from bot.domain.errors import BadInput, ProviderError, StorageFull
 from bot.domain.ports import JobReporter, JobRepository, Provider, QuotaLedger, WebhookDelivery
 from bot.domain.tasks import (
@@ -67,6 +68,9 @@ class RunnerConfig:
     # With webhooks on, polling is only the safety net for a lost delivery: slow and steady.
     webhook_poll_interval: float = 30.0
     poll_growth: float = 1.5
+    # An end that was not shown (Discord answered 5xx or could not be reached) is offered again after
+    # these waits; then the job is left unfinished and shown at the next start.
+    end_retry_waits: tuple[float, ...] = (2.0, 10.0, 30.0)
 
 
 class JobRunner:
@@ -96,6 +100,8 @@ class JobRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         # Webhook snapshots for the jobs driven here, by (provider, task id), with the job's kind.
         self._deliveries: dict[tuple[str, str], tuple[TaskKind, asyncio.Queue[TaskSnapshot]]] = {}
+        # Each driven job as last saved: what a log line or an unexpected end starts from.
+        self._current: dict[str, Job] = {}
         self._listening: dict[str, tuple[str, str]] = {}  # job id -> its key in _deliveries
         self._early: dict[tuple[str, str], tuple[float, WebhookDelivery]] = {}
         self._stopping = asyncio.Event()
@@ -166,29 +172,48 @@ class JobRunner:
         task.add_done_callback(lambda _: self._running.pop(job.id, None))
 
     async def _drive(self, job: Job, *, resumed: bool, inputs: list[ImageBytes] | None) -> None:
+        self._current[job.id] = job
         try:
-            ended = await self._run(job, resumed=resumed, inputs=inputs)
-        except asyncio.CancelledError:
-            raise
+            try:
+                ended = await self._run(job, resumed=resumed, inputs=inputs)
+            except asyncio.CancelledError:
+                raise
+            except StorageFull:
+                raise
+            except Exception:
+                log.exception("job %s broke unexpectedly", job.id)
+                ended = await self._end(self._current[job.id], Fault.BAD_RESULT, against_provider=False)
+            finally:
+                self._stop_listening(job.id)
+            if ended is None:
+                await self._reporter.forget(job.id)
+                log.info("job %s paused for shutdown in state %s", job.id, self._current[job.id].state)
+                return
+            await self._settle_and_report(ended)
         except StorageFull:
             # Nothing more can be saved (the database logged why): the job keeps its last saved state
-            # and carries on from it at the next start, when there is room again.
+            # and carries on from it at the next start, when there is room again (settling is once only).
             await self._reporter.forget(job.id)
-            log.info("job %s paused in state %s: the database cannot be written", job.id, job.state)
-            return
-        except Exception:
-            log.exception("job %s broke unexpectedly", job.id)
-            ended = await self._end(job, Fault.BAD_RESULT)
+            log.info(
+                "job %s paused in state %s: the database cannot be written",
+                job.id,
+                self._current[job.id].state,
+            )
         finally:
-            self._stop_listening(job.id)
-        if ended is None:
-            await self._reporter.forget(job.id)
-            log.info("job %s paused for shutdown in state %s", job.id, job.state)
-            return
-        await self._settle_and_report(ended)
+            self._current.pop(job.id, None)
+
+    async def _save(self, job: Job, **changes: Any) -> Job:
+        """Save some of a job's fields, and remember the job as it now is."""
+        job = await self._jobs.update(job, **changes)
+        self._current[job.id] = job
+        return job
 
     async def _run(self, job: Job, *, resumed: bool, inputs: list[ImageBytes] | None) -> Job | None:
         """Move the job from its saved state to its end; None when shutdown paused it."""
+        if not job.finished and job.provider not in self._providers:
+            # Its provider was taken out of the settings since the job was saved: nothing can carry it on.
+            log.warning("job %s needs %s, which is no longer configured; it ends here", job.id, job.provider)
+            return await self._end(job, Fault.MISCONFIGURED, against_provider=False)
         while not job.finished:
             step: Job | None
             if job.state is JobState.QUEUED:
@@ -196,7 +221,9 @@ class JobRunner:
             elif job.state is JobState.STARTING:
                 # The create went out and its answer was never saved: the task may exist, but it cannot
                 # be found (no idempotency key), and sending it again might pay twice.
-                step = await self._end(job, Fault.LOST, "the bot stopped while creating the task")
+                step = await self._end(
+                    job, Fault.LOST, "the bot stopped while creating the task", against_provider=False
+                )
             else:
                 step = await self._wait_for_end(job, poll_now=resumed)
                 resumed = False
@@ -208,14 +235,17 @@ class JobRunner:
     async def _start(self, job: Job, inputs: list[ImageBytes] | None) -> Job | None:
         if self._stopping.is_set():
             return None
-        if inputs is None:  # a resumed job: its inputs are only in the database
-            inputs = await self._jobs.images(job.id, "input")
+        if inputs is None:
+            # A resumed job: its inputs are only in the database, as prepared for the provider it had then
+            # (a fallback may have changed it since): fit them to its provider now.
+            limits = self._providers[job.provider].image_limits
+            inputs = [await _refit(image, limits) for image in await self._jobs.images(job.id, "input")]
         try:
             return await self._start_with(job, job.provider, inputs)
         except ProviderError as exc:
             alternative = self._fallback_for(job, exc.fault)
             if alternative is None:
-                return await self._end(job, exc.fault, exc)
+                return await self._end(job, exc.fault, exc, against_provider=False)
             log.warning(
                 "job %s: %s unavailable (%s); falling back to %s",
                 job.id,
@@ -224,15 +254,22 @@ class JobRunner:
                 alternative,
             )
         notice = Notice(NoticeCode.FALLBACK, {"failed": job.provider, "used": alternative})
-        job = await self._jobs.update(job, provider=alternative, notice=notice, state=JobState.QUEUED)
-        if job.usage_id is not None:
-            await self._quotas.move(job.usage_id, alternative)
         try:
             limits = self._providers[alternative].image_limits
             refitted = [await _refit(image, limits) for image in inputs]
+        except ProviderError as exc:
+            return await self._end(job, exc.fault, exc, against_provider=False)
+        # The cache key follows the bytes the new provider is sent.
+        digest = image_hash(refitted[0]) if job.input_hash and refitted else job.input_hash
+        job = await self._save(
+            job, provider=alternative, notice=notice, state=JobState.QUEUED, input_hash=digest
+        )
+        if job.usage_id is not None:
+            await self._quotas.move(job.usage_id, alternative)
+        try:
             return await self._start_with(job, alternative, refitted)
         except ProviderError as exc:
-            return await self._end(job, exc.fault, exc)
+            return await self._end(job, exc.fault, exc, against_provider=False)
 
     async def _start_with(self, job: Job, provider_name: str, inputs: list[ImageBytes]) -> Job:
         """Create the provider task (raising ProviderError when nothing came of it) and save its first state."""
@@ -240,7 +277,7 @@ class JobRunner:
         breaker = self._breakers[provider_name]
         breaker.check()
         # Saved before the request: a crash mid-create is then known as such at the next start.
-        job = await self._jobs.update(job, state=JobState.STARTING)
+        job = await self._save(job, state=JobState.STARTING)
         webhook_url = None if provider.synchronous else self._webhook_url_for(provider_name)
         try:
             if provider.synchronous:
@@ -253,13 +290,13 @@ class JobRunner:
             breaker.record_failure(exc.fault)
             if exc.fault is not Fault.LOST:
                 # Nothing was created: the job may go elsewhere or end cleanly.
-                await self._jobs.update(job, state=JobState.QUEUED)
+                await self._save(job, state=JobState.QUEUED)
             raise
-        breaker.record_success()
+        breaker.record_answer()
         if snapshot.status is not ProviderStatus.COMPLETED and snapshot.status is not ProviderStatus.FAILED:
             # Listen before saving: a delivery may follow the create answer within milliseconds.
             self._listen(job, provider_name, snapshot.task_id)
-        job = await self._jobs.update(job, provider_task_id=snapshot.task_id, started_at=self._clock())
+        job = await self._save(job, provider_task_id=snapshot.task_id, started_at=self._clock())
         if job.usage_id is not None:
             await self._quotas.record_task_id(job.usage_id, snapshot.task_id)
         return await self._advance(job, snapshot)
@@ -400,7 +437,7 @@ class JobRunner:
             return await self._end(job, Fault.FAILED)
         if state is JobState.COMPLETED:
             return await self._complete(job, snapshot)
-        job = await self._jobs.update(job, state=state)
+        job = await self._save(job, state=state)
         await self._reporter.report(job)
         return job
 
@@ -409,7 +446,8 @@ class JobRunner:
         if job.kind is TaskKind.DESCRIBE:
             if not snapshot.suggestions:
                 return await self._end(job, Fault.BAD_RESULT, "completed without a prompt")
-            job = await self._jobs.update(job, state=JobState.COMPLETED, suggestions=snapshot.suggestions)
+            job = await self._save(job, state=JobState.COMPLETED, suggestions=snapshot.suggestions)
+            self._breakers[job.provider].record_success()
             if job.input_hash:
                 variant = self._providers[job.provider].cache_variant(job.describe_request)
                 await self._jobs.cache_suggestions(
@@ -424,25 +462,38 @@ class JobRunner:
             uploadable = [await _refit(image, RESULT_UPLOAD_LIMITS) for image in fetched.images]
         except ProviderError as exc:
             return await self._end(job, exc.fault, exc)
-        return await self._jobs.save_outputs(job, uploadable, state=JobState.COMPLETED)
+        job = await self._jobs.save_outputs(job, uploadable, state=JobState.COMPLETED)
+        self._current[job.id] = job
+        self._breakers[job.provider].record_success()
+        return job
 
     # --- the end ------------------------------------------------------------------------------
 
-    async def _end(self, job: Job, fault: Fault, why: ProviderError | str | None = None) -> Job:
-        """Save the job as FAILED for `fault`."""
+    async def _end(
+        self, job: Job, fault: Fault, why: ProviderError | str | None = None, *, against_provider: bool = True
+    ) -> Job:
+        """Save the job as FAILED for `fault`; a fault of the provider's counts against it (the breaker)
+        unless the breaker already knows (a create it refused) or it was not the provider's doing."""
         if why is not None and fault is not Fault.UNAVAILABLE:
             log.info("job %s failed: %s", job.id, why)
-        return await self._jobs.update(job, state=JobState.FAILED, fault=fault)
+        if against_provider and job.provider in self._breakers:
+            self._breakers[job.provider].record_failure(fault)
+        return await self._save(job, state=JobState.FAILED, fault=fault)
 
     async def _settle_and_report(self, job: Job) -> None:
-        """Spend or give back the reservation (once), show the end, and close the job."""
+        """Spend or give back the reservation (once), show the end, and close the job once it is shown."""
         if job.usage_id is not None:
             outcome = str(job.fault or job.state)
             if job.state is JobState.COMPLETED or (job.fault is not None and job.fault.member_pays):
                 await self._quotas.commit(job.usage_id, outcome=outcome)
             else:
                 await self._quotas.refund(job.usage_id, outcome=outcome)
-        await self._reporter.report(job)
+        if not await self._show_end(job):
+            log.warning(
+                "job %s: Discord did not take its end; it is shown at the next start (nothing is charged twice)",
+                job.id,
+            )
+            return
         job = await self._jobs.finish(job)
         log.info(
             "task finished",
@@ -457,6 +508,17 @@ class JobRunner:
                 "duration": round(self._clock() - job.created_at, 3),
             },
         )
+
+    async def _show_end(self, job: Job) -> bool:
+        """Report the end, offering it again a few times while Discord does not take it."""
+        for wait in (*self._config.end_retry_waits, None):
+            if await self._reporter.report(job):
+                return True
+            if wait is None or self._stopping.is_set():
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+        return False
 
     def _forget_stale_early(self) -> None:
         cutoff = self._clock() - _EARLY_DELIVERY_TTL

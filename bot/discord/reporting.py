@@ -10,10 +10,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+import aiohttp
 import discord
 
 from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
+from bot.discord.connection import one_line
 from bot.domain.errors import StorageFull
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
@@ -72,7 +74,7 @@ class DiscordReporter:
         self._slots: dict[str, _Slot] = {}
         self._tasks = BackgroundTasks()
 
-    async def report(self, job: Job) -> None:
+    async def report(self, job: Job) -> bool:
         slot = self._slots.get(job.id)
         if slot is None:
             slot = self._slots[job.id] = _Slot(latest=job, route=job.route, sent_state=job.reported_state)
@@ -81,11 +83,13 @@ class DiscordReporter:
         if job.finished:
             # The end is never held back: it replaces whatever intermediate state was waiting.
             async with slot.lock:
-                await self._deliver(slot, job)
-            self._slots.pop(job.id, None)
-            return
+                shown = await self._deliver(slot, job)
+            if shown:
+                self._slots.pop(job.id, None)
+            return shown
         if slot.flusher is None or slot.flusher.done():
             slot.flusher = self._tasks.spawn(self._flush(slot), name=f"report-{job.id[:12]}")
+        return True
 
     async def forget(self, job_id: str) -> None:
         slot = self._slots.pop(job_id, None)
@@ -104,36 +108,54 @@ class DiscordReporter:
                 job = slot.latest
                 if job.finished or job.state is slot.sent_state:
                     return
-                await self._deliver(slot, job)
+                if not await self._deliver(slot, job):
+                    # A state Discord did not take is skipped, not retried in a loop: the next one shows.
+                    slot.sent_state = job.state
+                    slot.last_sent = self._monotonic()
 
-    async def _deliver(self, slot: _Slot, job: Job) -> None:
+    async def _deliver(self, slot: _Slot, job: Job) -> bool:
+        """Show the job; False when Discord did not take it for a reason that may pass (worth another try).
+
+        An end that can never be shown here (no permission, a channel gone) counts as shown: it is logged,
+        and trying again would not help.
+        """
         try:
             job = await self._send(job)
         except asyncio.CancelledError:
             raise
         except discord.HTTPException as exc:
-            if not (job.finished and 400 <= exc.status < 500):
-                log.exception("could not show job %s on Discord", job.id)
-                return
+            if exc.status >= 500:
+                log.warning("job %s: Discord answered %s; it will be shown again", job.id, exc.status)
+                return False
+            if not job.finished:
+                log.warning("job %s: Discord refused a state (%s); the next one is shown", job.id, exc.status)
+                return False
             # The end must show even when its files cannot go (too large, refused): show it without them.
             log.warning(
                 "job %s: Discord refused the result (%s); showing it without files", job.id, exc.status
             )
             try:
                 job = await self._send(job, with_files=False)
-            except discord.HTTPException:
-                log.exception("could not show job %s on Discord", job.id)
-                return
+            except discord.HTTPException as again:
+                if again.status >= 500:
+                    return False
+                log.exception("could not show the end of job %s on Discord", job.id)
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning(
+                "job %s: Discord could not be reached (%s); it will be shown again", job.id, one_line(exc)
+            )
+            return False
         except Exception:
-            # Discord being down must not stop the job: the next state (or the resume) tries again.
             log.exception("could not show job %s on Discord", job.id)
-            return
+            return True
         slot.route = job.route
         slot.sent_state = job.state
         slot.last_sent = self._monotonic()
         slot.latest = replace(slot.latest, route=job.route)
         with contextlib.suppress(StorageFull):  # shown already; at worst a resume shows it once more
             await self._jobs.update(job, reported_state=job.state)
+        return True
 
     # --- the routes to the message ---------------------------------------------------------------
 

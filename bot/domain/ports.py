@@ -35,7 +35,7 @@ class JobRepository(Protocol):
         ...
 
     async def update(self, job: Job, **changes: Any) -> Job:
-        """Save the given fields of a job (not its route) and return the job as it now is."""
+        """Save the given fields of a job (not its route); return the caller's job with those changes."""
         ...
 
     async def save_outputs(self, job: Job, images: Sequence[ImageBytes], **changes: Any) -> Job:
@@ -134,8 +134,11 @@ class QuotaLedger(Protocol):
 class JobReporter(Protocol):
     """Where a job's saved state is shown (a Discord message, a terminal)."""
 
-    async def report(self, job: Job) -> None:
-        """Show the job; a final state is shown before this returns, earlier ones may be coalesced."""
+    async def report(self, job: Job) -> bool:
+        """Show the job; a final state is shown before this returns, earlier ones may be coalesced.
+
+        Return False only when it was not shown for a reason that may pass (worth offering again).
+        """
         ...
 
     async def forget(self, job_id: str) -> None:
