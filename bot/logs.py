@@ -14,7 +14,19 @@ from pydantic import SecretStr
 from bot.settings import Settings
 
 # Fields that `log.info(..., extra={...})` may attach; they are printed after the message.
-TASK_FIELDS = ("job_id", "user_id", "guild_id", "provider", "kind", "state", "fault", "duration")
+TASK_FIELDS = (
+    "job_id",
+    "user_id",
+    "guild_id",
+    "provider",
+    "kind",
+    "state",
+    "fault",
+    "duration",
+)
+# The fields of an admin's change (the rules): who, what, and the change itself as JSON.
+ADMIN_FIELDS = ("guild_id", "actor_id", "action", "detail")
+_FIELDS = tuple(dict.fromkeys(TASK_FIELDS + ADMIN_FIELDS))
 REDACTED = "[redacted]"
 # Shorter values are not secrets worth the name, and replacing them would mangle ordinary words.
 _MIN_SECRET_LENGTH = 8
@@ -61,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in TASK_FIELDS:
+        for name in _FIELDS:
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:
@@ -78,7 +90,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(f"{name}={getattr(record, name)}" for name in TASK_FIELDS if hasattr(record, name))
+        extras = " ".join(f"{name}={getattr(record, name)}" for name in _FIELDS if hasattr(record, name))
         return self._redact(f"{line} {extras}" if extras else line)
 
 

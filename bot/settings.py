@@ -86,8 +86,15 @@ class Settings(BaseSettings):
         description="the same image described by the same provider within this many days is "
         "answered from the database (0: off)",
     )
-    max_inflight_per_user: int = Field(2, ge=1, description="running tasks one member may have at once")
-    max_inflight_per_provider: int = Field(20, ge=1, description="running tasks per provider at once")
+    max_inflight_per_user: int = Field(
+        2, ge=1, description="running tasks one member may have at once (more wait in line)"
+    )
+    max_inflight_per_provider: int = Field(
+        20, ge=1, description="running tasks per provider at once (more wait in line)"
+    )
+    max_queue_per_provider: int = Field(
+        200, ge=0, description="tasks that may wait in line for a provider beyond `MAX_INFLIGHT_PER_PROVIDER`"
+    )
     usage_retention_days: int = Field(90, ge=1, description="usage rows older than this are pruned")
     edit_coalesce_seconds: float = Field(
         1.0, ge=0, description="task states that arrive within this many seconds send only the latest edit"

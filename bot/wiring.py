@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.core.breaker import CircuitBreaker
+from bot.core.moderation import Moderation
 from bot.core.runner import JobRunner, RunnerConfig
 from bot.core.safe_download import SafeDownloader
 from bot.core.service import ServiceConfig, TaskService
@@ -20,6 +21,7 @@ from bot.settings import Settings
 from bot.store.sqlite.database import Database
 from bot.store.sqlite.jobs import SqliteJobRepository
 from bot.store.sqlite.quotas import SqliteQuotaLedger
+from bot.store.sqlite.rules import SqliteRules
 from bot.webhooks import webhook_url
 
 # A reservation outlives its task's timeout by this much before it is taken as abandoned.
@@ -46,6 +48,7 @@ class Core:
     db: Database
     jobs: SqliteJobRepository
     quotas: SqliteQuotaLedger
+    rules: SqliteRules
     providers: dict[str, Provider]
     breakers: dict[str, CircuitBreaker]
     runner: JobRunner
@@ -79,10 +82,13 @@ def build_core(
         },
         max_inflight_per_user=settings.max_inflight_per_user,
         max_inflight_per_provider=settings.max_inflight_per_provider,
+        max_queue_per_provider=settings.max_queue_per_provider,
         reservation_ttl=settings.task_timeout_seconds + RESERVATION_MARGIN,
         clock=clock,
     )
     breakers = {name: CircuitBreaker(name) for name in providers}
+    rules = SqliteRules(db, clock=clock)
+    moderation = Moderation(rules)
     labels = registry.labels(settings.providers)
 
     def webhook_url_for(name: str) -> str | None:
@@ -105,8 +111,11 @@ def build_core(
             poll_max_interval=settings.poll_max_interval_seconds,
             task_timeout=settings.task_timeout_seconds,
             progress_after=settings.edit_coalesce_seconds,
+            max_running_per_provider=settings.max_inflight_per_provider,
+            max_running_per_member=settings.max_inflight_per_user,
         ),
         webhook_url_for=webhook_url_for,
+        moderation=moderation,
         clock=clock,
     )
     downloader = downloader or SafeDownloader(max_bytes=settings.max_image_bytes)
@@ -121,6 +130,7 @@ def build_core(
         runner=runner,
         providers=providers,
         downloader=downloader,
+        moderation=moderation,
         clock=clock,
     )
     return Core(
@@ -128,6 +138,7 @@ def build_core(
         db=db,
         jobs=jobs,
         quotas=quotas,
+        rules=rules,
         providers=providers,
         breakers=breakers,
         runner=runner,

@@ -47,9 +47,9 @@ class QuotaCog(commands.Cog):
         quotas = self.bot.core.quotas
         member = member_of(interaction)
         statuses = await quotas.status(member)
-        running = await quotas.running(member.user_id)
+        running, waiting = await self.bot.core.jobs.tasks_of(member.user_id)
         embed = quota_text.quota_embed(
-            self.bot.words_for(interaction), statuses, running, quotas.max_inflight_per_user
+            self.bot.words_for(interaction), statuses, running, quotas.max_inflight_per_user, waiting
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

@@ -31,8 +31,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.domain.errors import ProviderError, QuotaExceeded, TooManyInFlight
+from bot.domain.blocklist import phrase_key
+from bot.domain.errors import BadInput, LineFull, ProviderError, QuotaExceeded, Refusal
+from bot.domain.line import take_order
 from bot.domain.ports import ImageRole, Provider, WebhookDelivery
+from bot.domain.privacy import FORGOTTEN, pseudonym
 from bot.domain.quota import (
     SCOPES,
     UNLIMITED,
@@ -47,6 +50,7 @@ from bot.domain.quota import (
     resolve_limit,
     utc_day,
 )
+from bot.domain.rules import ChannelRule
 from bot.domain.tasks import (
     DescribeRequest,
     Fault,
@@ -212,6 +216,63 @@ class MemoryJobRepository:
         waiting = [job for job in self._jobs.values() if job.finished_at is None]
         return [copy.deepcopy(job) for job in sorted(waiting, key=lambda job: job.created_at)]
 
+    async def next_in_line(
+        self, provider: str, *, max_running: int, max_running_per_member: int
+    ) -> Job | None:
+        running = [job for job in self._jobs.values() if _running(job)]
+        if sum(1 for job in running if job.provider == provider) >= max_running:
+            return None
+        per_member = Counter(job.user_id for job in running)
+        for job in take_order(*self._line_of(provider)):
+            if per_member[job.user_id] < max_running_per_member:
+                now = self._clock()
+                self._jobs[job.id] = replace(self._jobs[job.id], dispatched_at=now, updated_at=now)
+                self._wrote("next_in_line", job.id, ("dispatched_at",))
+                return copy.deepcopy(self._jobs[job.id])
+        return None
+
+    async def line(self, provider: str) -> list[Job]:
+        order = take_order(*self._line_of(provider))
+        return [replace(copy.deepcopy(job), place=place) for place, job in enumerate(order, start=1)]
+
+    async def cancel_waiting(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or not _waiting(job):
+            return None
+        self._jobs[job_id] = replace(job, state=JobState.CANCELLED, updated_at=self._clock())
+        self._wrote("cancel_waiting", job_id, ("state",), state=JobState.CANCELLED)
+        return copy.deepcopy(self._jobs[job_id])
+
+    async def tasks_of(self, user_id: int, guild_id: int | None = None) -> tuple[int, int]:
+        mine = [
+            job for job in self._jobs.values() if job.user_id == user_id and guild_id in (None, job.guild_id)
+        ]
+        return sum(1 for job in mine if _running(job)), sum(1 for job in mine if _waiting(job))
+
+    async def forget_member(self, guild_id: int, user_id: int) -> tuple[int, int, int]:
+        mine = [job for job in self._jobs.values() if (job.guild_id, job.user_id) == (guild_id, user_id)]
+        unfinished = sum(1 for job in mine if job.finished_at is None)
+        if unfinished:
+            raise BadInput(Refusal.FORGET_WHILE_RUNNING, count=unfinished)
+        hashes = {job.input_hash for job in mine if job.kind is TaskKind.DESCRIBE and job.input_hash}
+        prompts = [key for key in self._cache if key[0] in hashes]
+        for key in prompts:
+            del self._cache[key]
+        images = 0
+        for job in mine:
+            del self._jobs[job.id]
+            for role in ("input", "output"):
+                images += len(self._images.pop((job.id, role), ()))
+        return len(mine), images, len(prompts)
+
+    def _line_of(self, provider: str) -> tuple[list[Job], dict[int, float]]:
+        waiting = [job for job in self._jobs.values() if job.provider == provider and _waiting(job)]
+        served: dict[int, float] = {}
+        for job in self._jobs.values():
+            if job.provider == provider and job.dispatched_at is not None:
+                served[job.user_id] = max(served.get(job.user_id, job.dispatched_at), job.dispatched_at)
+        return waiting, served
+
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]:
         return list(self._images.get((job_id, role), ()))
 
@@ -323,6 +384,14 @@ class MemoryJobRepository:
 # --- quotas --------------------------------------------------------------------------------------------
 
 
+def _waiting(job: Job) -> bool:
+    return job.finished_at is None and job.dispatched_at is None and job.state is JobState.QUEUED
+
+
+def _running(job: Job) -> bool:
+    return job.finished_at is None and job.dispatched_at is not None and not job.state.finished
+
+
 @dataclass(slots=True)
 class UsageRow:
     """One row of the usage log, as the SQLite ledger's `usage` table holds it."""
@@ -341,6 +410,10 @@ class UsageRow:
     ended_at: float | None = None
 
 
+# The memory ledger's key for forgotten members' stand-in ids (the SQLite ledger keeps one per database).
+_SECRET = b"memory-ledger"
+
+
 class MemoryQuotaLedger:
     """`QuotaLedger` in lists, with the SQLite ledger's rules.
 
@@ -355,6 +428,7 @@ class MemoryQuotaLedger:
         defaults: Mapping[TaskKind, int] | None = None,
         max_inflight_per_user: int = 3,
         max_inflight_per_provider: int = 10,
+        max_queue_per_provider: int = 0,
         reservation_ttl: float = 3600.0,
         clock: Callable[[], float] = time.time,
         jobs: MemoryJobRepository | None = None,
@@ -362,6 +436,7 @@ class MemoryQuotaLedger:
         self._defaults = dict(defaults or {TaskKind.DESCRIBE: 10, TaskKind.IMAGINE: 10})
         self._max_inflight_per_user = max_inflight_per_user
         self._max_inflight_per_provider = max_inflight_per_provider
+        self._max_queue_per_provider = max_queue_per_provider
         self._ttl = reservation_ttl
         self._clock = clock
         self._jobs = jobs
@@ -385,10 +460,9 @@ class MemoryQuotaLedger:
         status = self._status(member, kind, now)
         if status.left == 0:
             raise QuotaExceeded(kind, status.limit, status.renews_at)
-        if self._running(now, user_id=member.user_id) >= self._max_inflight_per_user:
-            raise TooManyInFlight("user", self._max_inflight_per_user)
-        if self._running(now, provider=provider) >= self._max_inflight_per_provider:
-            raise TooManyInFlight("provider", self._max_inflight_per_provider)
+        held = sum(1 for row in self._rows.values() if row.provider == provider and self._held(row, now))
+        if held >= self._max_inflight_per_provider + self._max_queue_per_provider:
+            raise LineFull(provider, self._max_queue_per_provider)
         usage_id = next(self._ids)
         self._rows[usage_id] = UsageRow(
             usage_id, member.guild_id, member.user_id, kind, provider, "reserved", day, now
@@ -431,8 +505,15 @@ class MemoryQuotaLedger:
         now = self._clock()
         return [self._status(member, kind, now) for kind in TaskKind]
 
-    async def running(self, user_id: int) -> int:
-        return self._running(self._clock(), user_id=user_id)
+    async def forget_member(self, guild_id: int, user_id: int) -> int:
+        today = utc_day(self._clock())
+        stand_in = pseudonym(_SECRET, guild_id, user_id)
+        changed = 0
+        for row in self._rows.values():
+            if (row.guild_id, row.user_id) == (guild_id, user_id):
+                row.user_id = stand_in if row.day == today else FORGOTTEN
+                changed += 1
+        return changed
 
     async def expire(self) -> int:
         now = self._clock()
@@ -579,12 +660,14 @@ class MemoryQuotaLedger:
             if guild == member.guild_id and limit_kind is kind
         )
         limit, source = resolve_limit(limits, member, self._defaults[kind])
+        ids = (member.user_id, pseudonym(_SECRET, member.guild_id, member.user_id))
         used = sum(
             1
             for row in self._rows.values()
-            if (row.guild_id, row.user_id, row.kind, row.day) == (member.guild_id, member.user_id, kind, day)
+            if (row.guild_id, row.kind, row.day) == (member.guild_id, kind, day)
+            and row.user_id in ids
             and not row.forgiven
-            and (row.state == "committed" or (row.state == "reserved" and row.started_at > now - self._ttl))
+            and (row.state == "committed" or self._held(row, now))
         )
         granted = sum(
             amount
@@ -593,15 +676,12 @@ class MemoryQuotaLedger:
         )
         return kind_status(kind, limit, source, used, granted, now)
 
-    def _running(self, now: float, *, user_id: int | None = None, provider: str | None = None) -> int:
-        return sum(
-            1
-            for row in self._rows.values()
-            if row.state == "reserved"
-            and row.started_at > now - self._ttl
-            and (user_id is None or row.user_id == user_id)
-            and (provider is None or row.provider == provider)
-        )
+    def _held(self, row: UsageRow, now: float) -> bool:
+        """A reservation holds while a job carries it unfinished, or while it is recent."""
+        if row.state != "reserved":
+            return False
+        carried = self._jobs is not None and row.id in self._jobs.usage_ids(unfinished_only=True)
+        return carried or row.started_at > now - self._ttl
 
 
 def _usage_dict(row: UsageRow) -> dict[str, object]:
@@ -622,6 +702,38 @@ def _usage_dict(row: UsageRow) -> dict[str, object]:
 
 
 # --- the reporter --------------------------------------------------------------------------------------
+
+
+class MemoryRules:
+    """`RulesRepository` in dicts: channel rules and the blocklist of each server, and every change made."""
+
+    def __init__(self) -> None:
+        self._channels: dict[int, dict[int, ChannelRule]] = {}
+        self._blocked: dict[int, dict[str, str]] = {}
+        self.audit: list[tuple[int, int, str]] = []  # guild, actor, action
+
+    async def channel_rules(self, guild_id: int) -> dict[int, ChannelRule]:
+        return dict(self._channels.get(guild_id, {}))
+
+    async def set_channel_rule(self, guild_id: int, rule: ChannelRule, actor_id: int) -> None:
+        self._channels.setdefault(guild_id, {})[rule.channel_id] = rule
+        self.audit.append((guild_id, actor_id, "rules-channel"))
+
+    async def blocklist(self, guild_id: int) -> list[tuple[str, str]]:
+        return list(self._blocked.get(guild_id, {}).items())
+
+    async def add_blocked(self, guild_id: int, phrases: Sequence[str], actor_id: int) -> tuple[int, int]:
+        blocked = self._blocked.setdefault(guild_id, {})
+        new = {phrase_key(p): p for p in phrases if phrase_key(p) and phrase_key(p) not in blocked}
+        blocked.update(new)
+        self.audit.append((guild_id, actor_id, "blocklist-add"))
+        return len(new), len(blocked)
+
+    async def remove_blocked(self, guild_id: int, phrases: Sequence[str], actor_id: int) -> tuple[int, int]:
+        blocked = self._blocked.setdefault(guild_id, {})
+        gone = [key for key in {phrase_key(p) for p in phrases} if blocked.pop(key, None) is not None]
+        self.audit.append((guild_id, actor_id, "blocklist-remove"))
+        return len(gone), len(blocked)
 
 
 class RecordingReporter:

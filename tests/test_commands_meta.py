@@ -10,6 +10,8 @@ EXPECTED = {
     ("imagine", 1): {"prompt", "reference1", "reference2", "reference3"},
     ("quota", 1): set(),
     ("quota-admin", 1): {"set", "grant", "reset", "usage"},
+    ("rules", 1): {"channel", "blocklist-add", "blocklist-remove", "show"},
+    ("forget-me", 1): set(),
     ("Describe image", 3): set(),
     ("Edit image", 3): set(),
 }

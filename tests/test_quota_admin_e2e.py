@@ -120,7 +120,7 @@ async def test_a_failed_task_is_refunded(harness: Harness) -> None:
     assert [tuple(row) for row in rows] == [("refunded", "failed")]
 
 
-async def test_a_third_concurrent_task_is_told_not_queued(harness: Harness) -> None:
+async def test_a_third_concurrent_task_waits_in_line_until_one_of_the_two_ends(harness: Harness) -> None:
     bot = await harness.start_bot(describe_provider="freepik", max_inflight_per_user=2)
     harness.freepik.seconds_per_state = 1
     for colour in ((1, 1, 1), (2, 2, 2)):
@@ -134,12 +134,17 @@ async def test_a_third_concurrent_task_is_told_not_queued(harness: Harness) -> N
     await harness.discord.wait_for_call(lambda c: third["token"] in c.path and c.method == "PATCH")
     answer = harness.discord.original_message(third["token"])
     assert answer is not None
-    assert answer["content"] == "You already have 2 tasks running; wait for one to finish, then ask again."
-    assert harness.freepik.count("POST") == 2  # nothing reached the provider for the third
+    assert answer["embeds"][0]["title"] == "Image to prompt · Queued · 1st in line"
+    assert harness.freepik.count("POST") == 2  # nothing reached the provider for the third yet
+    assert await used_describes(bot, member(harness)) == 3  # its unit is held while it waits
 
     harness.freepik.seconds_per_state = 0
     await harness.settle(bot)
-    assert await used_describes(bot, member(harness)) == 2
+    assert harness.freepik.count("POST") == 3
+    answer = harness.discord.original_message(third["token"])
+    assert answer is not None
+    assert answer["embeds"][0]["title"] == "Image to prompt · Done"
+    assert await used_describes(bot, member(harness)) == 3
 
 
 async def test_limit_zero_blocks_with_its_own_sentence(harness: Harness) -> None:

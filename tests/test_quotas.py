@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.domain.errors import QuotaExceeded, TooManyInFlight
+from bot.domain.errors import LineFull, QuotaExceeded
 from bot.domain.quota import UNLIMITED, Member, next_utc_midnight
 from bot.domain.tasks import Job, Route, TaskKind
 from bot.store.sqlite.database import Database
@@ -63,12 +63,14 @@ def store(
     imagine: int = 3,
     per_user: int = 10_000,
     per_provider: int = 10_000,
+    queue: int = 0,
 ) -> SqliteQuotaLedger:
     return SqliteQuotaLedger(
         db,
         defaults={DESCRIBE: describe, IMAGINE: imagine},
         max_inflight_per_user=per_user,
         max_inflight_per_provider=per_provider,
+        max_queue_per_provider=queue,
         reservation_ttl=TTL,
         clock=clock,
     )
@@ -296,25 +298,24 @@ async def test_the_utc_day_rolls_over_at_midnight(db: Database) -> None:
 # --- in flight ----------------------------------------------------------------------------------
 
 
-async def test_in_flight_caps_per_member_and_per_provider(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=50, per_user=2, per_provider=3)
+async def test_a_provider_holds_its_running_tasks_and_its_line_and_no_more(
+    db: Database, clock: Clock
+) -> None:
+    quotas = store(db, clock, describe=50, imagine=50, per_user=1, per_provider=2, queue=2)
     first = await quotas.reserve(ALICE, DESCRIBE, "freepik")
+    # Past the member's cap a task waits in line rather than being refused: reserving still holds it.
     await quotas.reserve(ALICE, IMAGINE, "freepik")
-    with pytest.raises(TooManyInFlight) as too_many:
-        await quotas.reserve(ALICE, DESCRIBE, "novita")  # the member's cap spans kinds and providers
-    assert (too_many.value.scope, too_many.value.limit) == ("user", 2)
-    assert await quotas.running(ALICE.user_id) == 2
-
     bob = Member(GUILD, 2)
     await quotas.reserve(bob, DESCRIBE, "freepik")
-    with pytest.raises(TooManyInFlight) as busy:
+    await quotas.reserve(bob, DESCRIBE, "freepik")
+    with pytest.raises(LineFull) as full:  # two running and two waiting: the line is full
         await quotas.reserve(bob, DESCRIBE, "freepik")
-    assert (busy.value.scope, busy.value.limit) == ("provider", 3)
+    assert (full.value.provider, full.value.waiting) == ("freepik", 2)
     await quotas.reserve(bob, DESCRIBE, "novita")  # another provider has room
 
-    await quotas.commit(first.usage_id)
-    await quotas.reserve(ALICE, DESCRIBE, "novita")
-    assert await quotas.running(ALICE.user_id) == 2
+    await quotas.commit(first.usage_id)  # a task ended: its place is free
+    await quotas.reserve(ALICE, DESCRIBE, "freepik")
+    assert (await status_of(quotas, ALICE)).used == 2  # the spent one and the one in line
 
 
 async def test_a_used_up_quota_is_said_before_the_in_flight_cap(db: Database, clock: Clock) -> None:
@@ -331,7 +332,6 @@ async def test_an_abandoned_reservation_expires_and_is_never_leaked(db: Database
     abandoned = await quotas.reserve(ALICE, DESCRIBE, "freepik")  # the bot died before the job was saved
     clock.advance(TTL + 1)
     # Past its lifetime it holds nothing, even before maintenance settles it.
-    assert await quotas.running(ALICE.user_id) == 0
     assert (await status_of(quotas, ALICE)).used == 0
     resumed = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     await jobs.create(

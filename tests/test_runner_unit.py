@@ -22,7 +22,7 @@ from PIL import Image
 from bot.core.breaker import CircuitBreaker
 from bot.core.images import image_hash
 from bot.core.runner import JobRunner, RunnerConfig
-from bot.domain.errors import ProviderError, QuotaExceeded, StorageFull, TooManyInFlight
+from bot.domain.errors import LineFull, ProviderError, QuotaExceeded, StorageFull
 from bot.domain.ports import (
     Describer,
     Imaginer,
@@ -278,25 +278,25 @@ async def test_the_memory_repository_shares_nothing_with_its_callers() -> None:
 
 async def test_the_memory_ledger_limits_caps_and_settles_once() -> None:
     clock = Clock()
-    quotas = MemoryQuotaLedger(clock=clock, max_inflight_per_user=2)
+    quotas = MemoryQuotaLedger(clock=clock, max_inflight_per_provider=2, max_queue_per_provider=1)
     await quotas.set_limit(MEMBER.guild_id, "user", MEMBER.user_id, TaskKind.DESCRIBE, 2, actor_id=1)
     first = await quotas.reserve(MEMBER, TaskKind.DESCRIBE, "alpha")
     second = await quotas.reserve(MEMBER, TaskKind.DESCRIBE, "alpha")
     with pytest.raises(QuotaExceeded):
         await quotas.reserve(MEMBER, TaskKind.DESCRIBE, "alpha")
-    with pytest.raises(TooManyInFlight) as in_flight:
-        await quotas.reserve(MEMBER, TaskKind.IMAGINE, "alpha")  # another kind, but two are running
-    assert in_flight.value.scope == "user"
+    await quotas.reserve(MEMBER, TaskKind.IMAGINE, "alpha")  # another kind: it waits in line
+    with pytest.raises(LineFull) as full:
+        await quotas.reserve(MEMBER, TaskKind.IMAGINE, "alpha")  # two running, one waiting: full
+    assert (full.value.provider, full.value.waiting) == ("alpha", 1)
 
     assert await quotas.commit(first.usage_id) is True
     assert await quotas.commit(first.usage_id) is False
     assert await quotas.refund(first.usage_id, outcome="failed") is False
     assert await quotas.refund(second.usage_id, outcome="failed") is True
-    assert quotas.states() == ["committed", "refunded"]
+    assert quotas.states() == ["committed", "refunded", "reserved"]
     (describe, imagine) = await quotas.status(MEMBER)
     assert (describe.limit, describe.used, describe.source) == (2, 1, "user")
-    assert (imagine.limit, imagine.used, imagine.source) == (10, 0, "default")
-    assert await quotas.running(MEMBER.user_id) == 0
+    assert (imagine.limit, imagine.used, imagine.source) == (10, 1, "default")
 
 
 async def _ledger_scenario(quotas: QuotaLedger, jobs: JobRepository, clock: Clock) -> list[object]:
@@ -321,12 +321,12 @@ async def _ledger_scenario(quotas: QuotaLedger, jobs: JobRepository, clock: Cloc
     await quotas.reserve(bob, TaskKind.IMAGINE, "gamma")
     await quotas.reserve(alice, TaskKind.IMAGINE, "gamma")
     await quotas.reserve(bob, TaskKind.IMAGINE, "gamma")
-    for member in (alice, Member(10, 3)):  # alice has two running; gamma has three
+    for member in (alice, Member(10, 3), bob):  # gamma runs three and lets one wait: the third is refused
         try:
             await quotas.reserve(member, TaskKind.IMAGINE, "gamma")
-        except TooManyInFlight as exc:
-            seen.append(("in flight", exc.scope, exc.limit))
-    seen += [await quotas.running(1), await quotas.running(2), quotas.max_inflight_per_user]
+        except LineFull as exc:
+            seen.append(("line full", exc.provider, exc.waiting))
+    seen.append(quotas.max_inflight_per_user)
     seen.append(await quotas.reset_today(10, 1, None, actor_id=99))
     seen.append(await quotas.status(alice))
     report = await quotas.usage_report(10, 1)
@@ -348,6 +348,7 @@ async def test_the_memory_ledger_answers_as_the_sqlite_ledger_does(tmp_path: Pat
         "defaults": {TaskKind.DESCRIBE: 4, TaskKind.IMAGINE: 2},
         "max_inflight_per_user": 2,
         "max_inflight_per_provider": 3,
+        "max_queue_per_provider": 1,
         "reservation_ttl": 3600.0,
     }
     memory_clock = Clock()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from bot.core.breaker import CircuitBreaker
 from bot.core.images import CheckedImage, image_hash
+from bot.core.moderation import Moderation
 from bot.core.runner import JobRunner, RunnerConfig
 from bot.core.safe_download import SafeDownloader
 from bot.core.service import MAX_PROMPT_LENGTH, ServiceConfig, TaskService
@@ -31,6 +32,7 @@ from tests.memory import (
     Journal,
     MemoryJobRepository,
     MemoryQuotaLedger,
+    MemoryRules,
     RecordingReporter,
     make_provider,
     snapshot,
@@ -57,6 +59,7 @@ class Rig:
     alpha: FakeDescriber  # polled describer, the default
     beta: FakeDescriber  # synchronous describer
     gamma: FakeImaginer  # the only imaginer
+    rules: MemoryRules
 
     async def checked(self, colour: tuple[int, int, int] = (200, 30, 30)) -> CheckedImage:
         return await self.service.check_bytes(png_bytes(colour=colour))
@@ -81,6 +84,8 @@ async def make_rig() -> AsyncIterator[RigFactory]:
         jobs = MemoryJobRepository(clock=clock, journal=journal)
         quotas = MemoryQuotaLedger(clock=clock, jobs=jobs)
         reporter = RecordingReporter(journal=journal)
+        rules = MemoryRules()
+        moderation = Moderation(rules)
         alpha = FakeDescriber(snapshot("t-1", "CREATED"))
         beta = FakeDescriber(snapshot("s-1", "COMPLETED", prompt="described by beta"))
         gamma = FakeImaginer(snapshot("g-1", "CREATED"), results=[RESULT])
@@ -105,6 +110,7 @@ async def make_rig() -> AsyncIterator[RigFactory]:
             breakers={name: CircuitBreaker(name, clock=clock) for name in by_name},
             reporter=reporter,
             config=RunnerConfig(poll_interval=0, poll_max_interval=0, task_timeout=600, progress_after=60),
+            moderation=moderation,
             clock=clock,
         )
         downloader = SafeDownloader(max_bytes=MAX_IMAGE_BYTES)
@@ -119,9 +125,12 @@ async def make_rig() -> AsyncIterator[RigFactory]:
             runner=runner,
             providers=by_name,
             downloader=downloader,
+            moderation=moderation,
             clock=clock,
         )
-        rig = Rig(clock, journal, jobs, quotas, reporter, runner, service, downloader, alpha, beta, gamma)
+        rig = Rig(
+            clock, journal, jobs, quotas, reporter, runner, service, downloader, alpha, beta, gamma, rules
+        )
         made.append(rig)
         return rig
 

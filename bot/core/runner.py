@@ -1,15 +1,17 @@
 """The job runner: start a provider task, poll it or wait for its webhook, save and report each new state.
 
-A job's life is a loop over its saved state: QUEUED is started, STARTING at a resume is an answer that was
-lost, CREATED and IN_PROGRESS are waited out; every step returns the job as it now is, and the end is
-settled (the quota spent or given back) and reported once. Shutdown pauses a job in its saved state; the
-next start carries it on.
+A new job waits in its provider's line (saved) until the provider has room and it is its member's turn;
+then it is dispatched. A dispatched job's life is a loop over its saved state: QUEUED is started, STARTING
+at a resume is an answer that was lost, CREATED and IN_PROGRESS are waited out; every step returns the job
+as it now is, and the end is settled (the quota spent or given back) and reported once. Shutdown pauses a
+job in its saved state, and leaves the line as it is; the next start carries both on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -19,7 +21,9 @@ from typing import Any
 from bot.core.background import BackgroundTasks
 from bot.core.breaker import CircuitBreaker
 from bot.core.images import image_hash, refit
+from bot.core.moderation import Moderation
 from bot.domain.errors import BadInput, ProviderError, StorageFull
+from bot.domain.line import shown_place
 from bot.domain.ports import JobReporter, JobRepository, Provider, QuotaLedger, WebhookDelivery
 from bot.domain.tasks import (
     Fault,
@@ -71,6 +75,18 @@ class RunnerConfig:
     # An end that was not shown (Discord answered 5xx or could not be reached) is offered again after
     # these waits; then the job is left unfinished and shown at the next start.
     end_retry_waits: tuple[float, ...] = (2.0, 10.0, 30.0)
+    # Past these, jobs wait in line: tasks running at one provider, and one member's running tasks.
+    max_running_per_provider: int = 20
+    max_running_per_member: int = 2
+
+
+class Cancelled(enum.Enum):
+    """What became of a request to cancel a job."""
+
+    FREE = "free"  # it was waiting in line: ended, and its unit given back
+    SPENT = "spent"  # its provider had it: the bot stopped waiting, and the unit stays spent
+    NEEDS_CONSENT = "needs_consent"  # its provider has it: cancelling would still cost the unit
+    ENDED = "ended"  # it had already ended (or never existed)
 
 
 class JobRunner:
@@ -86,9 +102,11 @@ class JobRunner:
         reporter: JobReporter,
         config: RunnerConfig,
         webhook_url_for: Callable[[str], str | None] = lambda provider: None,
+        moderation: Moderation | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._jobs = jobs
+        self._moderation = moderation
         self._quotas = quotas
         self._providers = providers
         self._breakers = breakers
@@ -106,16 +124,56 @@ class JobRunner:
         self._early: dict[tuple[str, str], tuple[float, WebhookDelivery]] = {}
         self._stopping = asyncio.Event()
         self.accepting = True
+        # One dispatcher at a time per provider, so that places are shown from one settled line.
+        self._dispatching: dict[str, asyncio.Lock] = {}
+        self._shown_places: dict[str, int] = {}  # waiting job id -> the place its message shows
+        self._cancelling: set[str] = set()  # jobs whose drive is being stopped by a cancel
+        self._moving_lines = 0  # dispatches started by an end and not yet done
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Jobs driven now, and a line about to move (so that "nothing runs" is never said between them)."""
+        return len(self._running) + self._moving_lines
 
     async def submit(self, job: Job, inputs: Sequence[ImageBytes]) -> Job:
-        """Save a new job with its inputs and start driving it."""
+        """Save a new job with its inputs in its provider's line; it starts at once when it is its turn."""
         await self._jobs.create(job, inputs)
-        self._spawn(job, inputs=list(inputs))
+        try:
+            await self._dispatch(job.provider, fresh={job.id: list(inputs)})
+        except StorageFull:
+            # The job is saved in line: the next end or start dispatches it.
+            log.info("job %s waits in line: the database cannot be written", job.id)
         return job
+
+    async def cancel(self, job_id: str, *, spend: bool) -> Cancelled:
+        """Cancel a job: free while it waits in line; once its provider has it, only with `spend`."""
+        waiting = await self._jobs.cancel_waiting(job_id)
+        if waiting is not None:
+            self._shown_places.pop(job_id, None)
+            log.info("job %s cancelled while waiting in line", job_id)
+            await self._settle_and_report(waiting)
+            await self._show_places(waiting.provider)
+            return Cancelled.FREE
+        drive = self._running.get(job_id)
+        current = self._current.get(job_id)
+        if drive is not None and current is not None:
+            # No await between this check and the cancel: an end already saved is never undone.
+            if current.finished:
+                return Cancelled.ENDED
+            if not spend:
+                return Cancelled.NEEDS_CONSENT
+            self._cancelling.add(job_id)
+            drive.cancel()
+            await asyncio.wait({drive})
+            return Cancelled.SPENT
+        job = await self._jobs.get(job_id)
+        if job is None or job.finished:
+            return Cancelled.ENDED
+        if not spend:
+            return Cancelled.NEEDS_CONSENT
+        # Not driven here (it paused when the database was full): end it where it stands.
+        await self._settle_and_report(await self._jobs.update(job, state=JobState.CANCELLED))
+        return Cancelled.SPENT
 
     async def finish_cached(self, job: Job, inputs: Sequence[ImageBytes]) -> Job:
         """Save and report a job answered from the cache (already COMPLETED, nothing reserved)."""
@@ -124,11 +182,14 @@ class JobRunner:
         return await self._jobs.finish(job)
 
     async def resume(self) -> int:
-        """Carry on every job the last run left unfinished; return how many."""
+        """Carry on every job the last run left unfinished, and the lines; return how many jobs."""
         jobs = await self._jobs.unfinished()
         for job in jobs:
+            if job.waiting and job.provider in self._providers:
+                continue  # still in line, in its place: dispatched below when its turn comes
             log.info("resuming job %s (%s, %s)", job.id, job.provider, job.state)
             self._spawn(job, resumed=True)
+        await self._dispatch_all()
         return len(jobs)
 
     async def deliver(self, provider_name: str, body: bytes) -> bool:
@@ -164,20 +225,86 @@ class JobRunner:
                 task.cancel()
         await self._tasks.cancel_all()
 
+    # --- the line -----------------------------------------------------------------------------
+
+    async def _dispatch(self, provider: str, *, fresh: Mapping[str, list[ImageBytes]] | None = None) -> None:
+        """Start the jobs whose turn it is while the provider has room, then show the rest their places.
+
+        `fresh` holds the inputs of jobs submitted just now, which then need not be read back.
+        """
+        lock = self._dispatching.setdefault(provider, asyncio.Lock())
+        async with lock:
+            while self.accepting and not self._stopping.is_set():
+                job = await self._jobs.next_in_line(
+                    provider,
+                    max_running=self._config.max_running_per_provider,
+                    max_running_per_member=self._config.max_running_per_member,
+                )
+                if job is None:
+                    break
+                self._shown_places.pop(job.id, None)
+                self._spawn(job, inputs=(fresh or {}).get(job.id))
+            await self._show_places(provider)
+
+    async def _dispatch_all(self) -> None:
+        # A member's running tasks count at every provider: an end anywhere may let a job start elsewhere.
+        for provider in self._providers:
+            await self._dispatch(provider)
+
+    async def _show_places(self, provider: str) -> None:
+        """Report each waiting job whose shown place changed (places are rounded far back in the line)."""
+        if not self.accepting:
+            return
+        for job in await self._jobs.line(provider):
+            assert job.place is not None
+            shown = shown_place(job.place)
+            if self._shown_places.get(job.id) != shown:
+                self._shown_places[job.id] = shown
+                await self._reporter.report(replace(job, place=shown))
+
+    def _after_end(self) -> None:
+        """Let the line move on once a drive ends (not while shutting down: the line waits for the next start)."""
+        if self.accepting and not self._stopping.is_set():
+            self._moving_lines += 1
+            task = self._tasks.spawn(self._dispatch_quietly(), name="dispatch")
+            task.add_done_callback(self._line_moved)
+
+    def _line_moved(self, _: asyncio.Task[None]) -> None:
+        self._moving_lines -= 1
+
+    async def _dispatch_quietly(self) -> None:
+        try:
+            await self._dispatch_all()
+        except StorageFull:
+            log.info("the line waits: the database cannot be written")
+
     # --- driving one job --------------------------------------------------------------------
 
     def _spawn(self, job: Job, *, resumed: bool = False, inputs: list[ImageBytes] | None = None) -> None:
+        # Known as driven from this moment (before the task first runs): a cancel finds it here.
+        self._current[job.id] = job
         task = self._tasks.spawn(self._drive(job, resumed=resumed, inputs=inputs), name=f"job-{job.id[:12]}")
         self._running[job.id] = task
-        task.add_done_callback(lambda _: self._running.pop(job.id, None))
+        task.add_done_callback(lambda _: self._drive_done(job.id))
+
+    def _drive_done(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._cancelling.discard(job_id)
+        self._after_end()
 
     async def _drive(self, job: Job, *, resumed: bool, inputs: list[ImageBytes] | None) -> None:
-        self._current[job.id] = job
         try:
             try:
                 ended = await self._run(job, resumed=resumed, inputs=inputs)
             except asyncio.CancelledError:
-                raise
+                if job.id not in self._cancelling:
+                    raise
+                # Cancelled by its member: stop waiting for the provider; what it answers later is not shown.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                log.info("job %s cancelled at %s", job.id, job.provider)
+                ended = await self._save(self._current[job.id], state=JobState.CANCELLED)
             except StorageFull:
                 raise
             except Exception:
@@ -370,7 +497,8 @@ class JobRunner:
         webhooks = self._webhook_url_for(job.provider) is not None
         interval = self._config.webhook_poll_interval if webhooks else self._config.poll_interval
         ceiling = max(interval, self._config.poll_max_interval)
-        deadline = job.created_at + self._config.task_timeout
+        # Time spent in line does not count: the timeout is the provider's, from when the job left the line.
+        deadline = (job.dispatched_at or job.created_at) + self._config.task_timeout
         # A resumed job is polled at once: the task may have finished while the bot was away, and its
         # result beats a timeout.
         while not job.finished:
@@ -446,7 +574,13 @@ class JobRunner:
         if job.kind is TaskKind.DESCRIBE:
             if not snapshot.suggestions:
                 return await self._end(job, Fault.BAD_RESULT, "completed without a prompt")
-            job = await self._save(job, state=JobState.COMPLETED, suggestions=snapshot.suggestions)
+            # A prompt with a word the server blocks is shown behind a spoiler, not withheld.
+            hidden = self._moderation is not None and await self._moderation.hides_any(
+                job.guild_id, snapshot.suggestions
+            )
+            job = await self._save(
+                job, state=JobState.COMPLETED, suggestions=snapshot.suggestions, hidden=hidden
+            )
             self._breakers[job.provider].record_success()
             if job.input_hash:
                 variant = self._providers[job.provider].cache_variant(job.describe_request)
@@ -484,7 +618,13 @@ class JobRunner:
         """Spend or give back the reservation (once), show the end, and close the job once it is shown."""
         if job.usage_id is not None:
             outcome = str(job.fault or job.state)
-            if job.state is JobState.COMPLETED or (job.fault is not None and job.fault.member_pays):
+            # Cancelled after leaving the line, the provider had (or was about to have) it: it counts.
+            cancelled_late = job.state is JobState.CANCELLED and job.dispatched_at is not None
+            if (
+                job.state is JobState.COMPLETED
+                or cancelled_late
+                or (job.fault is not None and job.fault.member_pays)
+            ):
                 await self._quotas.commit(job.usage_id, outcome=outcome)
             else:
                 await self._quotas.refund(job.usage_id, outcome=outcome)

@@ -9,10 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bot.core.images import CheckedImage, check_image, image_hash, prepare_for_provider, refit
-from bot.core.runner import JobRunner
+from bot.core.moderation import Moderation
+from bot.core.runner import Cancelled, JobRunner
 from bot.core.safe_download import SafeDownloader
 from bot.domain.errors import BadInput, Refusal, ShuttingDown
 from bot.domain.ports import JobRepository, Provider, QuotaLedger
+from bot.domain.privacy import Forgotten
 from bot.domain.quota import Member
 from bot.domain.tasks import (
     MAX_SUGGESTIONS,
@@ -51,9 +53,11 @@ class TaskService:
         runner: JobRunner,
         providers: Mapping[str, Provider],
         downloader: SafeDownloader,
+        moderation: Moderation,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._moderation = moderation
         self._jobs = jobs
         self._quotas = quotas
         self._runner = runner
@@ -131,11 +135,17 @@ class TaskService:
     ) -> Job:
         """Describe an image: from the cache when this provider saw it lately, else as a new task."""
         self._check_accepting()
+        spoiler = await self._moderation.admit(member.guild_id, TaskKind.DESCRIBE, route)
         request = request or DescribeRequest()
         provider = self._providers[provider_name]
         prepared = await asyncio.to_thread(prepare_for_provider, image, provider.image_limits)
         digest = image_hash(prepared)
-        asked = {"input_hash": digest, "style": request.style, "suggestions_asked": request.count}
+        asked = {
+            "input_hash": digest,
+            "style": request.style,
+            "suggestions_asked": request.count,
+            "spoiler": spoiler,
+        }
         variant = provider.cache_variant(request)
         cached = await self._jobs.cached_suggestions(
             digest, provider_name, variant, self._config.describe_cache_days
@@ -143,7 +153,14 @@ class TaskService:
         if cached is not None:
             await self._quotas.record_cached(member, TaskKind.DESCRIBE, provider_name)
             job = self._new_job(member, TaskKind.DESCRIBE, provider_name, route, **asked)
-            job = replace(job, state=JobState.COMPLETED, suggestions=cached, notice=Notice(NoticeCode.CACHED))
+            hidden = await self._moderation.hides_any(member.guild_id, cached)
+            job = replace(
+                job,
+                state=JobState.COMPLETED,
+                suggestions=cached,
+                notice=Notice(NoticeCode.CACHED),
+                hidden=hidden,
+            )
             return await self._runner.finish_cached(job, [prepared])
         reservation = await self._quotas.reserve(member, TaskKind.DESCRIBE, provider_name)
         job = self._new_job(
@@ -166,6 +183,9 @@ class TaskService:
         if len(references) > MAX_REFERENCES:
             raise BadInput(Refusal.TOO_MANY_REFERENCES, count=len(references))
         provider_name = self.imagine_provider()
+        # The server's rules come before any quota or provider is touched.
+        spoiler = await self._moderation.admit(member.guild_id, TaskKind.IMAGINE, route)
+        await self._moderation.check_prompt(member.guild_id, prompt)
         limits = self._providers[provider_name].image_limits
         prepared = [
             ref if isinstance(ref, ImageBytes) else await asyncio.to_thread(prepare_for_provider, ref, limits)
@@ -180,6 +200,7 @@ class TaskService:
             usage_id=reservation.usage_id,
             prompt=prompt,
             notice=notice,
+            spoiler=spoiler,
         )
         return await self._submit(job, prepared)
 
@@ -204,6 +225,33 @@ class TaskService:
         if job is None or job.state is not JobState.COMPLETED or job.kind is not kind:
             raise BadInput(Refusal.JOB_GONE)
         return job
+
+    async def cancel(
+        self, job_id: str, member: Member, *, may_manage: bool, spend: bool
+    ) -> tuple[Cancelled, Job]:
+        """Cancel a member's queued or running task (or any, for a member who may manage messages).
+
+        Without `spend`, a task its provider already has is left running and NEEDS_CONSENT comes back:
+        cancelling it then still costs the unit, and the member is asked first.
+        """
+        job = await self._jobs.get(job_id)
+        if job is None:
+            raise BadInput(Refusal.ALREADY_ENDED)
+        if job.guild_id != member.guild_id or (job.user_id != member.user_id and not may_manage):
+            raise BadInput(Refusal.NOT_YOURS_TO_CANCEL)
+        outcome = await self._runner.cancel(job_id, spend=spend)
+        if outcome is Cancelled.ENDED:
+            raise BadInput(Refusal.ALREADY_ENDED)
+        return outcome, job
+
+    async def forget(self, member: Member) -> Forgotten:
+        """Delete what the bot keeps about the member in this server; today's use stays counted."""
+        if not member.guild_id:
+            raise BadInput(Refusal.SERVERS_ONLY)
+        tasks, images, prompts = await self._jobs.forget_member(member.guild_id, member.user_id)
+        usage = await self._quotas.forget_member(member.guild_id, member.user_id)
+        log.info("a member asked to be forgotten", extra={"guild_id": member.guild_id})
+        return Forgotten(tasks=tasks, images=images, prompts=prompts, usage=usage)
 
     @staticmethod
     def clean_prompt(prompt: str) -> str:

@@ -29,7 +29,14 @@ from bot.wiring import Core, ReporterNeeds, build_core
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS: tuple[str, ...] = ("cogs.describe", "cogs.imagine", "cogs.quota")
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.describe",
+    "cogs.imagine",
+    "cogs.quota",
+    "cogs.rules",
+    "cogs.privacy",
+    "cogs.tasks",
+)
 _MAINTENANCE_INTERVAL = 3600.0
 # Running tasks get this long to reach a safe point at shutdown (SIGTERM must end the process within 10 s).
 JOB_GRACE = 5.0

@@ -43,17 +43,34 @@ def route_of(interaction: discord.Interaction) -> Route:
     """Show a job on the interaction's own response, through its token."""
     # The token's 15 minutes run from the interaction's creation, not from when we saw it.
     created = interaction.created_at.timestamp() if interaction.created_at else time.time()
+    parent_id, age_restricted = _channel_facts(interaction.channel)
     return Route(
         channel_id=interaction.channel_id,
         application_id=interaction.application_id,
         interaction_token=interaction.token,
         token_created_at=created,
+        parent_id=parent_id,
+        age_restricted=age_restricted,
     )
 
 
 def route_of_message(message: discord.Message) -> Route:
     """Show a job by editing one of the bot's own channel messages."""
-    return Route(channel_id=message.channel.id, message_id=message.id, via="channel")
+    parent_id, age_restricted = _channel_facts(message.channel)
+    return Route(
+        channel_id=message.channel.id,
+        message_id=message.id,
+        via="channel",
+        parent_id=parent_id,
+        age_restricted=age_restricted,
+    )
+
+
+def _channel_facts(channel: object) -> tuple[int | None, bool]:
+    """Return what the server's rules need of a channel: a thread's parent, and whether it is age-restricted."""
+    parent_id = channel.parent_id if isinstance(channel, discord.Thread) else None
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return parent_id, bool(is_nsfw()) if callable(is_nsfw) else False
 
 
 def words_for(interaction: discord.Interaction, provider_labels: Mapping[str, str]) -> Words:

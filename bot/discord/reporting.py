@@ -20,7 +20,7 @@ from bot.domain.errors import StorageFull
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
 from bot.ui.embeds import Rendered, render_job
-from bot.ui.views import result_view
+from bot.ui.views import cancel_view, result_view
 from bot.ui.words import RESULT_MESSAGE_DELETED, Words
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,15 @@ class _Slot:
     # Where the message is and how to reach it. The reporter owns this: it is taken from the job once,
     # changed only here (and saved), and every later state of the job is shown through it.
     route: Route
-    sent_state: JobState | None = None
+    sent: tuple[JobState, int | None] | None = None  # what the message shows: the state, and a place in line
     last_sent: float = float("-inf")
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flusher: asyncio.Task[None] | None = None
+
+
+def _shown(job: Job) -> tuple[JobState, int | None]:
+    """What a message shows of a job, for telling whether an edit would change anything."""
+    return (job.state, job.place)
 
 
 class DiscordReporter:
@@ -77,7 +82,8 @@ class DiscordReporter:
     async def report(self, job: Job) -> bool:
         slot = self._slots.get(job.id)
         if slot is None:
-            slot = self._slots[job.id] = _Slot(latest=job, route=job.route, sent_state=job.reported_state)
+            sent = None if job.reported_state is None else (job.reported_state, None)
+            slot = self._slots[job.id] = _Slot(latest=job, route=job.route, sent=sent)
         job = replace(job, route=slot.route)
         slot.latest = job
         if job.finished:
@@ -100,17 +106,17 @@ class DiscordReporter:
         await self._tasks.cancel_all()
 
     async def _flush(self, slot: _Slot) -> None:
-        while slot.latest.state is not slot.sent_state and not slot.latest.finished:
+        while _shown(slot.latest) != slot.sent and not slot.latest.finished:
             wait = slot.last_sent + self._coalesce - self._monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             async with slot.lock:
                 job = slot.latest
-                if job.finished or job.state is slot.sent_state:
+                if job.finished or _shown(job) == slot.sent:
                     return
                 if not await self._deliver(slot, job):
                     # A state Discord did not take is skipped, not retried in a loop: the next one shows.
-                    slot.sent_state = job.state
+                    slot.sent = _shown(job)
                     slot.last_sent = self._monotonic()
 
     async def _deliver(self, slot: _Slot, job: Job) -> bool:
@@ -150,7 +156,7 @@ class DiscordReporter:
             log.exception("could not show job %s on Discord", job.id)
             return True
         slot.route = job.route
-        slot.sent_state = job.state
+        slot.sent = _shown(job)
         slot.last_sent = self._monotonic()
         slot.latest = replace(slot.latest, route=job.route)
         with contextlib.suppress(StorageFull):  # shown already; at worst a resume shows it once more
@@ -247,9 +253,8 @@ class DiscordReporter:
         kwargs: dict[str, Any] = {"embed": rendered.embed, "content": rendered.content}
         if job.finished:
             kwargs["attachments"] = rendered.files
-            view = self._view(job, words)
-            if view is not None:
-                kwargs["view"] = view
+        # None takes the Cancel button away from an end without buttons.
+        kwargs["view"] = self._view(job, words)
         # "@original" names the interaction's first response, whose id we may not know yet.
         return await webhook.edit_message(cast("int", "@original"), **kwargs)
 
@@ -262,6 +267,8 @@ class DiscordReporter:
         return Words(None, self._labels)
 
     def _view(self, job: Job, words: Words) -> discord.ui.View | None:
+        if not job.finished:
+            return cancel_view(job, words)
         if job.state is not JobState.COMPLETED:
             return None
         return result_view(job, words, can_imagine=self._can_imagine)

@@ -62,6 +62,16 @@ class Refusal(enum.StrEnum):
     MISSING_CHANNEL_PERMISSION = "missing_channel_permission"
     COMMAND_DISABLED = "command_disabled"
     SERVERS_ONLY = "servers_only"
+    # a server's rules and a member's own data
+    COMMAND_OFF_HERE = "command_off_here"  # kind, channels (mentions of channels that allow it)
+    COMMAND_OFF_HERE_ONLY = "command_off_here_only"  # kind (channels without their own rule allow it)
+    COMMAND_OFF_EVERYWHERE = "command_off_everywhere"  # kind
+    BLOCKED_WORDS = "blocked_words"
+    NOT_YOURS_TO_CANCEL = "not_yours_to_cancel"
+    ALREADY_ENDED = "already_ended"
+    FORGET_WHILE_RUNNING = "forget_while_running"
+    NEEDS_MANAGE_SERVER_RULES = "needs_manage_server_rules"
+    NEEDS_WORDS = "needs_words"
     # quota administration
     NEEDS_MANAGE_SERVER = "needs_manage_server"
     NEEDS_ROLE = "needs_role"
@@ -88,13 +98,13 @@ class QuotaExceeded(BotError):
         self.renews_at = renews_at
 
 
-class TooManyInFlight(BotError):
-    """The member, or the provider, already has as many running tasks as allowed."""
+class LineFull(BotError):
+    """The provider's line is full: MAX_INFLIGHT_PER_PROVIDER running and MAX_QUEUE_PER_PROVIDER waiting."""
 
-    def __init__(self, scope: str, limit: int) -> None:
-        super().__init__(f"{scope} has {limit} tasks running")
-        self.scope = scope  # "user" or "provider"
-        self.limit = limit
+    def __init__(self, provider: str, waiting: int) -> None:
+        super().__init__(f"{provider}: {waiting} tasks waiting")
+        self.provider = provider
+        self.waiting = waiting
 
 
 class ProviderError(BotError):

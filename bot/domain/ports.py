@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from bot.domain.quota import KindStatus, LimitScope, Member, Reservation, UsageReport
+from bot.domain.rules import ChannelRule
 from bot.domain.tasks import (
     DescribeRequest,
     DescribeStyle,
@@ -58,6 +59,35 @@ class JobRepository(Protocol):
         """Return every job whose end has not been reported yet, oldest first."""
         ...
 
+    async def next_in_line(
+        self, provider: str, *, max_running: int, max_running_per_member: int
+    ) -> Job | None:
+        """Take the next job from the provider's line and mark it dispatched, in one atomic step; None when
+        the line is empty or the provider (or every waiting member) is at its cap of running tasks.
+
+        Members take turns: the next job is the oldest of the member whose last task left the line longest
+        ago (never served first), among members under their cap.
+        """
+        ...
+
+    async def line(self, provider: str) -> list[Job]:
+        """Return the jobs waiting for the provider, in the order they will be taken, with their `place`."""
+        ...
+
+    async def cancel_waiting(self, job_id: str) -> Job | None:
+        """End a job that still waits in line as CANCELLED, atomically; None when it is no longer waiting."""
+        ...
+
+    async def tasks_of(self, user_id: int, guild_id: int | None = None) -> tuple[int, int]:
+        """Return how many of the member's tasks run at a provider, and how many wait in line (in one
+        server, or in all)."""
+        ...
+
+    async def forget_member(self, guild_id: int, user_id: int) -> tuple[int, int, int]:
+        """Delete the member's tasks in a server, their images and the cached prompts of images they sent;
+        return (tasks, images, prompts). Raises BadInput while any of those tasks is unfinished."""
+        ...
+
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]: ...
 
     async def cached_suggestions(
@@ -87,7 +117,7 @@ class QuotaLedger(Protocol):
     def max_inflight_per_user(self) -> int: ...
 
     async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
-        """Hold one task for the member, or raise QuotaExceeded or TooManyInFlight."""
+        """Hold one task for the member, or raise QuotaExceeded or LineFull (the provider's line is full)."""
         ...
 
     async def commit(self, usage_id: int, *, outcome: str = "COMPLETED") -> bool:
@@ -106,9 +136,11 @@ class QuotaLedger(Protocol):
 
     async def status(self, member: Member) -> list[KindStatus]: ...
 
-    async def running(self, user_id: int) -> int: ...
-
     async def expire(self) -> int: ...
+
+    async def forget_member(self, guild_id: int, user_id: int) -> int:
+        """Take the member's id off their rows in a server (today's keep counting); return usage rows changed."""
+        ...
 
     async def set_limit(
         self,
@@ -129,6 +161,24 @@ class QuotaLedger(Protocol):
     async def usage_report(self, guild_id: int, days: int, *, top: int = 10) -> UsageReport: ...
 
     async def prune(self, retention_days: int) -> int: ...
+
+
+class RulesRepository(Protocol):
+    """A server's rules: what each channel allows, and the phrases no prompt may contain."""
+
+    async def channel_rules(self, guild_id: int) -> dict[int, ChannelRule]: ...
+
+    async def set_channel_rule(self, guild_id: int, rule: ChannelRule, actor_id: int) -> None: ...
+
+    async def blocklist(self, guild_id: int) -> list[tuple[str, str]]:
+        """Return (matched form, as written) of each blocked phrase."""
+        ...
+
+    async def add_blocked(self, guild_id: int, phrases: Sequence[str], actor_id: int) -> tuple[int, int]: ...
+
+    async def remove_blocked(
+        self, guild_id: int, phrases: Sequence[str], actor_id: int
+    ) -> tuple[int, int]: ...
 
 
 class JobReporter(Protocol):

@@ -33,10 +33,16 @@ class JobState(enum.StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # the member (or a moderator) stopped it
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED)
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+    @property
+    def at_provider(self) -> bool:
+        """Whether the provider has (or may have) the task: what cancelling then still costs."""
+        return self in (JobState.STARTING, JobState.CREATED, JobState.IN_PROGRESS)
 
     @classmethod
     def following(cls, status: ProviderStatus) -> JobState:
@@ -142,6 +148,10 @@ class Route:
     interaction_token: str | None = field(default=None, repr=False)
     token_created_at: float | None = None
     via: ReportVia = "interaction"
+    # Read from Discord when the request came in, for the channel's rules; not saved (the job keeps what
+    # they decided).
+    parent_id: int | None = field(default=None, compare=False)  # a thread's channel, whose rules it follows
+    age_restricted: bool = field(default=False, compare=False)
 
 
 class NoticeCode(enum.StrEnum):
@@ -181,8 +191,13 @@ class Job:
     suggestions_asked: int = 1
     suggestions: tuple[Suggestion, ...] = ()  # describe: the result
     notice: Notice | None = None
+    spoiler: bool = False  # its images are shown behind a spoiler (the channel's rule)
+    hidden: bool = False  # describe: a prompt has a word the server blocks, so it is shown spoilered
+    dispatched_at: float | None = None  # when it left the line (None while it waits)
     started_at: float | None = None
     finished_at: float | None = None
+    # Where it waits in line, counted from 1 (not saved: worked out again whenever the line moves).
+    place: int | None = field(default=None, compare=False)
 
     @classmethod
     def new(
@@ -213,6 +228,11 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state.finished
+
+    @property
+    def waiting(self) -> bool:
+        """Whether it waits in line (saved, not yet handed to its provider)."""
+        return self.state is JobState.QUEUED and self.dispatched_at is None
 
     @property
     def result_text(self) -> str | None:

@@ -29,7 +29,7 @@ _MAX_LINE_FIELDS = 20
 
 
 def quota_embed(
-    words: Words, statuses: Sequence[KindStatus], running: int, max_running: int
+    words: Words, statuses: Sequence[KindStatus], running: int, max_running: int, waiting: int = 0
 ) -> discord.Embed:
     """Show a member what each kind has left today, when it renews, and what is running."""
     embed = discord.Embed(title=words.say(N_("Your quota today")), colour=discord.Colour.blurple())
@@ -53,15 +53,19 @@ def quota_embed(
                 renews=relative_time(status.renews_at),
             )
         embed.add_field(name=words.kind(status.kind), value=value, inline=False)
-    embed.add_field(
-        name=words.say(N_("Running now")),
-        value=words.say(
-            N_("{running} of at most {max_running} at once"), running=running, max_running=max_running
-        ),
-        inline=False,
+    now = words.say(
+        N_("{running} of at most {max_running} at once"), running=running, max_running=max_running
     )
+    if waiting:
+        now += words.say(N_(" · {waiting} waiting in line"), waiting=waiting)
+    embed.add_field(name=words.say(N_("Running now")), value=now, inline=False)
     embed.set_footer(text=words.say(N_("Days run from midnight to midnight UTC")))
     return embed
+
+
+def _member(words: Words, user_id: int) -> str:
+    # Ids of 0 and below belong to members who asked to be forgotten (bot.domain.privacy).
+    return f"<@{user_id}>" if user_id > 0 else words.say(N_("a member who asked to be forgotten"))
 
 
 def limit_set(words: Words, scope: str, target_id: int, kind: TaskKind, limit: int | None) -> str:
@@ -141,7 +145,7 @@ def usage_embed(words: Words, report: UsageReport, period: str) -> discord.Embed
         embed.add_field(name=f"{kind_name} · {words.provider(line.provider)}", value=value, inline=False)
     if report.top_members:
         top = "\n".join(
-            words.say(N_("{rank}. <@{user}> — {count} spent"), rank=rank, user=user, count=count)
+            words.say(N_("{rank}. {user} — {count} spent"), rank=rank, user=_member(words, user), count=count)
             for rank, (user, count) in enumerate(report.top_members, 1)
         )
         embed.add_field(name=words.say(N_("Top members")), value=top, inline=False)

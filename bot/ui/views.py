@@ -6,12 +6,15 @@ any restart; the cog that owns an action registers a DynamicItem for its pattern
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import discord
 
 from bot.domain.tasks import Job, TaskKind
 from bot.ui.words import (
+    CANCEL_ANYWAY_LABEL,
+    CANCEL_LABEL,
+    FORGET_LABEL,
     IMAGINE_MODAL_LABEL,
     IMAGINE_MODAL_PLACEHOLDER,
     IMAGINE_MODAL_TITLE,
@@ -26,7 +29,11 @@ JOB_ACTIONS: dict[str, tuple[str, str]] = {
     "text": (N_("Show as text"), "📋"),
     "again": (N_("Run again"), "🔁"),
     "edit": (N_("Edit this"), "✏️"),
+    "cancel": (CANCEL_LABEL, "✖️"),
+    "cancelsure": (CANCEL_ANYWAY_LABEL, "✖️"),
 }
+# Buttons that stop something, shown in red.
+_DANGER_ACTIONS = frozenset({"cancelsure"})
 IMAGINE_NUMBER = N_("Imagine {number}")
 IMAGINE_ACTIONS = ("imagine", "imagine2", "imagine3", "imagine4")
 
@@ -60,9 +67,8 @@ def job_button(
         )
     else:
         label, emoji = words.say(JOB_ACTIONS[action][0]), JOB_ACTIONS[action][1]
-    return discord.ui.Button(
-        style=discord.ButtonStyle.secondary, label=label, emoji=emoji, custom_id=job_custom_id(action, job_id)
-    )
+    style = discord.ButtonStyle.danger if action in _DANGER_ACTIONS else discord.ButtonStyle.secondary
+    return discord.ui.Button(style=style, label=label, emoji=emoji, custom_id=job_custom_id(action, job_id))
 
 
 def result_actions(job: Job, *, can_imagine: bool) -> tuple[str, ...]:
@@ -75,10 +81,44 @@ def result_actions(job: Job, *, can_imagine: bool) -> tuple[str, ...]:
 
 def result_view(job: Job, words: Words, *, can_imagine: bool) -> discord.ui.View:
     """Return the buttons under a finished job's result."""
-    view = discord.ui.View(timeout=None)
     numbered = len(job.suggestions) > 1
-    for action in result_actions(job, can_imagine=can_imagine):
-        view.add_item(job_button(action, job.id, words, numbered=numbered))
+    return _sent_only(
+        job_button(action, job.id, words, numbered=numbered)
+        for action in result_actions(job, can_imagine=can_imagine)
+    )
+
+
+def cancel_view(job: Job, words: Words) -> discord.ui.View:
+    """Return the Cancel button under a queued or running job."""
+    return _sent_only([job_button("cancel", job.id, words)])
+
+
+def cancel_anyway_view(job_id: str, words: Words) -> discord.ui.View:
+    """Return the button that cancels a task its provider already has (and that therefore counts)."""
+    return _sent_only([job_button("cancelsure", job_id, words)])
+
+
+FORGET_CUSTOM_ID = "forget-me:confirm"
+
+
+def forget_view(words: Words) -> discord.ui.View:
+    """Return the button that confirms /forget-me."""
+    return _sent_only(
+        [
+            discord.ui.Button(
+                style=discord.ButtonStyle.danger,
+                label=words.say(FORGET_LABEL),
+                emoji="🗑️",
+                custom_id=FORGET_CUSTOM_ID,
+            )
+        ]
+    )
+
+
+def _sent_only(buttons: Iterable[discord.ui.Button[discord.ui.View]]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for button in buttons:
+        view.add_item(button)
     # Stopped: discord.py then only sends it, rather than keeping a copy per message in memory; the
     # clicks are handled by the DynamicItems the cogs register.
     view.stop()

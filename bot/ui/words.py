@@ -14,12 +14,12 @@ from datetime import datetime
 from bot.domain.errors import (
     BadInput,
     BotError,
+    LineFull,
     ProviderError,
     QuotaExceeded,
     Refusal,
     ShuttingDown,
     StorageFull,
-    TooManyInFlight,
 )
 from bot.domain.tasks import DescribeStyle, Fault, JobState, Notice, NoticeCode, TaskKind
 
@@ -45,7 +45,12 @@ STATE_WORDS = {
     JobState.IN_PROGRESS: N_("In progress"),
     JobState.COMPLETED: N_("Done"),
     JobState.FAILED: N_("Failed"),
+    JobState.CANCELLED: N_("Cancelled"),
 }
+# A waiting job's state, with its place: exact near the front, rounded ("about 50th") further back.
+QUEUED_AT = N_("Queued · {place} in line")
+QUEUED_ABOUT = N_("Queued · about {place} in line")
+EXACT_PLACES = 10
 KIND_NAMES = {TaskKind.DESCRIBE: N_("Image to prompt"), TaskKind.IMAGINE: N_("Image generation")}
 KIND_UNIT = {TaskKind.DESCRIBE: N_("description"), TaskKind.IMAGINE: N_("generation")}
 KIND_UNITS = {TaskKind.DESCRIBE: N_("descriptions"), TaskKind.IMAGINE: N_("generations")}
@@ -146,6 +151,25 @@ REFUSALS: dict[Refusal, str] = {
     Refusal.NEEDS_ROLE: N_("Pick the role this limit is for (the role option)."),
     Refusal.NEEDS_USER: N_("Pick the member this limit is for (the user option)."),
     Refusal.NEEDS_LIMIT: N_("Give a limit (0 blocks, -1 is unlimited), or set clear to remove this rule."),
+    Refusal.COMMAND_OFF_HERE: N_("/{kind} is switched off in this channel; use it in {channels}."),
+    Refusal.COMMAND_OFF_HERE_ONLY: N_("/{kind} is switched off in this channel; use it in another channel."),
+    Refusal.COMMAND_OFF_EVERYWHERE: N_("/{kind} is switched off in every channel of this server."),
+    Refusal.BLOCKED_WORDS: N_(
+        "This prompt contains a word or phrase this server does not allow; reword it (this did not use your "
+        "quota)."
+    ),
+    Refusal.NOT_YOURS_TO_CANCEL: N_(
+        "Only the member who asked, or a member who may manage messages, can cancel this task."
+    ),
+    Refusal.ALREADY_ENDED: N_("This task has already ended; there is nothing to cancel."),
+    Refusal.FORGET_WHILE_RUNNING: N_(
+        "You have {count} tasks running or waiting on this server; cancel them or let them finish, then ask "
+        "again."
+    ),
+    Refusal.NEEDS_MANAGE_SERVER_RULES: N_(
+        "Only members with the Manage Server permission can change the rules here."
+    ),
+    Refusal.NEEDS_WORDS: N_("Give at least one word or phrase (separate several with commas)."),
 }
 
 FAULTS: dict[Fault, str] = {
@@ -199,13 +223,55 @@ NOTICES: dict[NoticeCode, str] = {
 QUOTA_OFF = N_("{kind} is switched off for you on this server.")
 QUOTA_USED_ONE = N_("You have used your {unit} for today; your quota renews {renews}.")
 QUOTA_USED_ALL = N_("You have used all {limit} {units} for today; your quota renews {renews}.")
-TOO_MANY_OF_YOURS = N_("You already have {limit} tasks running; wait for one to finish, then ask again.")
-PROVIDER_AT_LIMIT = N_("The bot is at its limit of running tasks for this provider; try again in a minute.")
+LINE_FULL = N_(
+    "{provider} already has {waiting} tasks waiting in line, the most this bot lets wait; try again in a few "
+    "minutes (this did not use your quota)."
+)
 SHUTTING_DOWN = N_("The bot is restarting; try again in a minute.")
 STORAGE_FULL = N_(
     "The bot cannot save anything right now (its disk is full), so this did not run and did not use your "
     "quota; please tell a server admin."
 )
+# Cancelling a task.
+CANCEL_LABEL = N_("Cancel")
+CANCEL_ANYWAY_LABEL = N_("Cancel anyway")
+CANCEL_WILL_COUNT = N_(
+    "{provider} is already working on this task and charges for it, so it still counts against the quota "
+    "if you cancel it now. Cancel it anyway?"
+)
+CANCELLED_FREE = N_("Cancelled; it did not count against the quota.")
+CANCELLED_SPENT = N_("Cancelled; it counted against the quota, since {provider} had already taken it.")
+CANCELLED_WAITING_NOTE = N_("Cancelled while waiting in line; it did not count against the quota.")
+CANCELLED_RUNNING_NOTE = N_("Cancelled after {provider} had taken it; it counted against the quota.")
+# A describe result with a word the server blocks is shown behind spoilers, with this note.
+HIDDEN_NOTE = N_("A word in this prompt is on this server's blocklist, so it is hidden behind a spoiler.")
+# /forget-me
+FORGET_ASK = N_(
+    "This deletes what the bot keeps about you on this server: your tasks, their images, the prompts of "
+    "images you sent, and your user id on usage rows (the rows stay, without it; today's use still counts "
+    "toward today's quota). It cannot be undone."
+)
+FORGET_LABEL = N_("Forget me")
+FORGOTTEN = N_(
+    "Done. Deleted {tasks} tasks, {images} stored images and {prompts} cached prompts, and removed your "
+    "user id from {usage} usage rows."
+)
+# /rules
+RULES_CHANNEL_SET = N_("{channel}: /describe {describe}, /imagine {imagine}; spoilers: {spoilers}.")
+RULES_SERVER_DEFAULT = N_("Channels without their own rule")
+RULE_ON = N_("on")
+RULE_OFF = N_("off")
+SPOILER_RULES = {
+    "off": N_("never"),
+    "outside-age-restricted": N_("outside age-restricted channels"),
+    "always": N_("always"),
+}
+RULES_NO_CHANNELS = N_("Every channel allows /describe and /imagine, with no spoilers.")
+RULES_CHANNELS_TITLE = N_("Channels")
+RULES_BLOCKLIST_TITLE = N_("Blocked words and phrases")
+RULES_BLOCKLIST_EMPTY = N_("None.")
+BLOCKLIST_ADDED = N_("Added {added} to the blocklist ({total} in all).")
+BLOCKLIST_REMOVED = N_("Removed {removed} from the blocklist ({total} left).")
 UNEXPECTED = N_("Something went wrong on the bot's side; the admin can find the details in its log.")
 RESULT_MESSAGE_DELETED = N_("{mention}, your result is here (the original message was deleted):")
 PICK_IMAGE = N_("This message has {count} images; pick the one to describe.")
@@ -280,8 +346,16 @@ class Words:
     def kind(self, kind: TaskKind) -> str:
         return self.say(KIND_NAMES[kind])
 
-    def state(self, state: JobState) -> str:
+    def state(self, state: JobState, place: int | None = None) -> str:
+        if state is JobState.QUEUED and place is not None:
+            template = QUEUED_AT if place <= EXACT_PLACES else QUEUED_ABOUT
+            return self.say(template, place=self.ordinal(place))
         return self.say(STATE_WORDS[state])
+
+    def ordinal(self, number: int) -> str:
+        """Say a place in line: 1st, 2nd, 3rd, 11th, 22nd."""
+        suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+        return f"{number}{suffix}"
 
     def refusal(self, refusal: Refusal, params: Mapping[str, str | int] | None = None) -> str:
         values: dict[str, object] = {"formats": ACCEPTED_FORMATS, **(params or {})}
@@ -294,7 +368,7 @@ class Words:
         for key in ("provider", "default", "capable"):
             if key in values:
                 values[key] = self.provider(str(values[key]))
-        if "kind" in values:
+        if "kind" in values and str(values["kind"]) in set(TaskKind):
             values["ability"] = self.say(KIND_ABILITIES[TaskKind(str(values["kind"]))])
         return self.say(REFUSALS[refusal], **values)
 
@@ -324,10 +398,8 @@ class Words:
             return self.refusal(error.refusal, error.params)
         if isinstance(error, QuotaExceeded):
             return self.quota_exceeded(error.kind, error.limit, error.renews_at)
-        if isinstance(error, TooManyInFlight):
-            if error.scope == "user":
-                return self.say(TOO_MANY_OF_YOURS, limit=error.limit)
-            return self.say(PROVIDER_AT_LIMIT)
+        if isinstance(error, LineFull):
+            return self.say(LINE_FULL, provider=self.provider(error.provider), waiting=error.waiting)
         if isinstance(error, ProviderError):
             return self.fault(error.provider, error.fault, error.detail)
         if isinstance(error, StorageFull):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
 import aiosqlite
 
+from bot.domain.errors import BadInput, Refusal
+from bot.domain.line import take_order
 from bot.domain.ports import ImageRole
 from bot.domain.tasks import (
     DescribeStyle,
@@ -25,8 +27,20 @@ from bot.domain.tasks import (
 )
 from bot.store.sqlite.database import Database
 
-# The job's own columns; its route is kept in the columns below.
-_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name != "route")
+# The job's own columns; its route is kept in the columns below, and its place in line is not kept.
+_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name not in ("route", "place"))
+# A job waits in line until it is dispatched; from then until its end is known it runs at its provider.
+_WAITING = "finished_at IS NULL AND dispatched_at IS NULL AND state = 'QUEUED'"
+_RUNNING = (
+    "finished_at IS NULL AND dispatched_at IS NOT NULL AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+)
+# When each member waiting for a provider last had a task leave its line.
+_LAST_SERVED_SQL = (
+    "SELECT user_id, MAX(dispatched_at) AS last FROM jobs WHERE provider = ? AND dispatched_at IS NOT NULL "  # noqa: S608
+    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = ? AND {_WAITING}) GROUP BY user_id"
+)
+# How rows are read: the database's own reads, or a connection's inside a transaction.
+_Fetch = Callable[[str, tuple[Any, ...]], Awaitable[Iterable[aiosqlite.Row]]]
 _ROUTE_COLUMNS = {
     "channel_id": "channel_id",
     "message_id": "message_id",
@@ -69,6 +83,8 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
     values["fault"] = Fault(values["fault"]) if values["fault"] else None
     values["notice"] = notice_from_text(values["notice"])
     values["style"] = DescribeStyle(values["style"]) if values["style"] else None
+    values["spoiler"] = bool(values["spoiler"])
+    values["hidden"] = bool(values["hidden"])
     if values["suggestions"]:
         values["suggestions"] = suggestions_from_text(values["suggestions"])
     else:  # a job saved before suggestions existed kept its one prompt in result_text
@@ -159,6 +175,108 @@ class SqliteJobRepository:
         """Return every job whose end has not been reported yet, oldest first."""
         rows = await self._db.fetchall("SELECT * FROM jobs WHERE finished_at IS NULL ORDER BY created_at")
         return [_job_from_row(row) for row in rows]
+
+    async def next_in_line(
+        self, provider: str, *, max_running: int, max_running_per_member: int
+    ) -> Job | None:
+        """Take the next job from the provider's line and mark it dispatched, in one write transaction."""
+        async with self._db.transaction() as conn:
+            # A member's running tasks count at every provider; the provider's own cap counts its tasks.
+            per_member = {
+                int(row["user_id"]): int(row["n"])
+                for row in await conn.execute_fetchall(
+                    f"SELECT user_id, COUNT(*) AS n FROM jobs WHERE {_RUNNING} GROUP BY user_id"  # noqa: S608
+                )
+            }
+            (at_provider,) = next(
+                iter(
+                    await conn.execute_fetchall(
+                        f"SELECT COUNT(*) FROM jobs WHERE provider = ? AND {_RUNNING}",  # noqa: S608
+                        (provider,),
+                    )
+                )
+            )
+            if int(at_provider) >= max_running:
+                return None
+            for job in take_order(*await self._line_of(conn.execute_fetchall, provider)):
+                if per_member.get(job.user_id, 0) >= max_running_per_member:
+                    continue
+                now = self._clock()
+                await conn.execute(
+                    "UPDATE jobs SET dispatched_at = ?, updated_at = ? WHERE id = ? AND dispatched_at IS NULL",
+                    (now, now, job.id),
+                )
+                return replace(job, dispatched_at=now, updated_at=now)
+            return None
+
+    async def line(self, provider: str) -> list[Job]:
+        waiting, served = await self._line_of(self._db.fetchall, provider)
+        return [replace(job, place=place) for place, job in enumerate(take_order(waiting, served), start=1)]
+
+    @staticmethod
+    async def _line_of(fetch: _Fetch, provider: str) -> tuple[list[Job], dict[int, float]]:
+        """Return the provider's waiting jobs, and when each of their members was last served by it."""
+        rows = list(
+            await fetch(
+                f"SELECT * FROM jobs WHERE provider = ? AND {_WAITING} ORDER BY created_at",  # noqa: S608
+                (provider,),
+            )
+        )
+        if not rows:
+            return [], {}
+        served = await fetch(_LAST_SERVED_SQL, (provider, provider))
+        return [_job_from_row(row) for row in rows], {int(r["user_id"]): float(r["last"]) for r in served}
+
+    async def cancel_waiting(self, job_id: str) -> Job | None:
+        now = self._clock()
+        changed = await self._db.update(
+            f"UPDATE jobs SET state = 'CANCELLED', updated_at = ? WHERE id = ? AND {_WAITING}",  # noqa: S608
+            (now, job_id),
+        )
+        return await self.get(job_id) if changed else None
+
+    async def tasks_of(self, user_id: int, guild_id: int | None = None) -> tuple[int, int]:
+        where, params = (
+            ("user_id = ?", (user_id,))
+            if guild_id is None
+            else ("user_id = ? AND guild_id = ?", (user_id, guild_id))
+        )
+        row = await self._db.fetchone(
+            f"SELECT SUM({_RUNNING}) AS running, SUM({_WAITING}) AS waiting FROM jobs "  # noqa: S608
+            f"WHERE {where} AND finished_at IS NULL",
+            params,
+        )
+        return (int(row["running"] or 0), int(row["waiting"] or 0)) if row else (0, 0)
+
+    async def forget_member(self, guild_id: int, user_id: int) -> tuple[int, int, int]:
+        """Delete the member's tasks in this server, their images, and the cached prompts of images they sent.
+
+        Refuses (FORGET_WHILE_RUNNING) while any of those tasks runs or waits: its drive still needs it.
+        Returns (tasks, images, prompts) deleted.
+        """
+        member = (guild_id, user_id)
+        async with self._db.transaction() as conn:
+            (unfinished,) = next(
+                iter(
+                    await conn.execute_fetchall(
+                        "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND finished_at IS NULL",
+                        member,
+                    )
+                )
+            )
+            if unfinished:
+                raise BadInput(Refusal.FORGET_WHILE_RUNNING, count=int(unfinished))
+            images = await conn.execute(
+                "DELETE FROM job_images WHERE job_id IN (SELECT id FROM jobs WHERE guild_id = ? AND user_id = ?)",
+                member,
+            )
+            prompts = await conn.execute(
+                "DELETE FROM describe_cache WHERE image_hash IN (SELECT input_hash FROM jobs "
+                "WHERE guild_id = ? AND user_id = ? AND kind = ? AND input_hash IS NOT NULL)",
+                (*member, TaskKind.DESCRIBE.value),
+            )
+            tasks = await conn.execute("DELETE FROM jobs WHERE guild_id = ? AND user_id = ?", member)
+            return tasks.rowcount, images.rowcount, prompts.rowcount
 
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]:
         rows = await self._db.fetchall(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiosqlite
 
-from bot.domain.errors import QuotaExceeded, TooManyInFlight
+from bot.domain.errors import LineFull, QuotaExceeded
+from bot.domain.privacy import FORGOTTEN, pseudonym
 from bot.domain.quota import (
     SCOPES,
     UNLIMITED,
@@ -40,12 +43,15 @@ class SqliteQuotaLedger:
         max_inflight_per_user: int,
         max_inflight_per_provider: int,
         reservation_ttl: float,
+        max_queue_per_provider: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._defaults = dict(defaults)
         self._max_inflight_per_user = max_inflight_per_user
         self._max_inflight_per_provider = max_inflight_per_provider
+        self._max_queue_per_provider = max_queue_per_provider
+        self._secret: bytes | None = None  # the key of forgotten members' stand-in ids, read once
         # A reservation older than this belongs to a task that can no longer be running (the bot died
         # and its job was never resumed): it stops counting as used or in flight, and `expire` settles it.
         self._ttl = reservation_ttl
@@ -58,21 +64,24 @@ class SqliteQuotaLedger:
     # --- the member's side -------------------------------------------------------------------
 
     async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
-        """Hold one task for the member, or raise QuotaExceeded or TooManyInFlight."""
+        """Hold one task for the member, or raise QuotaExceeded or LineFull.
+
+        The task then runs or waits in its provider's line; a full line (MAX_INFLIGHT_PER_PROVIDER running
+        and MAX_QUEUE_PER_PROVIDER waiting) is counted in this same write transaction, so it is exact.
+        """
+        ids = await self._ids(member)
         async with self._db.transaction() as conn:
             # The clock is read once the write lock is held: a request that waited in line counts
             # against the day (and the in-flight window) it is granted in, not the one it arrived in.
             now = self._clock()
             day = utc_day(now)
-            limit, source = await self._resolve_limit(conn, member, kind)
+            limit, source = await self._resolve_limit(conn, member, kind, ids)
             counts = await _row(
                 conn,
                 _RESERVE_COUNTS_SQL,
                 (
-                    *self._member_day(member, kind, day, now),
-                    *self._member_day(member, kind, day),
-                    member.user_id,
-                    now - self._ttl,
+                    *self._member_day(ids, kind, day, now),
+                    *self._member_day(ids, kind, day),
                     provider,
                     now - self._ttl,
                 ),
@@ -81,10 +90,8 @@ class SqliteQuotaLedger:
             # The quota first: when none is left, waiting for a running task would not help.
             if status.left == 0:
                 raise QuotaExceeded(kind, status.limit, status.renews_at)
-            if counts["running_user"] >= self._max_inflight_per_user:
-                raise TooManyInFlight("user", self._max_inflight_per_user)
-            if counts["running_provider"] >= self._max_inflight_per_provider:
-                raise TooManyInFlight("provider", self._max_inflight_per_provider)
+            if counts["held_provider"] >= self._max_inflight_per_provider + self._max_queue_per_provider:
+                raise LineFull(provider, self._max_queue_per_provider)
             cursor = await conn.execute(
                 "INSERT INTO usage (guild_id, user_id, kind, provider, state, day, started_at) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
@@ -122,29 +129,22 @@ class SqliteQuotaLedger:
 
     async def status(self, member: Member) -> list[KindStatus]:
         """Return each kind's limit, use and renewal for the member today."""
+        ids = await self._ids(member)
         async with self._db.transaction() as conn:
             now = self._clock()
             day = utc_day(now)
             statuses = []
             for kind in TaskKind:
-                limit, source = await self._resolve_limit(conn, member, kind)
+                limit, source = await self._resolve_limit(conn, member, kind, ids)
                 counts = await _row(
                     conn,
                     _STATUS_COUNTS_SQL,
-                    (*self._member_day(member, kind, day, now), *self._member_day(member, kind, day)),
+                    (*self._member_day(ids, kind, day, now), *self._member_day(ids, kind, day)),
                 )
                 statuses.append(
                     kind_status(kind, limit, source, int(counts["used"]), int(counts["granted"]), now)
                 )
             return statuses
-
-    async def running(self, user_id: int) -> int:
-        """Return how many of the member's tasks are running."""
-        row = await self._db.fetchone(
-            "SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND user_id = ? AND started_at > ?",
-            (user_id, self._clock() - self._ttl),
-        )
-        return int(row[0]) if row else 0
 
     async def expire(self) -> int:
         """Refund reservations older than the task lifetime (their task cannot still be running)."""
@@ -176,7 +176,18 @@ class SqliteQuotaLedger:
             raise ValueError(f"unknown scope {scope!r}")
         if limit is not None and limit < UNLIMITED:
             raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+        # A forgotten member's limit was kept under their stand-in id: the new rule replaces it.
+        stand_in = (
+            (await self._ids(Member(guild_id=guild_id, user_id=target_id))).pseudonym
+            if scope == "user"
+            else None
+        )
         async with self._db.transaction() as conn:
+            if stand_in is not None:
+                await conn.execute(
+                    "DELETE FROM quota_limits WHERE guild_id = ? AND scope = 'user' AND target_id = ? AND kind = ?",
+                    (guild_id, stand_in, kind.value),
+                )
             if limit is None:
                 await conn.execute(
                     "DELETE FROM quota_limits WHERE guild_id = ? AND scope = ? AND target_id = ? AND kind = ?",
@@ -298,7 +309,55 @@ class SqliteQuotaLedger:
                 (cutoff,),
             )
             await conn.execute("DELETE FROM quota_grants WHERE day < ?", (cutoff,))
+            # A forgotten member's stand-in id is only needed while their day's quota runs.
+            today = utc_day(self._clock())
+            await conn.execute(
+                "UPDATE usage SET user_id = ? WHERE user_id < 0 AND day < ?", (FORGOTTEN, today)
+            )
+            await conn.execute(
+                "UPDATE quota_grants SET user_id = ? WHERE user_id < 0 AND day < ?", (FORGOTTEN, today)
+            )
             return cursor.rowcount
+
+    async def forget_member(self, guild_id: int, user_id: int) -> int:
+        """Take the member's id off their usage rows, grants, limits and audit lines in this server.
+
+        Rows of today take the member's stand-in id, so today's use still counts toward today's quota (and
+        a limit an admin set for them still holds); older rows keep no id at all. Returns how many usage
+        rows changed.
+        """
+        stand_in = (await self._ids(Member(guild_id=guild_id, user_id=user_id))).pseudonym
+        async with self._db.transaction() as conn:
+            today = utc_day(self._clock())
+            member = (guild_id, user_id)
+            changed = 0
+            for table in ("usage", "quota_grants"):
+                for condition, new_id in (("day = ?", stand_in), ("day != ?", FORGOTTEN)):
+                    cursor = await conn.execute(
+                        f"UPDATE {table} SET user_id = ? WHERE guild_id = ? AND user_id = ? AND {condition}",  # noqa: S608
+                        (new_id, *member, today),
+                    )
+                    changed += cursor.rowcount if table == "usage" else 0
+            await conn.execute(
+                "UPDATE quota_limits SET target_id = ? WHERE guild_id = ? AND scope = 'user' AND target_id = ?",
+                (stand_in, *member),
+            )
+            await conn.execute(
+                "UPDATE audit SET actor_id = ? WHERE guild_id = ? AND actor_id = ?", (stand_in, *member)
+            )
+            for row in await conn.execute_fetchall(
+                "SELECT id, detail FROM audit WHERE guild_id = ? AND detail LIKE ?",
+                (guild_id, f"%{user_id}%"),
+            ):
+                detail = json.loads(str(row["detail"]))
+                for key in ("user_id", "target_id"):
+                    if detail.get(key) == user_id:
+                        detail[key] = stand_in
+                await conn.execute(
+                    "UPDATE audit SET detail = ? WHERE id = ?",
+                    (json.dumps(detail, sort_keys=True), row["id"]),
+                )
+            return changed
 
     async def audit_log(self, guild_id: int, limit: int = 50) -> list[dict[str, object]]:
         """Return the server's latest admin changes, newest first."""
@@ -319,22 +378,43 @@ class SqliteQuotaLedger:
         return changed == 1
 
     def _member_day(
-        self, member: Member, kind: TaskKind, day: str, now: float | None = None
+        self, ids: _MemberIds, kind: TaskKind, day: str, now: float | None = None
     ) -> tuple[object, ...]:
         """Return the parameters of _USED_SQL (with `now`) or _GRANTED_SQL (without)."""
-        base = (member.guild_id, member.user_id, kind.value, day)
+        base = (ids.guild_id, ids.user_id, ids.pseudonym, kind.value, day)
         return base if now is None else (*base, now - self._ttl)
 
+    async def _ids(self, member: Member) -> _MemberIds:
+        """Return the member's id and the stand-in id their rows took if they asked to be forgotten today."""
+        if self._secret is None:
+            stored = await self._db.get_meta(_PSEUDONYM_KEY)
+            if stored is None:
+                stored = secrets.token_hex(32)
+                await self._db.set_meta(_PSEUDONYM_KEY, stored)
+                stored = await self._db.get_meta(_PSEUDONYM_KEY) or stored  # another process may have won
+            self._secret = bytes.fromhex(stored)
+        return _MemberIds(
+            member.guild_id, member.user_id, pseudonym(self._secret, member.guild_id, member.user_id)
+        )
+
     async def _resolve_limit(
-        self, conn: aiosqlite.Connection, member: Member, kind: TaskKind
+        self, conn: aiosqlite.Connection, member: Member, kind: TaskKind, ids: _MemberIds
     ) -> tuple[int, str]:
         """Return the member's daily limit and its source: user, else the best role, else server, else default."""
         rows = await conn.execute_fetchall(
             "SELECT scope, target_id, daily_limit FROM quota_limits WHERE guild_id = ? AND kind = ?",
             (member.guild_id, kind.value),
         )
+        # A limit set for a member who then asked to be forgotten is kept under their stand-in id.
         return resolve_limit(
-            ((str(r["scope"]), int(r["target_id"]), int(r["daily_limit"])) for r in rows),
+            (
+                (
+                    str(r["scope"]),
+                    member.user_id if int(r["target_id"]) == ids.pseudonym else int(r["target_id"]),
+                    int(r["daily_limit"]),
+                )
+                for r in rows
+            ),
             member,
             self._defaults[kind],
         )
@@ -350,22 +430,36 @@ class SqliteQuotaLedger:
 
 # What counts against today's quota: spent tasks not forgiven by a reset, and running ones. A reservation
 # older than the reservation lifetime cannot be running any more (the bot died): it counts for nothing.
+# A reservation is held while its task may still run: a job carries it (in line or at the provider, however
+# long that takes), or it is recent (the bot died between reserving and saving its job).
+_HELD = (
+    "state = 'reserved' AND (started_at > ? OR id IN "
+    "(SELECT usage_id FROM jobs WHERE finished_at IS NULL AND usage_id IS NOT NULL))"
+)
+# A member's rows are theirs under their id, and today's also under their stand-in id once forgotten.
 _USED_SQL = (
-    "SELECT COUNT(*) FROM usage WHERE guild_id = ? AND user_id = ? AND kind = ? AND day = ? AND forgiven = 0 "
-    "AND (state = 'committed' OR (state = 'reserved' AND started_at > ?))"
+    "SELECT COUNT(*) FROM usage WHERE guild_id = ? AND user_id IN (?, ?) AND kind = ? AND day = ? "  # noqa: S608
+    f"AND forgiven = 0 AND (state = 'committed' OR ({_HELD}))"
 )
 _GRANTED_SQL = (
-    "SELECT COALESCE(SUM(amount), 0) FROM quota_grants WHERE guild_id = ? AND user_id = ? AND kind = ? "
+    "SELECT COALESCE(SUM(amount), 0) FROM quota_grants WHERE guild_id = ? AND user_id IN (?, ?) AND kind = ? "
     "AND day = ?"
 )
+_PSEUDONYM_KEY = "pseudonym_key"
+
+
+@dataclass(frozen=True, slots=True)
+class _MemberIds:
+    guild_id: int
+    user_id: int
+    pseudonym: int
+
 
 _STATUS_COUNTS_SQL = f"SELECT ({_USED_SQL}) AS used, ({_GRANTED_SQL}) AS granted"
-# In-flight counts read only 'reserved' rows, which the usage_state index finds without a scan.
+# The line's count reads only 'reserved' rows, which the usage_state index finds without a scan.
 _RESERVE_COUNTS_SQL = (
     f"SELECT ({_USED_SQL}) AS used, ({_GRANTED_SQL}) AS granted, "  # noqa: S608 (constants)
-    "(SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND user_id = ? AND started_at > ?) AS running_user, "
-    "(SELECT COUNT(*) FROM usage WHERE state = 'reserved' AND provider = ? AND started_at > ?) "
-    "AS running_provider"
+    f"(SELECT COUNT(*) FROM usage WHERE provider = ? AND {_HELD}) AS held_provider"
 )
 
 

@@ -128,6 +128,7 @@ class FakeDiscord:
         self.button_click = payloads.button_click
         self.select = payloads.select
         self.modal_submit = payloads.modal_submit
+        self.add_channel = self._state.add_channel
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -105,7 +105,7 @@ class PayloadBuilder:
         """Build a slash command INTERACTION_CREATE payload.
 
         Option values map by type: bool -> 5, int -> 4, float -> 10, str -> 3, a user dict (make_user) -> 6,
-        an attachment dict (add_attachment) -> 11; `attachments` is the spec'd way to pass the latter.
+        a channel dict (add_channel) -> 7, an attachment dict (add_attachment) -> 11; `attachments` is the spec'd way to pass the latter.
         `subcommand` is "sub" or "group sub". See `_interaction` for the shared keyword arguments.
         """
         resolved: dict[str, dict[str, Any]] = {}
@@ -317,6 +317,15 @@ class PayloadBuilder:
                     "premium_since": None,
                 }
             return {"name": name, "type": 6, "value": str(value["id"])}
+        if isinstance(value, Mapping) and "type" in value and "guild_id" in value:  # a channel (add_channel)
+            resolved.setdefault("channels", {})[str(value["id"])] = {
+                "id": str(value["id"]),
+                "name": value["name"],
+                "type": value["type"],
+                "permissions": str(DEFAULT_APP_PERMISSIONS),
+                "parent_id": value.get("parent_id"),
+            }
+            return {"name": name, "type": 7, "value": str(value["id"])}
         raise TypeError(f"option {name!r}: unsupported value {value!r}")
 
     def _find_component(self, message: Mapping[str, Any], custom_id: str) -> Mapping[str, Any]:

@@ -171,6 +171,13 @@ class DiscordState:
             "flags": 0,
         }
 
+    def add_channel(self, guild_id: int, name: str, *, nsfw: bool = False) -> dict[str, Any]:
+        """Create a text channel in the guild (age-restricted with nsfw) and return it."""
+        channel = self.text_channel(self.snowflake(), guild_id, name)
+        channel["nsfw"] = nsfw
+        self.channels[int(channel["id"])] = channel
+        return channel
+
     def ensure_channel(self, channel_id: int, guild_id: int, name: str) -> None:
         """Create a text channel in the guild unless a channel with that id exists."""
         if channel_id not in self.channels:
