@@ -15,6 +15,7 @@ import discord
 from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
 from bot.domain.errors import StorageFull
+from bot.domain.metrics import NO_METRICS, Metrics
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
 from bot.ui.embeds import Rendered, render_job
@@ -60,8 +61,10 @@ class DiscordReporter:
         provider_labels: Mapping[str, str],
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._jobs = jobs
         self._coalesce = coalesce_seconds
         self._labels = dict(provider_labels)
@@ -126,6 +129,8 @@ class DiscordReporter:
             # Discord being down must not stop the job: the next state (or the resume) tries again.
             log.exception("could not show job %s on Discord", job.id)
             return
+        if job.finished:  # the end is on Discord now: that is when the member sees it
+            self._metrics.result_shown(job.kind, self._clock() - job.updated_at)
         slot.route = job.route
         slot.sent_state = job.state
         slot.last_sent = self._monotonic()
