@@ -198,3 +198,11 @@ async def test_every_query_is_promql_over_series_the_bot_exposes(exposed: dict[s
     }
     shown_families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
     assert families - shown_families == set(), "families without a panel"
+
+
+async def test_the_readme_lists_every_metric_the_bot_exposes(exposed: dict[str, set[str]]) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(imagebot_\w+)`", section))
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in exposed if name.startswith("imagebot_")}
+    assert listed == families
