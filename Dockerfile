@@ -46,7 +46,7 @@ USER bot
 VOLUME ["/app/data"]
 # The webhook listener (only with WEBHOOK_PUBLIC_URL and WEBHOOK_SECRET set). /metrics listens on
 # METRICS_PORT when that is set. (MPLCONFIGDIR above: matplotlib keeps its font cache in a folder the
-# bot's user can write, made when the bot starts.)
+# bot's user can write, made at the first usage chart.)
 EXPOSE 8080
 # Healthy while the gateway is connected (a heartbeat file; plus /healthz when webhooks are on).
 HEALTHCHECK --interval=30s --timeout=15s --start-period=90s --retries=3 \

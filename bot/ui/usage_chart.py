@@ -2,8 +2,8 @@
 
 Two steps: `usage_series` turns the report's usage rows into counts per day (a pure function, the same
 rules as the report's totals), and `draw_usage_figure` draws those counts and nothing else. `usage_chart`
-runs the drawing in a worker thread, since matplotlib is CPU work, and says in a sentence when there is
-nothing to draw. The figure is matplotlib's object API on the Agg canvas (no pyplot and its global state,
+runs the drawing in a worker thread, since matplotlib is CPU work (it is imported there too, at the first
+chart), and says in a sentence when there is nothing to draw. The figure is matplotlib's object API on the Agg canvas (no pyplot and its global state,
 so drawing in threads is safe).
 
 The chart carries its own background, a dark card with light text and bright bars, so it reads the same
@@ -19,15 +19,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Final
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Final
 
 from bot.domain.quota import UsageReport
 from bot.domain.tasks import TaskKind
 from bot.ui.quota_text import PERIOD_TITLES
 from bot.ui.words import N_, Words
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CHART_WIDTH: Final = 1200  # pixels: Discord shows it scaled to the chat's width
 CHART_HEIGHT: Final = 700
@@ -127,6 +127,11 @@ def draw_usage_figure(series: UsageSeries, words: Words, *, period_title: str) -
     """Draw the series: a panel per kind, one stacked bar per day. The series must not be empty."""
     if series.empty:
         raise ValueError("nothing to draw: say NOTHING_TO_CHART instead")
+    # Imported at the first chart, in the worker thread that draws it: matplotlib and numpy take most of a
+    # second to import, which every start of the bot (and of each CLI command) would otherwise pay.
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
     figure = Figure(figsize=(CHART_WIDTH / _DPI, CHART_HEIGHT / _DPI), dpi=_DPI, facecolor=BACKGROUND)
     figure.set_layout_engine("constrained", h_pad=0.12, w_pad=0.15, hspace=0.08)
     figure.suptitle(words.say(TITLE, period=period_title), color=TEXT, fontsize=22, fontweight="bold")
