@@ -29,7 +29,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONFAULTHANDLER=1 \
-    DATABASE_PATH=/app/data/bot.sqlite3
+    DATABASE_PATH=/app/data/bot.sqlite3 \
+    MPLCONFIGDIR=/tmp/matplotlib
 # A fixed uid/gid, so a bind-mounted data folder can be handed over with `chown 10001:10001 data`.
 # A plain (not --system) user: system ids stop at 999, and 10001 is above that. No login shell;
 # --no-log-init keeps it out of lastlog/faillog.
@@ -43,7 +44,9 @@ WORKDIR /app
 USER bot
 # The database, its backups and the heartbeat file live here; a new named volume copies this owner.
 VOLUME ["/app/data"]
-# The webhook listener (only with WEBHOOK_PUBLIC_URL and WEBHOOK_SECRET set).
+# The webhook listener (only with WEBHOOK_PUBLIC_URL and WEBHOOK_SECRET set). /metrics listens on
+# METRICS_PORT when that is set. (MPLCONFIGDIR above: matplotlib keeps its font cache in a folder the
+# bot's user can write, made at the first usage chart.)
 EXPOSE 8080
 # Healthy while the gateway is connected (a heartbeat file; plus /healthz when webhooks are on).
 HEALTHCHECK --interval=30s --timeout=15s --start-period=90s --retries=3 \

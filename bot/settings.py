@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(None, description="the provider's webhook signing secret")
     webhook_port: int = Field(8080, ge=0, le=65535, description="where the webhook listener binds")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="when set, GET /metrics on this port answers in the Prometheus text format "
+        "(a listener of its own, on every interface like the webhook one)",
+    )
 
     mention_trigger: bool = Field(
         False,
@@ -126,6 +133,19 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _blank_port(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port and self.webhooks_enabled and self.metrics_port == self.webhook_port:
+            raise ValueError("METRICS_PORT must differ from WEBHOOK_PORT: each listener needs its own port")
+        return self
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from bot.domain.errors import ProviderError
+from bot.domain.metrics import NO_METRICS, Metrics, WebhookResult
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ _LOG_EVERY_SECONDS: Final = 60.0
 
 class SignatureError(Exception):
     """A delivery whose headers or signature do not prove it came from the provider."""
+
+
+class StaleDelivery(SignatureError):
+    """A delivery whose timestamp is outside the tolerance (an old capture, or a clock far off)."""
 
 
 def _candidate_keys(secret: str) -> list[bytes]:
@@ -79,9 +84,9 @@ def verify_signature(
         raise SignatureError("non-numeric webhook-timestamp")
     sent_at = int(timestamp)
     if now - sent_at > tolerance:
-        raise SignatureError("webhook-timestamp too old")
+        raise StaleDelivery("webhook-timestamp too old")
     if sent_at - now > tolerance:
-        raise SignatureError("webhook-timestamp in the future")
+        raise StaleDelivery("webhook-timestamp in the future")
 
     offered: list[bytes] = []
     for item in signature_header.split():
@@ -197,6 +202,7 @@ class WebhookListener:
         tolerance: float = DEFAULT_TOLERANCE,
         read_timeout: float = 10.0,
         health_timeout: float = 5.0,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         if not secret:
             # An empty HMAC key is no key: anyone could sign deliveries.
@@ -217,6 +223,7 @@ class WebhookListener:
         # is up to 2 x tolerance after arrival when the sender's clock runs ahead.
         self._replays = ReplayGuard(window=2 * tolerance)
         self._rejections = _RejectionLog()
+        self._metrics = metrics
         self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
@@ -259,8 +266,9 @@ class WebhookListener:
         if runner is not None:
             await runner.cleanup()
 
-    def _reject(self, status: int, reason: str, webhook_id: str) -> web.Response:
-        """Log the rejection (rate-limited) and answer with the status."""
+    def _reject(self, status: int, reason: str, webhook_id: str, result: WebhookResult) -> web.Response:
+        """Count and log the rejection (the log rate-limited) and answer with the status."""
+        self._metrics.webhook_delivery(result)
         self._rejections.warn(reason, webhook_id)
         return web.Response(status=status, text=reason)
 
@@ -270,14 +278,14 @@ class WebhookListener:
         webhook_id = request.headers.get("webhook-id", "")
         # Refuse on the declared size before reading a byte; chunked bodies hit client_max_size.
         if request.content_length is not None and request.content_length > self._max_body_bytes:
-            return self._reject(413, "body too large", webhook_id)
+            return self._reject(413, "body too large", webhook_id, WebhookResult.TOO_LARGE)
         try:
             async with asyncio.timeout(self._read_timeout):
                 body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._reject(413, "body too large", webhook_id)
+            return self._reject(413, "body too large", webhook_id, WebhookResult.TOO_LARGE)
         except TimeoutError:
-            return self._reject(408, "body read timed out", webhook_id)
+            return self._reject(408, "body read timed out", webhook_id, WebhookResult.READ_TIMEOUT)
 
         try:
             verify_signature(
@@ -290,21 +298,28 @@ class WebhookListener:
                 tolerance=self._tolerance,
             )
         except SignatureError as exc:
-            return self._reject(401, str(exc), webhook_id)
+            stale = isinstance(exc, StaleDelivery)
+            result = WebhookResult.STALE if stale else WebhookResult.BAD_SIGNATURE
+            return self._reject(401, str(exc), webhook_id, result)
 
         # 200, not 409, for a replay: a repeated id is almost always the provider retrying a
         # delivery whose answer it missed, and any 2xx is what stops it retrying a duplicate.
         if self._replays.seen_before(webhook_id, self._clock()):
+            self._metrics.webhook_delivery(WebhookResult.REPLAYED)
             self._rejections.warn("replayed webhook-id", webhook_id)
             return web.Response(status=200, text="duplicate delivery ignored")
 
         if provider not in self._providers:
-            return self._reject(404, "no such provider takes webhooks here", webhook_id)
+            return self._reject(
+                404, "no such provider takes webhooks here", webhook_id, WebhookResult.UNKNOWN_PROVIDER
+            )
         try:
             known = await self._on_delivery(provider, body)
         except ProviderError as exc:
             # The body is not the provider's task object: the same body will never be accepted.
-            return self._reject(400, exc.detail or "unexpected body shape", webhook_id)
+            return self._reject(
+                400, exc.detail or "unexpected body shape", webhook_id, WebhookResult.MALFORMED
+            )
         except asyncio.CancelledError:
             self._replays.forget(webhook_id)
             raise
@@ -312,11 +327,14 @@ class WebhookListener:
             # Let the provider's retry through the replay guard; polling remains the safety net.
             self._replays.forget(webhook_id)
             log.exception("webhook handler failed for a %s delivery", provider)
+            self._metrics.webhook_delivery(WebhookResult.ERROR)
             return web.Response(status=500, text="handler failed")
         if not known:
             # 200 so the provider stops retrying: a task we do not know will not become known.
             log.debug("webhook for an unknown %s task ignored", provider)
+            self._metrics.webhook_delivery(WebhookResult.UNKNOWN)
             return web.Response(status=200, text="unknown task ignored")
+        self._metrics.webhook_delivery(WebhookResult.ACCEPTED)
         return web.Response(status=204)
 
     async def _handle_health(self, request: web.Request) -> web.StreamResponse:

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.core.breaker import CircuitBreaker
+from bot.core.metered import MeteredJobs, MeteredQuotas, live_state, metered_provider
 from bot.core.moderation import Moderation
 from bot.core.runner import JobRunner, RunnerConfig
 from bot.core.safe_download import SafeDownloader
 from bot.core.service import ServiceConfig, TaskService
+from bot.domain.metrics import NO_METRICS, Metrics
 from bot.domain.ports import JobReporter, JobRepository, Provider
 from bot.domain.tasks import TaskKind
 from bot.providers import registry
@@ -68,11 +70,13 @@ def build_core(
     reporter_for: ReporterFactory,
     downloader: SafeDownloader | None = None,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics = NO_METRICS,
 ) -> Core:
     """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's."""
     providers = registry.build_providers(
         settings.providers, BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
     )
+    providers = {name: metered_provider(provider, metrics) for name, provider in providers.items()}
     jobs = SqliteJobRepository(db, clock=clock)
     quotas = SqliteQuotaLedger(
         db,
@@ -98,8 +102,11 @@ def build_core(
             return None
         return webhook_url(str(settings.webhook_public_url), name)
 
+    # The runner's saves and the service's reservations are counted on their way to storage.
+    runner_jobs = MeteredJobs(jobs, metrics, clock=clock)
+    metrics.watch(live_state(runner_jobs, breakers))
     runner = JobRunner(
-        jobs=jobs,
+        jobs=runner_jobs,
         quotas=quotas,
         providers=providers,
         breakers=breakers,
@@ -126,7 +133,7 @@ def build_core(
             default_describe_provider=settings.default_describe_provider,
         ),
         jobs=jobs,
-        quotas=quotas,
+        quotas=MeteredQuotas(quotas, metrics),
         runner=runner,
         providers=providers,
         downloader=downloader,

@@ -15,7 +15,7 @@ from bot.discord.interactions import member_of
 from bot.domain.errors import BadInput, Refusal
 from bot.domain.quota import UNLIMITED, LimitScope, Member
 from bot.domain.tasks import TaskKind
-from bot.ui import quota_text
+from bot.ui import quota_text, usage_chart
 from bot.ui.words import Words
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,13 @@ class QuotaCog(commands.Cog):
         csv_file = discord.File(
             io.BytesIO(quota_text.usage_csv(report.rows)), filename=quota_text.usage_filename(period)
         )
+        # The chart is drawn in a worker thread; an empty period gets a sentence instead.
+        chart = await usage_chart.usage_chart(report, self.bot.words_for(interaction), period)
+        chart_files = [discord.File(io.BytesIO(chart.png), chart.filename)] if chart.png else []
         await interaction.followup.send(
+            content=chart.note or discord.utils.MISSING,
             embed=quota_text.usage_embed(self.bot.words_for(interaction), report, period),
-            file=csv_file,
+            files=[csv_file, *chart_files],
             ephemeral=True,
         )
 

@@ -213,9 +213,9 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
         "if you cancel it now. Cancel it anyway?"
     )
     assert _message(harness, running)["embeds"][0]["title"] != "Image to prompt · Cancelled"
-    polls_before = len(harness.freepik.requests)
     sure = harness.discord.button_click(_buttons(confirmation)["Cancel anyway"], confirmation, user_id=ALICE)
     await _click(harness, sure)
+    polls_before = len(harness.freepik.requests)  # the drive has ended: nothing asks for the task after this
     confirmation = harness.discord.original_message(token)
     assert confirmation is not None
     assert (

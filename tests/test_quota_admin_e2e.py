@@ -232,8 +232,8 @@ async def test_admin_set_grant_reset_and_usage_end_to_end(harness: Harness) -> N
         },
         {"name": "Top members", "value": f"1. <@{alice_id}> — 2 spent", "inline": False},
     ]
-    [(filename, data, _)] = sent.files
-    assert filename == "usage-7days.csv"
+    [(filename, data, _), (chart_name, _, _)] = sent.files  # the chart is tested in test_usage_chart.py
+    assert (filename, chart_name) == ("usage-7days.csv", "usage-7days.png")
     rows = list(csv.DictReader(io.StringIO(data.decode())))
     print("/quota-admin usage CSV:\n" + data.decode())
     assert [

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from bot.domain.errors import ProviderError
+from bot.domain.metrics import BreakerState
 from bot.domain.tasks import Fault
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,13 @@ class CircuitBreaker:
     @property
     def is_open(self) -> bool:
         return self._opened_at is not None and self._clock() - self._opened_at < self._cooldown
+
+    @property
+    def state(self) -> BreakerState:
+        """Closed, open (refusing), or half-open (the cooldown is over: the next request decides)."""
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        return BreakerState.OPEN if self.is_open else BreakerState.HALF_OPEN
 
     def check(self) -> None:
         """Raise UNAVAILABLE while open; after the cooldown let one trial request through."""

@@ -21,6 +21,8 @@ from bot.discord.interactions import words_for
 from bot.discord.reporting import DiscordReporter
 from bot.discord.tree import BotTree
 from bot.domain.errors import StartupError
+from bot.observability.prometheus import PrometheusMetrics
+from bot.observability.server import MetricsListener
 from bot.settings import Settings
 from bot.store.sqlite.database import Database
 from bot.ui.words import Words
@@ -59,6 +61,8 @@ class ImageBot(commands.Bot):
         intents = discord.Intents.default()
         # Reading a replied-to message's attachments needs the privileged message content intent.
         intents.message_content = settings.mention_trigger
+        # A registry per bot; discord.py's requests are counted through its documented `http_trace` hook.
+        self.metrics = PrometheusMetrics()
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -66,6 +70,7 @@ class ImageBot(commands.Bot):
             help_command=None,
             chunk_guilds_at_startup=False,
             allowed_mentions=discord.AllowedMentions.none(),
+            http_trace=self.metrics.discord_trace(),
             **options,  # type: ignore[arg-type]
         )
         self.settings = settings
@@ -74,9 +79,16 @@ class ImageBot(commands.Bot):
         self._clock = clock
         self.reporter: DiscordReporter | None = None
         self.core: Core = build_core(
-            settings, session, db, reporter_for=self._make_reporter, downloader=downloader, clock=clock
+            settings,
+            session,
+            db,
+            reporter_for=self._make_reporter,
+            downloader=downloader,
+            clock=clock,
+            metrics=self.metrics,
         )
         self.webhooks: WebhookListener | None = None
+        self.metrics_listener: MetricsListener | None = None
 
     def _make_reporter(self, needs: ReporterNeeds) -> DiscordReporter:
         self.reporter = DiscordReporter(
@@ -86,6 +98,7 @@ class ImageBot(commands.Bot):
             provider_labels=needs.labels,
             can_imagine=needs.can_imagine,
             clock=self._clock,
+            metrics=self.metrics,
         )
         return self.reporter
 
@@ -109,6 +122,8 @@ class ImageBot(commands.Bot):
             self._background.spawn(self._sync_when_reachable(), name="command-sync")
         if self.settings.webhooks_enabled:
             await self._start_webhooks()
+        if self.settings.metrics_port is not None:
+            await self._start_metrics(self.settings.metrics_port)
         resumed = await self.core.runner.resume()
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
@@ -150,6 +165,8 @@ class ImageBot(commands.Bot):
             await self.reporter.close()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stop()
         await self._background.cancel_all()
         await self.core.close()
         await super().close()
@@ -165,6 +182,7 @@ class ImageBot(commands.Bot):
             providers=[name for name, provider in self.core.providers.items() if provider.webhooks],
             on_delivery=self.core.runner.deliver,
             health=self.health,
+            metrics=self.metrics,
         )
         try:
             await listener.start()
@@ -175,6 +193,17 @@ class ImageBot(commands.Bot):
             ) from None
         self.webhooks = listener
         log.info("webhook listener on port %d", self.webhooks.bound_port)
+
+    async def _start_metrics(self, port: int) -> None:
+        listener = MetricsListener(self.metrics.registry, port=port)
+        try:
+            await listener.start()
+        except OSError as exc:
+            raise StartupError(
+                f"METRICS_PORT {port} cannot be listened on ({exc.strerror}): "
+                "another program uses it, or the port needs privileges; choose another port"
+            ) from None
+        self.metrics_listener = listener
 
     async def _maintenance(self) -> None:
         """Settle abandoned reservations and prune old rows, hourly."""

@@ -17,6 +17,7 @@ from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
 from bot.discord.connection import one_line
 from bot.domain.errors import StorageFull
+from bot.domain.metrics import NO_METRICS, Metrics
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
 from bot.ui.embeds import Rendered, render_job
@@ -68,8 +69,10 @@ class DiscordReporter:
         can_imagine: bool = True,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._jobs = jobs
         self._coalesce = coalesce_seconds
         self._labels = dict(provider_labels)
@@ -155,6 +158,8 @@ class DiscordReporter:
         except Exception:
             log.exception("could not show job %s on Discord", job.id)
             return True
+        if job.finished:  # the end is on Discord now: that is when the member sees it
+            self._metrics.result_shown(job.kind, self._clock() - job.updated_at)
         slot.route = job.route
         slot.sent = _shown(job)
         slot.last_sent = self._monotonic()
