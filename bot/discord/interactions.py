@@ -40,7 +40,7 @@ def member_of_message(message: discord.Message) -> Member:
 
 
 def route_of(interaction: discord.Interaction) -> Route:
-    """Show a job on the interaction's own response, through its token."""
+    """Show a job on the interaction's own response, through its token, in the member's language."""
     # The token's 15 minutes run from the interaction's creation, not from when we saw it.
     created = interaction.created_at.timestamp() if interaction.created_at else time.time()
     return Route(
@@ -48,12 +48,24 @@ def route_of(interaction: discord.Interaction) -> Route:
         application_id=interaction.application_id,
         interaction_token=interaction.token,
         token_created_at=created,
+        member_locale=str(interaction.locale),
+        guild_locale=str(interaction.guild_locale) if interaction.guild_locale else None,
     )
 
 
+def server_locale(message: discord.Message) -> str | None:
+    """Return the language a server set for its community, None outside servers."""
+    return str(message.guild.preferred_locale) if message.guild else None
+
+
 def route_of_message(message: discord.Message) -> Route:
-    """Show a job by editing one of the bot's own channel messages."""
-    return Route(channel_id=message.channel.id, message_id=message.id, via="channel")
+    """Show a job by editing one of the bot's own channel messages, which belong to no member."""
+    return Route(
+        channel_id=message.channel.id,
+        message_id=message.id,
+        via="channel",
+        guild_locale=server_locale(message),
+    )
 
 
 def words_for(interaction: discord.Interaction, provider_labels: Mapping[str, str]) -> Words:
