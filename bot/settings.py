@@ -90,8 +90,8 @@ class Settings(BaseSettings):
     default_locale: str = Field(
         SOURCE_LOCALE,
         description="the language of messages that belong to no member (a result posted anew in a channel, "
-        "the mention trigger's reply) when the server's own language is not one the bot speaks: "
-        + _either(available_locales()),
+        "the mention trigger's reply) when the server chose none the bot speaks (Discord says en-US of "
+        "every server that is not a Community): " + _either(available_locales()),
     )
     describe_cache_days: int = Field(
         30,

@@ -25,11 +25,11 @@ from bot.discord.interactions import (
     route_of,
     route_of_message,
     server_locale,
+    shared_locale,
 )
 from bot.domain.errors import BadInput, BotError, Refusal
 from bot.domain.tasks import MAX_SUGGESTIONS, DescribeRequest, DescribeStyle, Job, JobState, TaskKind
 from bot.providers.registry import PROVIDERS
-from bot.ui.catalogues import first_spoken
 from bot.ui.views import IMAGINE_ACTIONS, ImagePicker, job_button, job_button_template, suggestion_index
 from bot.ui.words import NEGATIVE_PROMPT, PICK_IMAGE, STYLE_NAMES, Words
 
@@ -233,7 +233,7 @@ class DescribeCog(commands.Cog):
         if reference is None or reference.type is not discord.MessageReferenceType.reply:
             return
         # Nobody's interaction: the reply belongs to no member, so it is in the server's language.
-        locale = first_spoken(server_locale(message), self.bot.settings.default_locale)
+        locale = shared_locale(server_locale(message), self.bot.settings.default_locale)
         words = Words(locale, self.bot.core.labels)
         acks: list[discord.Message] = []  # the reply, once sent: errors are shown in it
         try:

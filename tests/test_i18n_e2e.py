@@ -304,6 +304,15 @@ async def _ask(harness: Harness, bot: ImageBot, payload: dict[str, Any]) -> dict
             id="a server language the bot lacks: DEFAULT_LOCALE",
         ),
         pytest.param(
+            "en-US",
+            "de",
+            (
+                "hier ist dein Ergebnis (die ursprüngliche Nachricht wurde gelöscht):",
+                "Bild zu Prompt · Fertig",
+            ),
+            id="Discord's en-US default says nothing: DEFAULT_LOCALE",
+        ),
+        pytest.param(
             "ko",
             "en-US",
             ("your result is here (the original message was deleted):", "Image to prompt · Done"),

@@ -11,6 +11,7 @@ import discord
 from bot.domain.errors import BotError
 from bot.domain.quota import Member
 from bot.domain.tasks import Route
+from bot.ui.catalogues import first_spoken
 from bot.ui.words import Words
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,20 @@ def route_of(interaction: discord.Interaction) -> Route:
     )
 
 
+# What Discord says of every server that never chose a language (every server that is not a Community).
+DISCORD_DEFAULT_LOCALE = "en-US"
+
+
 def server_locale(message: discord.Message) -> str | None:
     """Return the language a server set for its community, None outside servers."""
     return str(message.guild.preferred_locale) if message.guild else None
+
+
+def shared_locale(guild_locale: str | None, default_locale: str) -> str:
+    """Return the language of a message that belongs to no member: the server's when it chose one the bot
+    speaks, else DEFAULT_LOCALE (Discord's en-US default says nothing about a server's members)."""
+    chosen = guild_locale if guild_locale != DISCORD_DEFAULT_LOCALE else None
+    return first_spoken(chosen, default_locale)
 
 
 def route_of_message(message: discord.Message) -> Route:

@@ -14,10 +14,10 @@ import discord
 
 from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
+from bot.discord.interactions import shared_locale
 from bot.domain.errors import StorageFull
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
-from bot.ui.catalogues import first_spoken
 from bot.ui.embeds import Rendered, render_job
 from bot.ui.views import result_view
 from bot.ui.words import DEFAULT_LOCALE, RESULT_MESSAGE_DELETED, Words
@@ -251,7 +251,7 @@ class DiscordReporter:
         route = job.route
         if route.member_locale and not new_post:
             return Words(route.member_locale, self._labels)
-        return Words(first_spoken(route.guild_locale, self._default_locale), self._labels)
+        return Words(shared_locale(route.guild_locale, self._default_locale), self._labels)
 
     def _view(self, job: Job, words: Words) -> discord.ui.View | None:
         if job.state is not JobState.COMPLETED:

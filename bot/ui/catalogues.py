@@ -56,6 +56,7 @@ def _language(locale: str) -> str:
     return locale.replace("_", "-").split("-", 1)[0].lower()
 
 
+@functools.cache
 def catalogue_for(locale: str | None) -> str | None:
     """Return the folder of the catalogue a locale reads, or None when it reads English (the templates)."""
     if not locale:
