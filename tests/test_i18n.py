@@ -4,6 +4,7 @@ said the way each language counts; the fallbacks; the check that keeps a new lan
 from __future__ import annotations
 
 import gettext
+import re
 import shutil
 import string
 from datetime import UTC, datetime
@@ -268,3 +269,66 @@ def test_the_command_line_check_exits_zero_on_the_shipped_catalogues(
 ) -> None:
     assert i18n.main(["check"]) == 0
     assert "5 languages" in capsys.readouterr().out
+
+
+def test_every_sentence_renders_filled_in_every_language(caplog: pytest.LogCaptureFixture) -> None:
+    """Every refusal, fault, notice and quota line, with the parameters the bot gives it, in every language."""
+    from bot.domain.errors import TooManyInFlight
+    from bot.domain.quota import KindStatus, UsageLine, UsageReport
+    from bot.domain.tasks import Fault, Notice, NoticeCode
+    from bot.ui import quota_text
+
+    params: dict[str, str | int] = {
+        "max_bytes": 20_000_000,
+        "max_pixels": 50_000_000,
+        "format": "TIFF",
+        "status": 404,
+        "count": 5,
+        "provider": "freepik",
+        "default": "novita",
+        "capable": "openai",
+        "kind": "describe",
+        "most": 4,
+    }
+    renews = datetime(2030, 1, 1, tzinfo=UTC)
+    for locale in (*catalogues.available_locales(), "ko"):
+        said = Words(locale, {"openai": "OpenAI-compatible"})
+        sentences = [said.refusal(refusal, params) for refusal in Refusal]
+        sentences += [said.fault("novita", fault, "nsfw") for fault in Fault]
+        sentences += [
+            said.notice(Notice(code, {"failed": "freepik", "used": "novita", "count": 4}))
+            for code in NoticeCode
+        ]
+        sentences += [said.quota_exceeded(kind, limit, renews) for kind in TaskKind for limit in (0, 1, 7)]
+        sentences += [said.error(TooManyInFlight("user", limit)) for limit in (1, 2)]
+        sentences += [said.say(words.PICK_IMAGE, count=n) for n in (0, 1, 2)]
+        sentences += [said.size(n) for n in (1, 999, 100_000, 20_000_000)]
+        sentences += [
+            quota_text.granted(said, 1, kind, n, left)
+            for kind in TaskKind
+            for n in (1, 3)
+            for left in (None, 2)
+        ]
+        sentences += [
+            quota_text.reset_done(said, 1, kind, n) for kind in (*TaskKind, None) for n in (0, 1, 2)
+        ]
+        sentences += [
+            quota_text.limit_set(said, "role", 9, TaskKind.IMAGINE, limit) for limit in (None, -1, 0, 1, 5)
+        ]
+        statuses = [
+            KindStatus(kind, limit=limit, used=1, renews_at=renews, source="default", granted=granted)
+            for kind, limit, granted in (
+                (TaskKind.DESCRIBE, 25, 0),
+                (TaskKind.IMAGINE, 2, 1),
+                (TaskKind.IMAGINE, -1, 0),
+            )
+        ]
+        embed = quota_text.quota_embed(said, statuses, running=1, max_running=1).to_dict()
+        line = UsageLine("describe", "freepik", completed=3, failed=1, refunded=1, cached=0, running=1)
+        report = UsageReport(1, since=renews, until=renews, lines=[line], top_members=[(1, 1)], rows=[])
+        usage = quota_text.usage_embed(said, report, "30 days").to_dict()
+        sentences += [field["value"] for field in (*embed["fields"], *usage["fields"])]
+        for sentence in sentences:
+            assert sentence, locale
+            assert not re.search(r"\{\w+\}", sentence), (locale, sentence)
+    assert "cannot be filled" not in caplog.text
