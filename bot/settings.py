@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.providers.registry import BY_NAME, PROVIDERS
 from bot.providers.spec import ProviderSettings
+from bot.ui.catalogues import SOURCE_LOCALE, available_locales, speaks
+
+
+def _either(names: Any) -> str:
+    """Return "A or B" / "A, B or C"."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 class SettingsError(Exception):
@@ -87,6 +94,12 @@ class Settings(BaseSettings):
         description="describe the image of a replied-to message when a member mentions the bot "
         "(needs the message content intent)",
     )
+    default_locale: str = Field(
+        SOURCE_LOCALE,
+        description="the language of messages that belong to no member (a result posted anew in a channel, "
+        "the mention trigger's reply) when the server chose none the bot speaks (Discord says en-US of "
+        "every server that is not a Community): " + _either(available_locales()),
+    )
     describe_cache_days: int = Field(
         30,
         ge=0,
@@ -116,6 +129,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("default_locale")
+    @classmethod
+    def _spoken_locale(cls, value: str) -> str:
+        locale = value.strip().replace("_", "-")
+        if not speaks(locale):
+            raise ValueError(f"is not a language the bot speaks (one of: {', '.join(available_locales())})")
+        # Spelt as Discord spells it ("pt_br" is pt-BR).
+        return next((code for code in available_locales() if code.lower() == locale.lower()), locale)
 
     _providers: dict[str, ProviderSettings] = PrivateAttr(default_factory=dict)
 
@@ -238,12 +260,6 @@ def _describe_provider_problems(settings: Settings) -> list[str]:
 
 def no_provider_problem() -> str:
     return f"no provider is configured: set {_either(spec.enabled_by for spec in PROVIDERS)} in .env"
-
-
-def _either(names: Any) -> str:
-    """Return "A or B" / "A, B or C"."""
-    names = list(names)
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _describe_error(error: Any, *, prefix: str = "") -> str:

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord.client import ImageBot
@@ -23,6 +24,8 @@ from bot.discord.interactions import (
     reply,
     route_of,
     route_of_message,
+    server_locale,
+    shared_locale,
 )
 from bot.domain.errors import BadInput, BotError, Refusal
 from bot.domain.tasks import MAX_SUGGESTIONS, DescribeRequest, DescribeStyle, Job, JobState, TaskKind
@@ -33,8 +36,9 @@ from bot.ui.words import NEGATIVE_PROMPT, PICK_IMAGE, STYLE_NAMES, Words
 log = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = [app_commands.Choice(name=spec.title, value=spec.name) for spec in PROVIDERS]
+# Choice names are the English templates; the command translator says them in each member's language.
 STYLE_CHOICES = [
-    app_commands.Choice(name=Words().say(STYLE_NAMES[style]), value=style.value) for style in DescribeStyle
+    app_commands.Choice(name=locale_str(STYLE_NAMES[style]), value=style.value) for style in DescribeStyle
 ]
 # Discord allows 2000 characters in a message; longer prompts go as a text file.
 _MESSAGE_LIMIT = 2000
@@ -134,13 +138,15 @@ class DescribeCog(commands.Cog):
         self.bot.remove_dynamic_items(DescribeResultButton)
         self.bot.tree.remove_command(self.describe_menu.name, type=self.describe_menu.type)
 
-    @app_commands.command(name="describe", description="Turn an image into a descriptive text prompt")
+    @app_commands.command(
+        name="describe", description=locale_str("Turn an image into a descriptive text prompt")
+    )
     @app_commands.describe(
-        image="The image to describe",
-        url="A link to the image to describe (instead of attaching it)",
-        provider="Which service describes it (default: the server's choice)",
-        style="The kind of prompt (default: detailed)",
-        suggestions="How many different prompts to choose from, 1 to 4 (default: 1)",
+        image=locale_str("The image to describe"),
+        url=locale_str("A link to the image to describe (instead of attaching it)"),
+        provider=locale_str("Which service describes it (default: the server's choice)"),
+        style=locale_str("The kind of prompt (default: detailed)"),
+        suggestions=locale_str("How many different prompts to choose from, 1 to 4 (default: 1)"),
     )
     @app_commands.choices(provider=PROVIDER_CHOICES, style=STYLE_CHOICES)
     async def describe(
@@ -226,8 +232,9 @@ class DescribeCog(commands.Cog):
         reference = message.reference
         if reference is None or reference.type is not discord.MessageReferenceType.reply:
             return
-        # Nobody's interaction: the server's language (until the bot learns it, the default).
-        words = Words(None, self.bot.core.labels)
+        # Nobody's interaction: the reply belongs to no member, so it is in the server's language.
+        locale = shared_locale(server_locale(message), self.bot.settings.default_locale)
+        words = Words(locale, self.bot.core.labels)
         acks: list[discord.Message] = []  # the reply, once sent: errors are shown in it
         try:
             await self._describe_replied(message, words, acks)

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.core.service import MAX_PROMPT_LENGTH, MAX_REFERENCES
@@ -85,13 +86,13 @@ class ImagineCog(commands.Cog):
         self.bot.tree.remove_command(self.edit_menu.name, type=self.edit_menu.type)
 
     @app_commands.command(
-        name="imagine", description="Generate an image from a prompt, or edit up to three images"
+        name="imagine", description=locale_str("Generate an image from a prompt, or edit up to three images")
     )
     @app_commands.describe(
-        prompt="What to generate, or how to change the reference images",
-        reference1="An image to edit or take from",
-        reference2="A second reference image",
-        reference3="A third reference image",
+        prompt=locale_str("What to generate, or how to change the reference images"),
+        reference1=locale_str("An image to edit or take from"),
+        reference2=locale_str("A second reference image"),
+        reference3=locale_str("A third reference image"),
     )
     async def imagine(
         self,

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord.client import ImageBot
@@ -59,7 +60,8 @@ class PrivacyCog(commands.Cog):
         self.bot.remove_dynamic_items(ForgetButton)
 
     @app_commands.command(
-        name="forget-me", description="Delete what the bot keeps about you on this server (asks first)"
+        name="forget-me",
+        description=locale_str("Delete what the bot keeps about you on this server (asks first)"),
     )
     @app_commands.guild_only()
     async def forget_me(self, interaction: discord.Interaction) -> None:

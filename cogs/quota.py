@@ -8,6 +8,7 @@ from typing import Literal
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord.client import ImageBot
@@ -16,12 +17,12 @@ from bot.domain.errors import BadInput, Refusal
 from bot.domain.quota import UNLIMITED, LimitScope, Member
 from bot.domain.tasks import TaskKind
 from bot.ui import quota_text, usage_chart
-from bot.ui.words import Words
 
 log = logging.getLogger(__name__)
 
+# Choice names are the English templates; the command translator says them in each member's language.
 KIND_CHOICES = [
-    app_commands.Choice(name=Words().say(quota_text.KIND_CHOICE_NAMES[kind]), value=kind.value)
+    app_commands.Choice(name=locale_str(quota_text.KIND_CHOICE_NAMES[kind]), value=kind.value)
     for kind in TaskKind
 ]
 PERIODS = {"today": 1, "7 days": 7, "30 days": 30}
@@ -32,7 +33,7 @@ class QuotaCog(commands.Cog):
 
     admin = app_commands.Group(
         name="quota-admin",
-        description="Change limits, grant extra tasks, reset members and see usage",
+        description=locale_str("Change limits, grant extra tasks, reset members and see usage"),
         default_permissions=discord.Permissions(manage_guild=True),
         guild_only=True,
     )
@@ -41,7 +42,7 @@ class QuotaCog(commands.Cog):
         self.bot = bot
 
     @app_commands.command(
-        name="quota", description="See how many tasks you have left today and when they renew"
+        name="quota", description=locale_str("See how many tasks you have left today and when they renew")
     )
     async def quota(self, interaction: discord.Interaction) -> None:
         quotas = self.bot.core.quotas
@@ -65,14 +66,14 @@ class QuotaCog(commands.Cog):
             raise BadInput(Refusal.NEEDS_MANAGE_SERVER)
         return interaction.guild_id
 
-    @admin.command(name="set", description="Set a daily limit for the server, a role or a member")
+    @admin.command(name="set", description=locale_str("Set a daily limit for the server, a role or a member"))
     @app_commands.describe(
-        scope="Who the limit is for",
-        kind="Which kind of task",
-        limit="Tasks per UTC day; 0 blocks, -1 is unlimited",
-        role="The role (when scope is role)",
-        user="The member (when scope is user)",
-        clear="Remove this limit instead, so the next rule applies",
+        scope=locale_str("Who the limit is for"),
+        kind=locale_str("Which kind of task"),
+        limit=locale_str("Tasks per UTC day; 0 blocks, -1 is unlimited"),
+        role=locale_str("The role (when scope is role)"),
+        user=locale_str("The member (when scope is user)"),
+        clear=locale_str("Remove this limit instead, so the next rule applies"),
     )
     @app_commands.choices(kind=KIND_CHOICES)
     async def set_limit(
@@ -99,8 +100,12 @@ class QuotaCog(commands.Cog):
         )
         await interaction.response.send_message(sentence, ephemeral=True)
 
-    @admin.command(name="grant", description="Give a member extra tasks for today")
-    @app_commands.describe(user="The member", kind="Which kind of task", amount="How many extra tasks")
+    @admin.command(name="grant", description=locale_str("Give a member extra tasks for today"))
+    @app_commands.describe(
+        user=locale_str("The member"),
+        kind=locale_str("Which kind of task"),
+        amount=locale_str("How many extra tasks"),
+    )
     @app_commands.choices(kind=KIND_CHOICES)
     async def grant(
         self,
@@ -119,8 +124,8 @@ class QuotaCog(commands.Cog):
             ephemeral=True,
         )
 
-    @admin.command(name="reset", description="Give a member back today's spent tasks")
-    @app_commands.describe(user="The member", kind="Which kind (default: all)")
+    @admin.command(name="reset", description=locale_str("Give a member back today's spent tasks"))
+    @app_commands.describe(user=locale_str("The member"), kind=locale_str("Which kind (default: all)"))
     @app_commands.choices(kind=KIND_CHOICES)
     async def reset(
         self,
@@ -136,8 +141,10 @@ class QuotaCog(commands.Cog):
             ephemeral=True,
         )
 
-    @admin.command(name="usage", description="See this server's usage: totals, failures and top members")
-    @app_commands.describe(period="How far back (default: today)")
+    @admin.command(
+        name="usage", description=locale_str("See this server's usage: totals, failures and top members")
+    )
+    @app_commands.describe(period=locale_str("How far back (default: today)"))
     async def usage(
         self, interaction: discord.Interaction, period: Literal["today", "7 days", "30 days"] = "today"
     ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord.client import ImageBot
@@ -26,7 +27,7 @@ from bot.ui.words import (
 )
 
 SPOILER_CHOICES = [
-    app_commands.Choice(name=Words().say(SPOILER_RULES[rule.value]), value=rule.value) for rule in SpoilerRule
+    app_commands.Choice(name=locale_str(SPOILER_RULES[rule.value]), value=rule.value) for rule in SpoilerRule
 ]
 # The channels a rule may be set for: where members can run commands (no categories or directories).
 _RULE_CHANNEL_TYPES = [
@@ -79,7 +80,9 @@ class RulesCog(commands.Cog):
 
     rules = app_commands.Group(
         name="rules",
-        description="Which commands each channel allows, spoilers, and words no prompt may contain",
+        description=locale_str(
+            "Which commands each channel allows, spoilers, and words no prompt may contain"
+        ),
         default_permissions=discord.Permissions(manage_guild=True),
         guild_only=True,
     )
@@ -98,12 +101,14 @@ class RulesCog(commands.Cog):
             raise BadInput(Refusal.NEEDS_MANAGE_SERVER_RULES)
         return interaction.guild_id
 
-    @rules.command(name="channel", description="Switch commands on or off in a channel, and set its spoilers")
+    @rules.command(
+        name="channel", description=locale_str("Switch commands on or off in a channel, and set its spoilers")
+    )
     @app_commands.describe(
-        channel="The channel (leave empty for every channel without its own rule)",
-        describe="Whether /describe and Describe image work there",
-        imagine="Whether /imagine, Edit image and the Imagine buttons work there",
-        spoilers="When results are shown behind a spoiler",
+        channel=locale_str("The channel (leave empty for every channel without its own rule)"),
+        describe=locale_str("Whether /describe and Describe image work there"),
+        imagine=locale_str("Whether /imagine, Edit image and the Imagine buttons work there"),
+        spoilers=locale_str("When results are shown behind a spoiler"),
     )
     @app_commands.choices(spoilers=SPOILER_CHOICES)
     async def channel(
@@ -131,8 +136,8 @@ class RulesCog(commands.Cog):
             await store.set_channel_rule(guild_id, rule, interaction.user.id)
         await interaction.followup.send(describe_rule(self.bot.words_for(interaction), rule), ephemeral=True)
 
-    @rules.command(name="blocklist-add", description="Add words or phrases no prompt may contain")
-    @app_commands.describe(words="Words or phrases, separated by commas")
+    @rules.command(name="blocklist-add", description=locale_str("Add words or phrases no prompt may contain"))
+    @app_commands.describe(words=locale_str("Words or phrases, separated by commas"))
     async def blocklist_add(
         self, interaction: discord.Interaction, words: app_commands.Range[str, 1, _WORDS_LIMIT]
     ) -> None:
@@ -143,8 +148,10 @@ class RulesCog(commands.Cog):
         sentence = self.bot.words_for(interaction).say(BLOCKLIST_ADDED, added=added, total=total)
         await interaction.followup.send(sentence, ephemeral=True)
 
-    @rules.command(name="blocklist-remove", description="Remove words or phrases from the blocklist")
-    @app_commands.describe(words="Words or phrases, separated by commas")
+    @rules.command(
+        name="blocklist-remove", description=locale_str("Remove words or phrases from the blocklist")
+    )
+    @app_commands.describe(words=locale_str("Words or phrases, separated by commas"))
     async def blocklist_remove(
         self, interaction: discord.Interaction, words: app_commands.Range[str, 1, _WORDS_LIMIT]
     ) -> None:
@@ -155,7 +162,7 @@ class RulesCog(commands.Cog):
         sentence = self.bot.words_for(interaction).say(BLOCKLIST_REMOVED, removed=removed, total=total)
         await interaction.followup.send(sentence, ephemeral=True)
 
-    @rules.command(name="show", description="Show this server's channel rules and blocklist")
+    @rules.command(name="show", description=locale_str("Show this server's channel rules and blocklist"))
     async def show(self, interaction: discord.Interaction) -> None:
         guild_id = self._require_manage_server(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)

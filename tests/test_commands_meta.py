@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from tests.conftest import Harness
 
 # The product surface (README "Commands"): these names are a contract with admins and members.
@@ -97,3 +100,92 @@ async def test_guild_ids_sync_to_those_guilds(harness: Harness) -> None:
     await harness.start_bot(discord_guild_ids=str(guild))
     puts = [call.path for call in harness.discord.calls if call.method == "PUT" and "/commands" in call.path]
     assert puts == [f"/applications/{harness.discord.application_id}/guilds/{guild}/commands"]
+
+
+# The languages the bot speaks besides English (Discord's codes); es-419 reads es-ES.
+TRANSLATED = ("es-ES", "de", "fr", "pt-BR", "ja")
+_SLASH_NAME = re.compile(r"^[-_'\w]{1,32}$")
+# Names of things, not words: the same in every language.
+PROPER_NAMES = {"Freepik", "Novita"}
+
+
+def _named_nodes(command: dict) -> list[tuple[str, dict, list[dict]]]:
+    """Return (kind, node, siblings) for the command, every option and every choice under it."""
+    kind = "slash" if command.get("type", 1) == 1 else "menu"
+    found = [(kind, command, [])]
+
+    def walk(options: list[dict]) -> None:
+        for option in options:
+            found.append(("option", option, options))
+            for choice in option.get("choices", []):
+                found.append(("choice", choice, option["choices"]))
+            walk(option.get("options", []))
+
+    walk(command.get("options", []))
+    return found
+
+
+def _localized(node: dict, key: str, locale: str) -> str:
+    return node.get(f"{key}_localizations", {}).get(locale, node[key])
+
+
+async def test_every_command_speaks_every_language_within_discords_limits(harness: Harness) -> None:
+    await harness.start_bot()
+    synced = harness.discord.synced_commands()
+    for command in synced:
+        for kind, node, siblings in _named_nodes(command):
+            where = (command["name"], node["name"])
+            names = node.get("name_localizations") or {}
+            descriptions = node.get("description_localizations") or {}
+            # English is the names and descriptions themselves (the contract); never a localization.
+            assert not {"en-US", "en-GB"} & (names.keys() | descriptions.keys()), where
+            if kind not in {"menu", "choice"}:
+                # Every description is said in every language, within Discord's 1-100.
+                assert set(TRANSLATED) <= descriptions.keys(), where
+                assert all(1 <= len(text) <= 100 for text in descriptions.values()), where
+                assert all(text != node["description"] for text in descriptions.values()), where
+            if kind == "choice" and node["name"] not in PROPER_NAMES:
+                assert set(TRANSLATED) <= names.keys(), where
+            for locale, name in names.items():
+                if kind in ("slash", "option"):
+                    assert _SLASH_NAME.fullmatch(name), (where, locale, name)
+                    assert name == name.lower(), (where, locale, name)
+                elif kind == "menu":
+                    assert 1 <= len(name) <= 32, (where, locale, name)
+                else:
+                    assert 1 <= len(name) <= 100, (where, locale, name)
+            # Discord's es-419 members read the Spanish of Spain rather than English.
+            for localized in (names, descriptions):
+                if "es-ES" in localized:
+                    assert localized.get("es-419") == localized["es-ES"], where
+            # Within one list, every name stays distinct in every language.
+            if kind in ("option", "choice"):
+                for locale in TRANSLATED:
+                    shown = [_localized(sibling, "name", locale) for sibling in siblings]
+                    assert len(shown) == len(set(shown)), (where, locale, shown)
+    for locale in TRANSLATED:
+        shown = [(_localized(c, "name", locale), c.get("type", 1)) for c in synced]
+        assert len(shown) == len(set(shown)), (locale, shown)
+
+
+async def test_the_describe_command_as_synced_in_six_languages(harness: Harness) -> None:
+    await harness.start_bot()
+    describe = next(c for c in harness.discord.synced_commands() if c["name"] == "describe")
+    print(json.dumps(describe, indent=2, ensure_ascii=False))
+    assert describe["name_localizations"] == {
+        "de": "beschreiben",
+        "es-ES": "describir",
+        "es-419": "describir",
+        "fr": "décrire",
+        "pt-BR": "descrever",
+        "ja": "画像説明",
+    }
+    assert (
+        describe["description_localizations"]["ja"]
+        == "画像を、その内容を説明するテキストプロンプトに変換します"
+    )
+    style = next(option for option in describe["options"] if option["name"] == "style")
+    assert style["name_localizations"]["de"] == "stil"
+    assert [choice["name_localizations"]["fr"] for choice in style["choices"]][:2] == ["Détaillé", "Court"]
+    menu = next(c for c in harness.discord.synced_commands() if c["name"] == "Describe image")
+    assert menu["name_localizations"]["ja"] == "画像を説明"

@@ -944,3 +944,62 @@ async def test_without_the_spec_check_the_documented_limits_still_hold() -> None
         assert fake.violations == [
             f"POST /channels/{fake.channel_id}/messages: content: Must be 2000 or fewer in length."
         ]
+
+
+@pytest.mark.parametrize(
+    ("command", "field", "message"),
+    [
+        pytest.param(
+            {"name": "describe", "description": "d", "name_localizations": {"de": "Bild beschreiben"}},
+            "0.name_localizations.de",
+            "Command name is invalid",
+            id="slash name with a space and a capital",
+        ),
+        pytest.param(
+            {"name": "describe", "description": "d", "description_localizations": {"ja": "説" * 101}},
+            "0.description_localizations.ja",
+            "Must be between 1 and 100 in length.",
+            id="description over 100",
+        ),
+        pytest.param(
+            {"name": "describe", "description": "d", "name_localizations": {"german": "beschreiben"}},
+            "0.name_localizations.german",
+            "Value must be one of",
+            id="not a Discord locale",
+        ),
+        pytest.param(
+            {"name": "Describe image", "type": 3, "name_localizations": {"fr": "D" * 33}},
+            "0.name_localizations.fr",
+            "Must be between 1 and 32 in length.",
+            id="menu name over 32",
+        ),
+        pytest.param(
+            {
+                "name": "describe",
+                "description": "d",
+                "options": [
+                    {
+                        "type": 3,
+                        "name": "style",
+                        "description": "s",
+                        "choices": [{"name": "Short", "value": "short", "name_localizations": {"de": ""}}],
+                    }
+                ],
+            },
+            "0.options.0.choices.0.name_localizations.de",
+            "Must be between 1 and 100 in length.",
+            id="empty choice name",
+        ),
+    ],
+)
+async def test_localized_commands_keep_the_rules_of_the_field_they_localize(
+    fake: FakeDiscord, bot: TinyBot, command: dict[str, Any], field: str, message: str
+) -> None:
+    commands = discord.http.Route("PUT", "/applications/{app}/commands", app=fake.application_id)
+    with pytest.raises(discord.HTTPException) as refused:
+        await bot.http.request(commands, json=[command])
+    assert (refused.value.status, refused.value.code) == (400, 50035)
+    assert f"In {field}: {message}" in refused.value.text
+    [violation] = fake.violations
+    assert violation.startswith(f"PUT /applications/{fake.application_id}/commands: {field}: {message}")
+    fake.violations.clear()

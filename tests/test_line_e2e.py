@@ -280,3 +280,25 @@ async def test_only_the_member_or_a_moderator_may_cancel(harness: Harness) -> No
     assert answer["content"] == "This task has already ended; there is nothing to cancel."
     harness.freepik.seconds_per_state = 0
     await harness.settle(bot)
+
+
+async def test_cancel_works_after_a_restart(harness: Harness) -> None:
+    settings = {"describe_provider": "freepik", "max_inflight_per_provider": 1}
+    bot = await harness.start_bot(**settings)
+    harness.freepik.seconds_per_state = 3600
+    await _ask(harness, ALICE, 1)
+    await _saved(bot, ALICE, 1)
+    waiting = await _ask(harness, ALICE, 2)
+    await eventually(lambda: bool(_titles(harness, waiting)), "the place is shown")
+    message = _message(harness, waiting)
+    await harness.stop_bot(bot)
+
+    restarted = await harness.start_bot(**settings)
+    click = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
+    token = await _click(harness, click)
+    answer = harness.discord.original_message(token)
+    assert answer is not None
+    assert answer["content"] == "Cancelled; it did not count against the quota."
+    assert _message(harness, waiting)["embeds"][0]["title"] == "Image to prompt · Cancelled"
+    harness.freepik.seconds_per_state = 0
+    await harness.settle(restarted)

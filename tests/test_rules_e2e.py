@@ -234,7 +234,7 @@ async def test_forget_me_deletes_the_members_rows_and_keeps_todays_use_counted(h
     click = harness.discord.button_click(_buttons(ask)["Forget me"], ask, user_id=MEMBER)
     done = await _answer(harness, bot, click)
     assert done["content"] == (
-        "Done. Deleted 2 tasks, 2 stored images and 1 cached prompts, and removed your user id from 2 usage rows."
+        "Done. Deleted: tasks 2, stored images 2, cached prompts 1. Usage rows that no longer carry your user id: 2."
     )
 
     # No row anywhere holds the member's id.
@@ -268,7 +268,7 @@ async def test_forget_me_waits_for_running_tasks(harness: Harness) -> None:
     answer = harness.discord.original_message(str(click["token"]))
     assert answer is not None
     assert answer["content"] == (
-        "You have 1 tasks running or waiting on this server; cancel them or let them finish, then ask again."
+        "You have 1 task running or waiting on this server; cancel it or let it finish, then ask again."
     )
     harness.freepik.seconds_per_state = 0
     await harness.settle(bot)

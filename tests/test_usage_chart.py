@@ -267,3 +267,22 @@ def test_the_example_in_docs_is_the_fixtures_chart() -> None:
         "regenerate it: python -m tests.usage_fixture docs/usage-chart-example.png "
         "docs/usage-chart-on-discord-themes.png"
     )
+
+
+async def test_a_language_the_font_cannot_write_gets_the_chart_in_english(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert usage_chart.font_writes("Tasks per day · today")
+    assert not usage_chart.font_writes("日ごとのタスク")  # DejaVu Sans, the image's font, has no kanji
+    drawn: list[str] = []
+    real = usage_chart.render_usage_chart
+
+    def spy(series: Any, words: Words, *, period_title: str) -> bytes:
+        drawn.append(words.locale)
+        return real(series, words, period_title=period_title)
+
+    monkeypatch.setattr(usage_chart, "render_usage_chart", spy)
+    monkeypatch.setattr(usage_chart, "font_writes", lambda text: False)
+    chart = await usage_chart.usage_chart(thirty_days_report(), Words("ja"), "30 days")
+    assert chart.png is not None
+    assert drawn == ["en-US"]

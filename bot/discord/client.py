@@ -19,6 +19,7 @@ from bot.discord.connection import TRANSIENT_ERRORS, CappedBackoff, one_line
 from bot.discord.heartbeat import Heartbeat, gateway_connected, heartbeat_path
 from bot.discord.interactions import words_for
 from bot.discord.reporting import DiscordReporter
+from bot.discord.translator import CatalogueTranslator
 from bot.discord.tree import BotTree
 from bot.domain.errors import StartupError
 from bot.observability.prometheus import PrometheusMetrics
@@ -97,6 +98,7 @@ class ImageBot(commands.Bot):
             coalesce_seconds=self.settings.edit_coalesce_seconds,
             provider_labels=needs.labels,
             can_imagine=needs.can_imagine,
+            default_locale=self.settings.default_locale,
             clock=self._clock,
             metrics=self.metrics,
         )
@@ -112,6 +114,8 @@ class ImageBot(commands.Bot):
         return
 
     async def setup_hook(self) -> None:
+        # Names and descriptions in every language the bot speaks, from the same catalogues as the words.
+        await self.tree.set_translator(CatalogueTranslator())
         for extension in self._extensions:
             await self.load_extension(extension)
         try:
@@ -137,7 +141,7 @@ class ImageBot(commands.Bot):
         for guild in guilds or [None]:
             if guild is not None:
                 self.tree.copy_global_to(guild=guild)
-            payload = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+            payload = await self._command_payload(guild)
             digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
             key = f"commands:{self.application_id}:{guild.id if guild else 'global'}"
             if await self.core.db.get_meta(key) == digest:
@@ -146,6 +150,14 @@ class ImageBot(commands.Bot):
             await self.tree.sync(guild=guild)
             await self.core.db.set_meta(key, digest)
             log.info("synced %d commands to %s", len(payload), guild.id if guild else "all servers (global)")
+
+    async def _command_payload(self, guild: discord.Object | None) -> list[dict[str, object]]:
+        """Return the commands as `tree.sync` sends them, translations included (a new one is a change)."""
+        commands = self.tree.get_commands(guild=guild)
+        translator = self.tree.translator
+        if translator is None:
+            return [command.to_dict(self.tree) for command in commands]
+        return [await command.get_translated_payload(self.tree, translator) for command in commands]
 
     async def _sync_when_reachable(self) -> None:
         backoff = CappedBackoff()

@@ -11,6 +11,7 @@ import discord
 from bot.domain.errors import BotError
 from bot.domain.quota import Member
 from bot.domain.tasks import Route
+from bot.ui.catalogues import first_spoken
 from bot.ui.words import Words
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def member_of_message(message: discord.Message) -> Member:
 
 
 def route_of(interaction: discord.Interaction) -> Route:
-    """Show a job on the interaction's own response, through its token."""
+    """Show a job on the interaction's own response, through its token, in the member's language."""
     # The token's 15 minutes run from the interaction's creation, not from when we saw it.
     created = interaction.created_at.timestamp() if interaction.created_at else time.time()
     parent_id, age_restricted = _channel_facts(interaction.channel)
@@ -51,16 +52,35 @@ def route_of(interaction: discord.Interaction) -> Route:
         token_created_at=created,
         parent_id=parent_id,
         age_restricted=age_restricted,
+        member_locale=str(interaction.locale),
+        guild_locale=str(interaction.guild_locale) if interaction.guild_locale else None,
     )
 
 
+# What Discord says of every server that never chose a language (every server that is not a Community).
+DISCORD_DEFAULT_LOCALE = "en-US"
+
+
+def server_locale(message: discord.Message) -> str | None:
+    """Return the language a server set for its community, None outside servers."""
+    return str(message.guild.preferred_locale) if message.guild else None
+
+
+def shared_locale(guild_locale: str | None, default_locale: str) -> str:
+    """Return the language of a message that belongs to no member: the server's when it chose one the bot
+    speaks, else DEFAULT_LOCALE (Discord's en-US default says nothing about a server's members)."""
+    chosen = guild_locale if guild_locale != DISCORD_DEFAULT_LOCALE else None
+    return first_spoken(chosen, default_locale)
+
+
 def route_of_message(message: discord.Message) -> Route:
-    """Show a job by editing one of the bot's own channel messages."""
+    """Show a job by editing one of the bot's own channel messages, which belong to no member."""
     parent_id, age_restricted = _channel_facts(message.channel)
     return Route(
         channel_id=message.channel.id,
         message_id=message.id,
         via="channel",
+        guild_locale=server_locale(message),
         parent_id=parent_id,
         age_restricted=age_restricted,
     )

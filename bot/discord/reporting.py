@@ -16,13 +16,14 @@ import discord
 from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
 from bot.discord.connection import one_line
+from bot.discord.interactions import shared_locale
 from bot.domain.errors import StorageFull
 from bot.domain.metrics import NO_METRICS, Metrics
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
 from bot.ui.embeds import Rendered, render_job
 from bot.ui.views import cancel_view, result_view
-from bot.ui.words import RESULT_MESSAGE_DELETED, Words
+from bot.ui.words import DEFAULT_LOCALE, RESULT_MESSAGE_DELETED, Words
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class DiscordReporter:
         coalesce_seconds: float,
         provider_labels: Mapping[str, str],
         can_imagine: bool = True,
+        default_locale: str = DEFAULT_LOCALE,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Metrics = NO_METRICS,
@@ -77,6 +79,7 @@ class DiscordReporter:
         self._coalesce = coalesce_seconds
         self._labels = dict(provider_labels)
         self._can_imagine = can_imagine
+        self._default_locale = default_locale
         self._clock = clock
         self._monotonic = monotonic
         self._slots: dict[str, _Slot] = {}
@@ -234,6 +237,8 @@ class DiscordReporter:
                 return job
         if not job.finished:
             return job  # a new message is only worth posting for the end
+        # A new post belongs to no member: everyone in the channel reads it, in the server's language.
+        words = self._words(job, new_post=True)
         rendered = await self._render(job, words, with_files=with_files)
         try:
             message = await channel.send(
@@ -268,8 +273,17 @@ class DiscordReporter:
             return False
         return self._clock() - route.token_created_at < INTERACTION_TOKEN_LIFETIME
 
-    def _words(self, job: Job) -> Words:
-        return Words(None, self._labels)
+    def _words(self, job: Job, *, new_post: bool = False) -> Words:
+        """Return the words a job's message is shown in.
+
+        The interaction's response is the member's: their language (English when the bot lacks it). A
+        message that belongs to no member (a new post in the channel, the mention trigger's reply) is in
+        the server's language, else DEFAULT_LOCALE.
+        """
+        route = job.route
+        if route.member_locale and not new_post:
+            return Words(route.member_locale, self._labels)
+        return Words(shared_locale(route.guild_locale, self._default_locale), self._labels)
 
     def _view(self, job: Job, words: Words) -> discord.ui.View | None:
         if not job.finished:

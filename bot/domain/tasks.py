@@ -140,7 +140,13 @@ ReportVia = Literal["interaction", "channel"]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a job's message is and how to reach it: an interaction's response, or a channel message."""
+    """Where a job's message is, how to reach it, and in which language it is shown.
+
+    The message is an interaction's response or a channel message. The member who asked reads it in their
+    Discord language (`member_locale`); a message that belongs to no member (a result posted anew in the
+    channel, the mention trigger's reply) is in the server's (`guild_locale`). Both are Discord locale codes
+    ("ja", "pt-BR"), None when Discord did not say.
+    """
 
     channel_id: int | None
     message_id: int | None = None
@@ -148,6 +154,8 @@ class Route:
     interaction_token: str | None = field(default=None, repr=False)
     token_created_at: float | None = None
     via: ReportVia = "interaction"
+    member_locale: str | None = None
+    guild_locale: str | None = None
     # Read from Discord when the request came in, for the channel's rules; not saved (the job keeps what
     # they decided).
     parent_id: int | None = field(default=None, compare=False)  # a thread's channel, whose rules it follows

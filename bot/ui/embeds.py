@@ -75,13 +75,9 @@ def described(suggestions: Sequence[Suggestion], words: Words, *, hidden: bool =
     return "\n".join(parts)
 
 
-def duration(seconds: float) -> str:
-    """Say how long something took: "8.4 s" under a minute, "2 min 5 s" above."""
-    seconds = max(0.0, seconds)
-    if round(seconds, 1) < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+def duration(seconds: float, words: Words | None = None) -> str:
+    """Say how long something took: "8.4 s" under a minute, "2 min 5 s" above (in English by default)."""
+    return (words or Words()).duration(seconds)
 
 
 def _result_files(job: Job, outputs: Sequence[ImageBytes]) -> tuple[list[discord.File], int]:
@@ -150,7 +146,7 @@ def render_job(
     embed.add_field(name=words.say(N_("Started")), value=relative_time(job.created_at))
     if job.state is JobState.COMPLETED and job.kind is TaskKind.IMAGINE:
         # updated_at is when the result was saved: from the member's request to the image in hand.
-        embed.add_field(name=words.say(N_("Took")), value=duration(job.updated_at - job.created_at))
+        embed.add_field(name=words.say(N_("Took")), value=duration(job.updated_at - job.created_at, words))
     if job.notice:
         embed.add_field(name=words.say(N_("Note")), value=words.notice(job.notice), inline=False)
     if job.hidden and job.state is JobState.COMPLETED:

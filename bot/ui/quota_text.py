@@ -11,7 +11,7 @@ import discord
 
 from bot.domain.quota import UNLIMITED, USAGE_COLUMNS, KindStatus, UsageReport
 from bot.domain.tasks import TaskKind
-from bot.ui.words import KIND_NAMES, KIND_UNITS, N_, Words, relative_time
+from bot.ui.words import KIND_ABILITIES, KIND_NAMES, N_, P_, Words, relative_time
 
 KIND_CHOICE_NAMES = {
     TaskKind.DESCRIBE: N_("describe (image to prompt)"),
@@ -22,6 +22,37 @@ _SCOPE_WORDS = {
     "server": N_("everyone on this server"),
     "role": N_("the role <@&{id}>"),
     "user": N_("<@{id}>"),
+}
+# TRANSLATORS: an admin granted a member extra tasks; {user} is a mention, {now_left} is "3 left" or "unlimited".
+GRANTED = {
+    TaskKind.DESCRIBE: P_(
+        "Granted <@{user}> {amount} extra description for today (UTC); they now have {now_left}.",
+        "Granted <@{user}> {amount} extra descriptions for today (UTC); they now have {now_left}.",
+        count="amount",
+    ),
+    TaskKind.IMAGINE: P_(
+        "Granted <@{user}> {amount} extra generation for today (UTC); they now have {now_left}.",
+        "Granted <@{user}> {amount} extra generations for today (UTC); they now have {now_left}.",
+        count="amount",
+    ),
+}
+# An admin gave a member back today's spent tasks: of one kind, or of every kind (None).
+RESET = {
+    TaskKind.DESCRIBE: P_(
+        "Reset <@{user}>'s usage today: {forgiven} spent description given back.",
+        "Reset <@{user}>'s usage today: {forgiven} spent descriptions given back.",
+        count="forgiven",
+    ),
+    TaskKind.IMAGINE: P_(
+        "Reset <@{user}>'s usage today: {forgiven} spent generation given back.",
+        "Reset <@{user}>'s usage today: {forgiven} spent generations given back.",
+        count="forgiven",
+    ),
+    None: P_(
+        "Reset <@{user}>'s usage today: {forgiven} spent task given back.",
+        "Reset <@{user}>'s usage today: {forgiven} spent tasks given back.",
+        count="forgiven",
+    ),
 }
 _KIND_BY_VALUE = {kind.value: kind for kind in TaskKind}
 # Discord allows 25 fields per embed; the report keeps room for the top members.
@@ -35,17 +66,27 @@ def quota_embed(
     embed = discord.Embed(title=words.say(N_("Your quota today")), colour=discord.Colour.blurple())
     for status in statuses:
         if status.limit == UNLIMITED:
-            value = words.say(N_("{used} used · unlimited"), used=status.used)
+            value = words.say(
+                P_("{used} used · unlimited", "{used} used · unlimited", count="used"), used=status.used
+            )
         elif status.limit <= 0:
             value = words.say(N_("Switched off for you on this server."))
         else:
             extra = (
-                words.say(N_(" (with {granted} granted today)"), granted=status.granted)
+                words.say(
+                    P_(" (with {granted} granted today)", " (with {granted} granted today)", count="granted"),
+                    granted=status.granted,
+                )
                 if status.granted
                 else ""
             )
+            # TRANSLATORS: {renews} is a Discord timestamp each member's app shows as "in 5 hours".
             value = words.say(
-                N_("{used} used · **{left} left** of {limit}{extra}\nRenews {renews}"),
+                P_(
+                    "{used} used · **{left} left** of {limit}{extra}\nRenews {renews}",
+                    "{used} used · **{left} left** of {limit}{extra}\nRenews {renews}",
+                    count="left",
+                ),
                 used=status.used,
                 left=status.left,
                 limit=status.limit,
@@ -54,18 +95,30 @@ def quota_embed(
             )
         embed.add_field(name=words.kind(status.kind), value=value, inline=False)
     now = words.say(
-        N_("{running} of at most {max_running} at once"), running=running, max_running=max_running
+        P_(
+            "{running} of at most {max_running} at once",
+            "{running} of at most {max_running} at once",
+            count="max_running",
+        ),
+        running=running,
+        max_running=max_running,
     )
     if waiting:
-        now += words.say(N_(" · {waiting} waiting in line"), waiting=waiting)
+        now += words.say(
+            P_(" · {waiting} waiting in line", " · {waiting} waiting in line", count="waiting"),
+            waiting=waiting,
+        )
     embed.add_field(name=words.say(N_("Running now")), value=now, inline=False)
     embed.set_footer(text=words.say(N_("Days run from midnight to midnight UTC")))
     return embed
 
 
-def _member(words: Words, user_id: int) -> str:
-    # Ids of 0 and below belong to members who asked to be forgotten (bot.domain.privacy).
-    return f"<@{user_id}>" if user_id > 0 else words.say(N_("a member who asked to be forgotten"))
+_TOP_MEMBER = P_("{rank}. <@{user}> — {count} spent", "{rank}. <@{user}> — {count} spent")
+# Ids of 0 and below belong to members who asked to be forgotten (bot.domain.privacy).
+_FORGOTTEN_MEMBER = P_(
+    "{rank}. A member who asked to be forgotten — {count} spent",
+    "{rank}. A member who asked to be forgotten — {count} spent",
+)
 
 
 def limit_set(words: Words, scope: str, target_id: int, kind: TaskKind, limit: int | None) -> str:
@@ -73,7 +126,7 @@ def limit_set(words: Words, scope: str, target_id: int, kind: TaskKind, limit: i
     if limit is None:
         return words.say(
             N_("Removed the {kind} limit for {who}; the next rule applies."),
-            kind=words.kind(kind).lower(),
+            kind=words.say(KIND_ABILITIES[kind]),
             who=who,
         )
     if limit == UNLIMITED:
@@ -81,29 +134,21 @@ def limit_set(words: Words, scope: str, target_id: int, kind: TaskKind, limit: i
     elif limit == 0:
         amount = words.say(N_("blocked"))
     else:
-        amount = words.say(N_("{limit} per day (UTC)"), limit=limit)
+        amount = words.say(P_("{limit} per day (UTC)", "{limit} per day (UTC)", count="limit"), limit=limit)
     return words.say(N_("{kind} for {who}: {amount}."), kind=words.kind(kind), who=who, amount=amount)
 
 
 def granted(words: Words, user_id: int, kind: TaskKind, amount: int, left: int | None) -> str:
-    now_left = words.say(N_("unlimited")) if left is None else words.say(N_("{left} left"), left=left)
-    return words.say(
-        N_("Granted <@{user}> {amount} extra {units} for today (UTC); they now have {now_left}."),
-        user=user_id,
-        amount=amount,
-        units=words.say(KIND_UNITS[kind]),
-        now_left=now_left,
+    now_left = (
+        words.say(N_("unlimited"))
+        if left is None
+        else words.say(P_("{left} left", "{left} left", count="left"), left=left)
     )
+    return words.say(GRANTED[kind], user=user_id, amount=amount, now_left=now_left)
 
 
 def reset_done(words: Words, user_id: int, kind: TaskKind | None, forgiven: int) -> str:
-    what = words.say(KIND_UNITS[kind]) if kind else words.say(N_("tasks"))
-    return words.say(
-        N_("Reset <@{user}>'s usage today: {forgiven} spent {what} given back."),
-        user=user_id,
-        forgiven=forgiven,
-        what=what,
-    )
+    return words.say(RESET[kind], user=user_id, forgiven=forgiven)
 
 
 def usage_embed(words: Words, report: UsageReport, period: str) -> discord.Embed:
@@ -139,13 +184,20 @@ def usage_embed(words: Words, report: UsageReport, period: str) -> discord.Embed
             cached=line.cached,
         )
         if line.running:
-            value += words.say(N_(" · {running} running"), running=line.running)
+            value += words.say(
+                P_(" · {running} running", " · {running} running", count="running"), running=line.running
+            )
         kind = _KIND_BY_VALUE.get(line.kind)
         kind_name = words.say(KIND_NAMES[kind]) if kind else line.kind
         embed.add_field(name=f"{kind_name} · {words.provider(line.provider)}", value=value, inline=False)
     if report.top_members:
         top = "\n".join(
-            words.say(N_("{rank}. {user} — {count} spent"), rank=rank, user=_member(words, user), count=count)
+            words.say(
+                _TOP_MEMBER if user > 0 else _FORGOTTEN_MEMBER,
+                rank=rank,
+                user=user,
+                count=count,
+            )
             for rank, (user, count) in enumerate(report.top_members, 1)
         )
         embed.add_field(name=words.say(N_("Top members")), value=top, inline=False)

@@ -225,6 +225,19 @@ async def usage_chart(report: UsageReport, words: Words, period: str) -> UsageCh
     filename = f"usage-{period.replace(' ', '')}.png"
     if series.empty:
         return UsageChart(filename, note=words.say(NOTHING_TO_CHART))
+    if not await asyncio.to_thread(font_writes, words.say(TITLE, period=words.say(PERIOD_TITLES["today"]))):
+        # The image's font (DejaVu Sans) has no glyphs for this language's script (Japanese): the chart is
+        # drawn in English rather than in empty boxes; the reply around it stays in the member's language.
+        words = words.in_locale(None)
     title = words.say(PERIOD_TITLES[period]) if period in PERIOD_TITLES else period
     png = await asyncio.to_thread(render_usage_chart, series, words, period_title=title)
     return UsageChart(filename, png=png)
+
+
+def font_writes(text: str) -> bool:
+    """Tell whether the font the chart is drawn in has a glyph for every character of the text."""
+    from matplotlib import font_manager, rcParams  # noqa: PLC0415 (at the first chart, as in drawing)
+    from matplotlib.ft2font import FT2Font  # noqa: PLC0415
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"])))
+    return all(char.isspace() or font.get_char_index(ord(char)) != 0 for char in text)

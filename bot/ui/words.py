@@ -1,15 +1,20 @@
 """Every sentence a member reads about tasks, inputs and failures, rendered from codes: one place to review.
 
 Errors, notices and states reach this module as codes with parameters (`bot.domain`); `Words` turns them
-into sentences in a member's locale. Templates are marked with `N_` so a translation toolchain can extract
-them; `render` is the one function that picks the language (English only, until catalogues exist).
+into sentences in a member's locale. Templates are English, marked with `N_` (or `P_` when a count picks
+the form), and are the msgids of the gettext catalogues in `bot/ui/locales/`; `render` is the one function
+that picks the language and translates (`bot.ui.catalogues`), falling back to English.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
+
+from babel.numbers import format_decimal
 
 from bot.domain.errors import (
     BadInput,
@@ -22,8 +27,11 @@ from bot.domain.errors import (
     StorageFull,
 )
 from bot.domain.tasks import DescribeStyle, Fault, JobState, Notice, NoticeCode, TaskKind
+from bot.ui.catalogues import SOURCE_LOCALE, babel_locale, catalogue_for, translations
 
-DEFAULT_LOCALE = "en-US"
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCALE = SOURCE_LOCALE
 
 
 def N_(template: str) -> str:
@@ -31,12 +39,47 @@ def N_(template: str) -> str:
     return template
 
 
-def render(template: str, locale: str | None = None, **params: object) -> str:
-    """Say one template in `locale`, with its parameters filled in (every locale is English for now)."""
-    return template.format(**params)
+@dataclass(frozen=True, slots=True)
+class Plural:
+    """A template said with a count: its English singular and plural, and the parameter that is the count."""
+
+    singular: str
+    plural: str
+    count: str = "count"
 
 
-ACCEPTED_FORMATS = "PNG, JPEG, WebP or GIF"
+def P_(singular: str, plural: str, count: str = "count") -> Plural:
+    """Mark a template whose form depends on the parameter `count` (each language has its own forms)."""
+    return Plural(singular, plural, count)
+
+
+Template = str | Plural
+
+
+def render(template: Template, locale: str | None = None, **params: object) -> str:
+    """Say one template in `locale` (a Discord locale code), with its parameters filled in.
+
+    A locale the bot has no catalogue for, or a message its catalogue lacks, is said in English; a
+    translation that cannot be filled (a placeholder it got wrong) is logged and said in English too.
+    """
+    catalogue = translations(catalogue_for(locale))
+    if isinstance(template, Plural):
+        count = params[template.count]
+        n = count if isinstance(count, int) else int(str(count))
+        text = catalogue.ngettext(template.singular, template.plural, n)
+        english = template.singular if n == 1 else template.plural
+    else:
+        text = catalogue.gettext(template)
+        english = template
+    try:
+        return text.format(**params)
+    except (KeyError, IndexError, ValueError):
+        log.warning("the %s translation of %r cannot be filled; saying it in English", locale, english)
+        return english.format(**params)
+
+
+# TRANSLATORS: the image formats the bot reads, as {formats} in the sentences below ("send a {formats}").
+ACCEPTED_FORMATS = N_("PNG, JPEG, WebP or GIF")
 
 STATE_WORDS = {
     JobState.QUEUED: N_("Queued"),
@@ -52,8 +95,6 @@ QUEUED_AT = N_("Queued · {place} in line")
 QUEUED_ABOUT = N_("Queued · about {place} in line")
 EXACT_PLACES = 10
 KIND_NAMES = {TaskKind.DESCRIBE: N_("Image to prompt"), TaskKind.IMAGINE: N_("Image generation")}
-KIND_UNIT = {TaskKind.DESCRIBE: N_("description"), TaskKind.IMAGINE: N_("generation")}
-KIND_UNITS = {TaskKind.DESCRIBE: N_("descriptions"), TaskKind.IMAGINE: N_("generations")}
 # The `/describe style:` choices as members read them (the values are the contract's names).
 STYLE_NAMES = {
     DescribeStyle.DETAILED: N_("Detailed"),
@@ -64,10 +105,10 @@ STYLE_NAMES = {
 }
 NEGATIVE_PROMPT = N_("Negative prompt")
 SUGGESTION_NUMBER = N_("Suggestion {number}")
-# What the bot cannot do for want of a provider, by kind.
+# A kind of task inside a sentence (what the bot cannot do for want of a provider, whose limit was removed).
 KIND_ABILITIES = {TaskKind.DESCRIBE: N_("image to prompt"), TaskKind.IMAGINE: N_("image generation")}
 
-REFUSALS: dict[Refusal, str] = {
+REFUSALS: dict[Refusal, Template] = {
     Refusal.IMAGE_EMPTY: N_("That file is empty; send a {formats} image."),
     Refusal.IMAGE_NOT_AN_IMAGE: N_("That file is not an image I can read; send a {formats}."),
     Refusal.IMAGE_DAMAGED: N_("That image is damaged or incomplete; send the file again or try another one."),
@@ -80,10 +121,13 @@ REFUSALS: dict[Refusal, str] = {
         "That file is a HEIC photo, which I cannot read; send it as a JPEG or PNG instead."
     ),
     Refusal.IMAGE_IS_VIDEO: N_("That file is a video, not a picture; send a {formats} instead."),
+    # TRANSLATORS: {format_name} is the format's name ("TIFF", "Photoshop (PSD)"); only English adds "a"/"an".
     Refusal.IMAGE_WRONG_FORMAT: N_("That file is {format_name} image; send a {formats}."),
     Refusal.IMAGE_TOO_LARGE: N_("That image is larger than {size}; send a smaller one."),
-    Refusal.IMAGE_TOO_MANY_PIXELS: N_(
-        "That image is larger than {megapixels} megapixels; send a smaller one."
+    Refusal.IMAGE_TOO_MANY_PIXELS: P_(
+        "That image is larger than {megapixels} megapixel; send a smaller one.",
+        "That image is larger than {megapixels} megapixels; send a smaller one.",
+        count="megapixels",
     ),
     Refusal.IMAGE_CANNOT_SHRINK: N_("That image cannot be made small enough to pass on; send a smaller one."),
     Refusal.IMAGE_METADATA_TOO_LARGE: N_(
@@ -122,7 +166,10 @@ REFUSALS: dict[Refusal, str] = {
     Refusal.BOTH_IMAGE_AND_URL: N_("Give either an image or a URL, not both."),
     Refusal.NEITHER_IMAGE_NOR_URL: N_("Attach an image or give a URL to describe."),
     Refusal.EMPTY_PROMPT: N_("The prompt is empty; describe the image you want."),
-    Refusal.TOO_MANY_REFERENCES: N_("The message has {count} images; the first three were used."),
+    Refusal.TOO_MANY_REFERENCES: P_(
+        "The message has {count} image; the first three were used.",
+        "The message has {count} images; the first three were used.",
+    ),
     Refusal.NO_IMAGE_IN_MESSAGE: N_(
         "That message has no image to use; pick a message with an attached or embedded image."
     ),
@@ -138,7 +185,9 @@ REFUSALS: dict[Refusal, str] = {
         "{provider} gives one detailed prompt only, and no provider on this bot gives more; ask a server admin "
         "to add a vision model for styles and suggestions."
     ),
-    Refusal.TOO_MANY_SUGGESTIONS: N_("Ask for 1 to {most} suggestions."),
+    Refusal.TOO_MANY_SUGGESTIONS: P_(
+        "Ask for {most} suggestion.", "Ask for 1 to {most} suggestions.", count="most"
+    ),
     Refusal.JOB_GONE: N_("This result is too old to act on; run the command again."),
     Refusal.ONLY_INVOKER: N_("Only the member who asked can use this."),
     Refusal.MISSING_CHANNEL_PERMISSION: N_(
@@ -162,9 +211,10 @@ REFUSALS: dict[Refusal, str] = {
         "Only the member who asked, or a member who may manage messages, can cancel this task."
     ),
     Refusal.ALREADY_ENDED: N_("This task has already ended; there is nothing to cancel."),
-    Refusal.FORGET_WHILE_RUNNING: N_(
+    Refusal.FORGET_WHILE_RUNNING: P_(
+        "You have {count} task running or waiting on this server; cancel it or let it finish, then ask again.",
         "You have {count} tasks running or waiting on this server; cancel them or let them finish, then ask "
-        "again."
+        "again.",
     ),
     Refusal.NEEDS_MANAGE_SERVER_RULES: N_(
         "Only members with the Manage Server permission can change the rules here."
@@ -214,18 +264,32 @@ FAULTS: dict[Fault, str] = {
     ),
 }
 
-NOTICES: dict[NoticeCode, str] = {
+NOTICES: dict[NoticeCode, Template] = {
     NoticeCode.CACHED: N_("Answered from the cache: this image was described recently, so it cost nothing."),
     NoticeCode.FALLBACK: N_("{failed} was unavailable, so {used} answered instead."),
-    NoticeCode.MORE_IMAGES: N_("The message has {count} images; the first three were used."),
+    NoticeCode.MORE_IMAGES: REFUSALS[Refusal.TOO_MANY_REFERENCES],
 }
 
 QUOTA_OFF = N_("{kind} is switched off for you on this server.")
-QUOTA_USED_ONE = N_("You have used your {unit} for today; your quota renews {renews}.")
-QUOTA_USED_ALL = N_("You have used all {limit} {units} for today; your quota renews {renews}.")
-LINE_FULL = N_(
+# TRANSLATORS: {renews} is a Discord timestamp that each member's app shows as "in 5 hours" in their language.
+QUOTA_USED = {
+    TaskKind.DESCRIBE: P_(
+        "You have used your description for today; your quota renews {renews}.",
+        "You have used all {limit} descriptions for today; your quota renews {renews}.",
+        count="limit",
+    ),
+    TaskKind.IMAGINE: P_(
+        "You have used your generation for today; your quota renews {renews}.",
+        "You have used all {limit} generations for today; your quota renews {renews}.",
+        count="limit",
+    ),
+}
+LINE_FULL = P_(
+    "{provider} already has {waiting} task waiting in line, the most this bot lets wait; try again in a few "
+    "minutes (this did not use your quota).",
     "{provider} already has {waiting} tasks waiting in line, the most this bot lets wait; try again in a few "
-    "minutes (this did not use your quota)."
+    "minutes (this did not use your quota).",
+    count="waiting",
 )
 SHUTTING_DOWN = N_("The bot is restarting; try again in a minute.")
 STORAGE_FULL = N_(
@@ -253,8 +317,8 @@ FORGET_ASK = N_(
 )
 FORGET_LABEL = N_("Forget me")
 FORGOTTEN = N_(
-    "Done. Deleted {tasks} tasks, {images} stored images and {prompts} cached prompts, and removed your "
-    "user id from {usage} usage rows."
+    "Done. Deleted: tasks {tasks}, stored images {images}, cached prompts {prompts}. Usage rows that no "
+    "longer carry your user id: {usage}."
 )
 # /rules
 RULES_CHANNEL_SET = N_("{channel}: /describe {describe}, /imagine {imagine}; spoilers: {spoilers}.")
@@ -274,13 +338,27 @@ BLOCKLIST_ADDED = N_("Added {added} to the blocklist ({total} in all).")
 BLOCKLIST_REMOVED = N_("Removed {removed} from the blocklist ({total} left).")
 UNEXPECTED = N_("Something went wrong on the bot's side; the admin can find the details in its log.")
 RESULT_MESSAGE_DELETED = N_("{mention}, your result is here (the original message was deleted):")
-PICK_IMAGE = N_("This message has {count} images; pick the one to describe.")
+PICK_IMAGE = P_(
+    "This message has {count} image; pick the one to describe.",
+    "This message has {count} images; pick the one to describe.",
+)
 PICK_PLACEHOLDER = N_("Choose an image")
 IMAGINE_MODAL_TITLE = N_("Edit image")
 IMAGINE_MODAL_LABEL = N_("What should change?")
 IMAGINE_MODAL_PLACEHOLDER = N_("e.g. make it a watercolour painting at sunset")
 
-# Pillow's format names, spelt the way a member knows them, with their article.
+# Sizes and durations: the number is written the reader's way ("1.5" or "1,5"), the unit is theirs too.
+SIZE_MB = N_("{amount} MB")
+SIZE_KB = N_("{amount} KB")
+SIZE_BYTES = P_("{amount} byte", "{amount} bytes", count="amount")
+DURATION_SECONDS = N_("{seconds} s")
+DURATION_MINUTES = N_("{minutes} min")
+DURATION_MINUTES_SECONDS = N_("{minutes} min {seconds} s")
+
+# Provider names that are words rather than names (the admin's own label for a server is left alone).
+_WORDY_PROVIDER_LABELS = frozenset({N_("OpenAI-compatible")})
+
+# Pillow's format names, spelt the way a member knows them, with their English article.
 _FORMAT_NAMES = {
     "BMP": "a BMP",
     "DIB": "a BMP",
@@ -303,24 +381,21 @@ _FORMAT_NAMES = {
     "WMF": "a WMF",
     "EMF": "an EMF",
 }
+# The same names without an article, for every other language (which puts its own grammar around them).
+_FORMAT_LABELS = {"DIB": "BMP", "PSD": "Photoshop (PSD)", "JPEG2000": "JPEG 2000"}
 # Letters whose spoken name starts with a vowel sound ("an SVG", "an MPO").
 _VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
 
 
-def megabytes(n_bytes: int) -> str:
-    """Return a byte limit in MB, rounded down so the stated limit is never too generous."""
-    if n_bytes < 1_000_000:  # only tests and odd configurations have limits this small
-        return f"{n_bytes // 1000} KB" if n_bytes >= 1000 else f"{n_bytes} bytes"
-    tenths = math.floor(n_bytes / 100_000)
-    return f"{tenths // 10} MB" if tenths % 10 == 0 else f"{tenths / 10:.1f} MB"
-
-
-def format_name(pillow_format: str) -> str:
-    """Name an image format the way a member knows it, with its article ("a TIFF", "an AVIF")."""
+def format_name(pillow_format: str, *, article: bool = True) -> str:
+    """Name an image format the way a member knows it: with its English article ("a TIFF", "an AVIF"),
+    or bare ("TIFF") for a sentence in another language."""
+    if not article:
+        return _FORMAT_LABELS.get(pillow_format, pillow_format)
     name = _FORMAT_NAMES.get(pillow_format)
     if name is None:
-        article = "an" if pillow_format[:1].upper() in _VOWEL_SOUND_LETTERS else "a"
-        name = f"{article} {pillow_format}"
+        article_word = "an" if pillow_format[:1].upper() in _VOWEL_SOUND_LETTERS else "a"
+        name = f"{article_word} {pillow_format}"
     return name
 
 
@@ -330,18 +405,69 @@ def relative_time(moment: datetime | float) -> str:
     return f"<t:{int(seconds)}:R>"
 
 
+# Refusals that name a command (`/{kind}`).
+_COMMAND_REFUSALS = frozenset(
+    {Refusal.COMMAND_OFF_HERE, Refusal.COMMAND_OFF_HERE_ONLY, Refusal.COMMAND_OFF_EVERYWHERE}
+)
+# How a place is said where it is just the number with a mark (English and French have their own rules).
+_ORDINALS = {"de": "{number}.", "es": "{number}.º", "pt": "{number}º", "ja": "{number}番目"}
+
+
 class Words:
     """The sentences of one reader: their locale, and the names members see for the providers."""
 
     def __init__(self, locale: str | None = None, provider_labels: Mapping[str, str] | None = None) -> None:
         self.locale = locale or DEFAULT_LOCALE
         self._labels = dict(provider_labels or {})
+        self._catalogue = catalogue_for(self.locale)
 
-    def say(self, template: str, **params: object) -> str:
+    @property
+    def english(self) -> bool:
+        """Whether this reader reads the templates themselves (English, or a language the bot lacks)."""
+        return self._catalogue is None
+
+    def command_name(self, name: str) -> str:
+        """Return a slash command's name as this reader's Discord shows it (the English name where the bot
+        has no translation)."""
+        # The same catalogue entry the command translator syncs to Discord (context "command name").
+        translated = translations(catalogue_for(self.locale)).pgettext("command name", name)
+        return translated or name
+
+    def in_locale(self, locale: str | None) -> Words:
+        """Return the same reader's words in another language (None: the default)."""
+        return Words(locale, self._labels)
+
+    def say(self, template: Template, **params: object) -> str:
         return render(template, self.locale, **params)
 
+    def number(self, value: float, pattern: str | None = None) -> str:
+        """Write a number the reader's way: "1.5" in English, "1,5" in German and French."""
+        return format_decimal(value, format=pattern, locale=babel_locale(self._catalogue))
+
+    def size(self, n_bytes: int) -> str:
+        """Say a byte limit in MB, rounded down so the stated limit is never too generous."""
+        if n_bytes < 1_000:  # only tests and odd configurations have limits this small
+            return self.say(SIZE_BYTES, amount=n_bytes)
+        if n_bytes < 1_000_000:
+            return self.say(SIZE_KB, amount=self.number(n_bytes // 1000))
+        tenths = math.floor(n_bytes / 100_000)
+        return self.say(SIZE_MB, amount=self.number(tenths / 10))
+
+    def duration(self, seconds: float) -> str:
+        """Say how long something took: "8.4 s" under a minute, "2 min 5 s" above."""
+        seconds = max(0.0, seconds)
+        if round(seconds, 1) < 60:
+            return self.say(DURATION_SECONDS, seconds=self.number(round(seconds, 1), "0.0"))
+        minutes, rest = divmod(round(seconds), 60)
+        if not rest:
+            return self.say(DURATION_MINUTES, minutes=minutes)
+        return self.say(DURATION_MINUTES_SECONDS, minutes=minutes, seconds=rest)
+
     def provider(self, name: str) -> str:
-        return self._labels.get(name, name.title())
+        label = self._labels.get(name, name.title())
+        if label in _WORDY_PROVIDER_LABELS:
+            return translations(self._catalogue).gettext(label)
+        return label
 
     def kind(self, kind: TaskKind) -> str:
         return self.say(KIND_NAMES[kind])
@@ -353,23 +479,30 @@ class Words:
         return self.say(STATE_WORDS[state])
 
     def ordinal(self, number: int) -> str:
-        """Say a place in line: 1st, 2nd, 3rd, 11th, 22nd."""
-        suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-        return f"{number}{suffix}"
+        """Say a place in line the reader's way: 3rd, 3., 3e, 3.º, 3º, 3番目."""
+        language = self.locale.split("-")[0]
+        if language == "en":
+            suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+            return f"{number}{suffix}"
+        if language == "fr":
+            return f"{number}er" if number == 1 else f"{number}e"
+        return _ORDINALS.get(language, "{number}").format(number=number)
 
     def refusal(self, refusal: Refusal, params: Mapping[str, str | int] | None = None) -> str:
-        values: dict[str, object] = {"formats": ACCEPTED_FORMATS, **(params or {})}
+        values: dict[str, object] = {"formats": self.say(ACCEPTED_FORMATS), **(params or {})}
         if "max_bytes" in values:
-            values["size"] = megabytes(int(values["max_bytes"]))  # type: ignore[call-overload]
+            values["size"] = self.size(int(values["max_bytes"]))  # type: ignore[call-overload]
         if "max_pixels" in values:
             values["megapixels"] = int(values["max_pixels"]) // 1_000_000  # type: ignore[call-overload]
         if "format" in values:
-            values["format_name"] = format_name(str(values["format"]))
+            values["format_name"] = format_name(str(values["format"]), article=self.english)
         for key in ("provider", "default", "capable"):
             if key in values:
                 values[key] = self.provider(str(values[key]))
         if "kind" in values and str(values["kind"]) in set(TaskKind):
             values["ability"] = self.say(KIND_ABILITIES[TaskKind(str(values["kind"]))])
+        if refusal in _COMMAND_REFUSALS:  # "/{kind} is switched off": the command as the reader types it
+            values["kind"] = self.command_name(str(values["kind"]))
         return self.say(REFUSALS[refusal], **values)
 
     def fault(self, provider: str, fault: Fault, detail: str = "") -> str:
@@ -387,10 +520,7 @@ class Words:
     def quota_exceeded(self, kind: TaskKind, limit: int, renews_at: datetime) -> str:
         if limit <= 0:
             return self.say(QUOTA_OFF, kind=self.kind(kind))
-        renews = relative_time(renews_at)
-        if limit == 1:
-            return self.say(QUOTA_USED_ONE, unit=self.say(KIND_UNIT[kind]), renews=renews)
-        return self.say(QUOTA_USED_ALL, limit=limit, units=self.say(KIND_UNITS[kind]), renews=renews)
+        return self.say(QUOTA_USED[kind], limit=limit, renews=relative_time(renews_at))
 
     def error(self, error: BaseException) -> str:
         """Turn any error that reached the member into one sentence."""

@@ -48,6 +48,8 @@ _ROUTE_COLUMNS = {
     "interaction_token": "interaction_token",
     "token_created_at": "token_created_at",
     "via": "report_via",
+    "member_locale": "member_locale",
+    "guild_locale": "guild_locale",
 }
 
 

@@ -357,6 +357,11 @@ class FakeDiscord:
 
     # ------------------------------------------------------------------ scripting
 
+    def set_guild_locale(self, locale: str, guild_id: int | None = None) -> None:
+        """Set a guild's language (default: the first guild): in GUILD_CREATE, so before the bot starts,
+        and in every interaction payload built after."""
+        self._state.guild_locales[self.guild_ids[0] if guild_id is None else guild_id] = locale
+
     def fail_next(
         self,
         method: str,

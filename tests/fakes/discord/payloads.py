@@ -39,7 +39,8 @@ class InteractionOptions(TypedDict, total=False):
     guild_id: GuildArg  # default: the first guild; None makes a DM interaction
     channel_id: int | None  # default: the guild's text channel, or the DM channel
     app_permissions: int  # the bot's permissions in the channel
-    locale: str
+    locale: str  # the member's Discord language; default en-US
+    guild_locale: str  # the server's language; default the guild's (FakeDiscord.set_guild_locale)
     command_guild_id: int | None  # data.guild_id, for guild-scoped commands that were not synced
 
 
@@ -248,10 +249,11 @@ class PayloadBuilder:
         if resolved_guild is not None:
             channel_id = state.guild_channel[resolved_guild] if channel_id is None else channel_id
             state.ensure_channel(channel_id, resolved_guild, "channel")
+            guild_locale = options.get("guild_locale", state.guild_locale(resolved_guild))
             payload.update(
                 guild_id=str(resolved_guild),
-                guild_locale="en-US",
-                guild={"id": str(resolved_guild), "locale": "en-US", "features": []},
+                guild_locale=guild_locale,
+                guild={"id": str(resolved_guild), "locale": guild_locale, "features": []},
                 context=0,
                 authorizing_integration_owners={"0": str(resolved_guild)},
                 member={

@@ -89,6 +89,8 @@ class DiscordState:
         self.channels: dict[int, dict[str, Any]] = {}
         self.guild_roles: dict[int, dict[int, dict[str, Any]]] = {}
         self.guild_channel: dict[int, int] = {}
+        # Each guild's community language (Server Settings > Community); Discord's default is en-US.
+        self.guild_locales: dict[int, str] = {}
         for index, guild_id in enumerate(self.guild_ids):
             # One text channel per guild: the first is `channel_id`, the others follow it.
             self._add_guild(guild_id, channel_id + index)
@@ -209,7 +211,7 @@ class DiscordState:
             "mfa_level": 0,
             "nsfw_level": 0,
             "premium_tier": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.guild_locale(guild_id),
             "system_channel_id": None,
             "system_channel_flags": 0,
             "application_id": None,
@@ -240,6 +242,9 @@ class DiscordState:
             "presences": [],
             "voice_states": [],
         }
+
+    def guild_locale(self, guild_id: int) -> str:
+        return self.guild_locales.get(guild_id, "en-US")
 
     def dm_channel_id(self, user_id: int) -> int:
         """Return (creating if needed) the id of the bot's DM channel with a user."""

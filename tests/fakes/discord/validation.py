@@ -412,7 +412,9 @@ def _as_field_error(error: ValidationError, prefix: tuple[str, ...]) -> FieldErr
 #   descriptions 1-100; up to 25 options and 25 choices; a choice name 1-100 and a string value up to
 #   100; required options before optional ones; names unique per type; 100 CHAT_INPUT, 15 USER and
 #   15 MESSAGE commands; at most 8,000 characters in a slash command's names, descriptions and choice
-#   values (the longest localization of each counts).
+#   values (the longest localization of each counts). `name_localizations` and
+#   `description_localizations` are keyed by Discord's locales (reference#locales), and their values
+#   "follow the same restrictions as" the name or description they localize.
 # The upload limit (10 MiB without boosts) answers 413 40005.
 
 CONTENT_MAX: Final = 2000
@@ -448,6 +450,12 @@ CHOICE_NAME_MAX: Final = 100
 CHOICE_STRING_VALUE_MAX: Final = 100
 COMMAND_TOTAL_CHARACTERS_MAX: Final = 8000
 COMMANDS_MAX: Final = {1: 100, 2: 15, 3: 15}
+# Discord's locales (reference#locales, and the spec's AvailableLocalesEnum, which adds ar and he).
+DISCORD_LOCALES: Final = frozenset({
+    "ar", "bg", "cs", "da", "de", "el", "en-GB", "en-US", "es-419", "es-ES", "fi", "fr", "he", "hi", "hr",
+    "hu", "id", "it", "ja", "ko", "lt", "nl", "no", "pl", "pt-BR", "ro", "ru", "sv-SE", "th", "tr", "uk",
+    "vi", "zh-CN", "zh-TW",
+})  # fmt: skip
 
 # Python's \w is letters, digits and underscore in every script: the documented \p{L}\p{N} (plus Deva
 # and Thai marks, which \w misses) without a third-party regex engine.
@@ -674,6 +682,7 @@ def _choice_limits(errors: list[FieldError], choice: Any, at: FieldPath) -> None
     if isinstance(choice, Mapping):
         _length(errors, choice.get("name"), (*at, "name"), least=1, most=CHOICE_NAME_MAX)
         _length(errors, choice.get("value"), (*at, "value"), most=CHOICE_STRING_VALUE_MAX)
+        _localizations(errors, choice, at, _choice_name, None)
 
 
 def callback_limits(body: Any) -> list[FieldError]:
@@ -736,6 +745,7 @@ def command_limits(command: Any, prefix: FieldPath = ()) -> list[FieldError]:
             least=1,
             most=COMMAND_DESCRIPTION_MAX,
         )
+        _localizations(errors, command, prefix, _name, _description)
         _option_limits(errors, command.get("options"), (*prefix, "options"))
         if _characters(command) > COMMAND_TOTAL_CHARACTERS_MAX:
             errors.append(
@@ -747,12 +757,47 @@ def command_limits(command: Any, prefix: FieldPath = ()) -> list[FieldError]:
             )
     else:
         _length(errors, name, (*prefix, "name"), least=1, most=COMMAND_NAME_MAX)
+        _localizations(errors, command, prefix, _menu_name, None)
     return errors
 
 
 def _name(errors: list[FieldError], name: Any, path: FieldPath) -> None:
     if not isinstance(name, str) or not _COMMAND_NAME.fullmatch(name) or name != name.lower():
         errors.append(FieldError(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid"))
+
+
+def _menu_name(errors: list[FieldError], name: Any, path: FieldPath) -> None:
+    _length(errors, name, path, least=1, most=COMMAND_NAME_MAX)
+
+
+def _description(errors: list[FieldError], text: Any, path: FieldPath) -> None:
+    _length(errors, text, path, least=1, most=COMMAND_DESCRIPTION_MAX)
+
+
+def _choice_name(errors: list[FieldError], text: Any, path: FieldPath) -> None:
+    _length(errors, text, path, least=1, most=CHOICE_NAME_MAX)
+
+
+Check = Callable[[list[FieldError], Any, FieldPath], None]
+
+
+def _localizations(
+    errors: list[FieldError], node: Mapping[str, Any], at: FieldPath, name: Check, description: Check | None
+) -> None:
+    """Check a node's localized names and descriptions: Discord's locales, each value by its field's rule."""
+    for key, check in (("name", name), ("description", description)):
+        localized = node.get(f"{key}_localizations")
+        if not isinstance(localized, Mapping):
+            continue
+        if check is None:
+            continue
+        for locale, value in localized.items():
+            where = (*at, f"{key}_localizations", locale)
+            if locale not in DISCORD_LOCALES:
+                errors.append(
+                    FieldError(where, "BASE_TYPE_CHOICES", f"Value must be one of {sorted(DISCORD_LOCALES)}.")
+                )
+            check(errors, value, where)
 
 
 def _option_limits(errors: list[FieldError], options: Any, path: FieldPath) -> None:
@@ -769,6 +814,7 @@ def _option_limits(errors: list[FieldError], options: Any, path: FieldPath) -> N
             least=1,
             most=COMMAND_DESCRIPTION_MAX,
         )
+        _localizations(errors, option, where, _name, _description)
         if option.get("type") in (SUBCOMMAND, SUBCOMMAND_GROUP):
             _option_limits(errors, option.get("options"), (*where, "options"))
             continue
