@@ -179,8 +179,12 @@ class Imaginer(Protocol):
 
 
 class TaskPoller(Protocol):
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
-        """Read a task's current state."""
+    async def poll(self, kind: TaskKind, task_id: str, *, chance: float = 1.0) -> TaskSnapshot:
+        """Read a task's current state.
+
+        `chance` is how likely this look is to find the task ended (0 to 1): a provider that rations its
+        requests sends likelier looks first.
+        """
         ...
 
 

@@ -136,7 +136,7 @@ class FreepikAdapter:
             body["reference_images"] = [base64.b64encode(ref.data).decode("ascii") for ref in references[:3]]
         return await self._create(TaskKind.IMAGINE, body, webhook_url)
 
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
+    async def poll(self, kind: TaskKind, task_id: str, *, chance: float = 1.0) -> TaskSnapshot:
         answer = await request_json(
             self._session,
             NAME,
