@@ -419,36 +419,48 @@ def tables(results: Results) -> str:
 _METHOD = """\
 ## How it is measured
 
-- One fresh fake Discord (REST, CDN, gateway), one fresh fake Freepik and one fresh bot process per burst and
-  mode, all on 127.0.0.1. The bot is `python -m tests.fakes.bot_process run`: the real `python -m bot` entry
-  point, with only discord.py's base URLs pointed at the fake. Settings as deployed except: a fresh SQLite
-  file, `MAX_INFLIGHT_PER_USER`/`MAX_INFLIGHT_PER_PROVIDER` 1000, `QUOTA_DESCRIBE_PER_DAY` 100000,
-  `LOG_LEVEL=WARNING`; polling at the defaults (`POLL_INTERVAL_SECONDS=2`, `POLL_MAX_INTERVAL_SECONDS=10`);
-  the webhook run adds `WEBHOOK_PUBLIC_URL`/`WEBHOOK_SECRET`/`WEBHOOK_PORT` on 127.0.0.1.
-- Provider tasks go CREATED, then IN_PROGRESS, then COMPLETED, each state lasting the set time (3 s) ±25%,
-  drawn per task from a seeded generator (`--jitter 0` makes every task exactly the set time), so that no
-  poller gains or loses by its phase. The fakes listen with a backlog of 4096: aiohttp's 128 overflows when
-  500 connections open at once, and each dropped SYN costs the client a 1 s retransmit.
-- A burst is N `/describe` interactions, one per distinct member, each with its own small PNG (one pixel
-  differs, so the describe cache never answers), sent at once over the gateway.
+- One fresh fake Discord (REST, CDN, gateway), one fresh fake Freepik and one fresh bot process per burst,
+  all on 127.0.0.1. The bot is `python -m tests.fakes.bot_process run`: the real `python -m bot` entry
+  point, with only discord.py's base URLs pointed at the fake. Settings as deployed except:
+  `MAX_INFLIGHT_PER_USER`/`MAX_INFLIGHT_PER_PROVIDER` 1000, `QUOTA_DESCRIBE_PER_DAY` 100000,
+  `LOG_LEVEL=WARNING`; polling at the defaults (`POLL_INTERVAL_SECONDS=2`, `POLL_MAX_INTERVAL_SECONDS=10`,
+  Freepik's limits at their documented values); the webhook bot adds `WEBHOOK_PUBLIC_URL`/`WEBHOOK_SECRET`/
+  `WEBHOOK_PORT` on 127.0.0.1.
+- The bursts of one bot share its SQLite file (a restart between them, as in a deployment), so what polling
+  learned is what the next burst starts with; the polling bot first runs a warm-up burst (not in the tables)
+  to learn from. Members and their images never repeat, so neither the describe cache nor a quota answers.
+- **The floor bot** (`benchmarks/floor_bot.py`) is a bare discord.py client with one `/describe` command: it
+  acknowledges (`defer(thinking=True)`) and edits the reply three times as the states would come (created at
+  once, in progress at half the task's time, done at its end), with no database, no provider and no image. It
+  runs in the same run at every burst size: the bot's acknowledgement p99 and CPU per task are divided by its.
+- **Workloads.** Steady: each task goes CREATED, then IN_PROGRESS, then COMPLETED, each state lasting the set
+  time ±25%, drawn per task from a seeded generator. Long tail: the whole task is log-normal (median and p95 as
+  stated), drawn again past the cut, IN_PROGRESS at half. The fakes listen with a backlog of 4096: aiohttp's 128
+  overflows when 500 connections open at once, and each dropped SYN costs the client a 1 s retransmit.
+- **Freepik's limits.** The fake Freepik answers 429 to any request that would make more than 250 requests
+  arrive within 5 s, or 1,200 within 2 minutes (50/s and 10/s, Freepik's documented limits; every API request
+  counts, refused ones too). The peak rates are the most requests the fake received within any 5 s (and
+  2 min) window of the burst, divided by the window.
 - **Acknowledgement latency**: from the moment the fake wrote the INTERACTION_CREATE frame to the moment the
   bot's callback reached it. **Missed 3 s** counts callbacks later than 3 s after the interaction was created
   (or none at all); the fake's own window is widened to 60 s so a late one is still measured.
 - **Completion delay**: from the moment the task is COMPLETED at the provider to the final edit reaching
-  Discord. The fake's webhook ticker looks every 10 ms, which is included.
+  Discord (the bot's own work and the edit included). The fake's webhook ticker looks every 10 ms.
+- **The fixed-interval pollers** are computed, not run, on the very tasks of the same burst: a task of T
+  seconds polled every I seconds costs ceil(T / I) polls and is seen ceil(T / I) x I - T seconds after its end.
+  The curve over I = 0.5 to 10 s (steps of 0.05 s) gives the poller that spends as many polls per task as the
+  bot (interpolated), and its completion delay p50 is the one the bot's is divided by. That poller waits for
+  no rate limit and no edit, so the comparison is read at bursts where the limits do not bind.
 - **Discord calls per task**: the callback plus every webhook (edit) call made with that interaction's token;
   the floor is the acknowledgement plus one edit per state (created, in progress, done). With polling a task
   may pass a state between two polls, so fewer calls than the floor is possible. Channel calls (the bot's own
   token) are counted apart, and so are CDN reads (the attachment download, not a REST call).
-- **Provider requests per task**: the create plus the task-status polls, as the fake received them. The fixed
-  pollers run in the benchmark process against their own fake Freepik: create at once, then poll every 2 s
-  (or 5 s) until the end, as other bots of this kind do.
 - **CPU** is the bot process's user+system time (`/proc/<pid>/stat`, all threads) from just before the burst
   to 0.5 s after the last final edit, divided by N; it includes the image checks, re-encoding and the
   thumbnail of each result. **Peak RSS** is `VmHWM` of the bot process after the burst.
-- **Quota reservations**: `SqliteQuotaLedger.reserve` on one SQLite file opened as the bot opens it, every member's
-  reservations fired at once in one process, then split over two processes on the same file; both processes
-  also race for the last units of one member with a limit of 25, where exactly 25 must be granted.
+- **Quota reservations**: `SqliteQuotaLedger.reserve` on one SQLite file opened as the bot opens it, every
+  member's reservations fired at once in one process, then split over two processes on the same file; both
+  processes also race for the last units of one member with a limit of 25, where exactly 25 must be granted.
 """
 
 

@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tail-burst",
         type=int,
-        default=200,
-        help="long-tail workload: the measured burst (default 200; 0: none)",
+        default=100,
+        help="long-tail workload: the measured burst (default 100; 0: none)",
     )
     parser.add_argument(
         "--warmup",
