@@ -1,4 +1,4 @@
-"""Run the real bot (`python -m bot run`, as deployed) in its own process, pointed at the fakes."""
+"""Run the real bot (`python -m bot run`, as deployed), or the floor bot, in its own process at the fakes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from benchmarks.fakes import Workload
 from bot.settings_docs import setting_docs
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.providers import DEFAULT_FREEPIK_KEY, DEFAULT_WEBHOOK_SECRET, FakeFreepik
@@ -26,6 +27,8 @@ class BotOptions:
     poll_max_interval: float = 10.0
     edit_coalesce: float = 1.0
     profile_out: Path | None = None
+    database: Path | None = None  # kept across bursts (what polling learned); else one in the working folder
+    floor: Workload | None = None  # run the floor bot (benchmarks.floor_bot) with these task times instead
 
 
 def free_port() -> int:
@@ -37,16 +40,26 @@ def free_port() -> int:
 
 
 def bot_environment(
-    fake: FakeDiscord, freepik: FakeFreepik, workdir: Path, options: BotOptions
+    fake: FakeDiscord, freepik: FakeFreepik | None, workdir: Path, options: BotOptions
 ) -> dict[str, str]:
     """Return the bot's environment: the caller's, less any bot setting, plus the benchmark's settings."""
     settings_names = {doc.env for doc in setting_docs()}
     env = {key: value for key, value in os.environ.items() if key.upper() not in settings_names}
+    if options.floor is not None:
+        env.update(
+            FAKE_DISCORD_URL=fake.base_url,
+            PYTHONPATH=str(ROOT),
+            BENCH_WORKLOAD=options.floor.name,
+            BENCH_SECONDS_PER_STATE=str(options.floor.seconds_per_state),
+            BENCH_JITTER=str(options.floor.jitter),
+        )
+        return env
+    assert freepik is not None
     env.update(
         FAKE_DISCORD_URL=fake.base_url,
         PYTHONPATH=str(ROOT),
         DISCORD_TOKEN="fake-token",
-        DATABASE_PATH=str(workdir / "bot.sqlite3"),
+        DATABASE_PATH=str(options.database or workdir / "bot.sqlite3"),
         FREEPIK_API_KEY=DEFAULT_FREEPIK_KEY,
         FREEPIK_BASE_URL=freepik.base_url,
         NOVITA_API_KEY="",
@@ -84,11 +97,14 @@ class BotProcess:
 
     @classmethod
     async def start(
-        cls, fake: FakeDiscord, freepik: FakeFreepik, workdir: Path, options: BotOptions
+        cls, fake: FakeDiscord, freepik: FakeFreepik | None, workdir: Path, options: BotOptions
     ) -> BotProcess:
         """Spawn the bot and wait until it is connected to the fake gateway (its commands synced)."""
         env = bot_environment(fake, freepik, workdir, options)
-        module = "benchmarks.profiled_bot" if options.profile_out else "tests.fakes.bot_process"
+        if options.floor is not None:
+            module = "benchmarks.floor_bot"
+        else:
+            module = "benchmarks.profiled_bot" if options.profile_out else "tests.fakes.bot_process"
         log_path = workdir / "bot.log"
         log_file = log_path.open("wb")
         process = await asyncio.create_subprocess_exec(

@@ -1,4 +1,9 @@
-"""One burst: N simultaneous /describe commands from distinct members against a fresh bot process."""
+"""One burst: N simultaneous /describe commands from distinct members against a fresh bot process.
+
+The bot is the real one (polling or webhooks) or the floor bot; the fake Freepik keeps Freepik's documented
+rate limits (429 past them) unless told not to. A series of bursts may share the bot's database, so that
+what polling learned in one burst is what the next process starts with, as after any restart.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
 from benchmarks.botproc import BotOptions, BotProcess
-from benchmarks.fakes import BenchDiscord, TimedFreepik
+from benchmarks.fakes import BenchDiscord, TimedFreepik, Workload
 from benchmarks.machine import cpu_seconds, memory_mib, self_cpu_seconds
 from bot.domain.tasks import JobState, TaskKind
 from bot.ui.words import Words
 from tests.fakes.discord import FakeDiscord, RecordedCall
+from tests.fakes.providers import FREEPIK_LIMITS
 
 ACK_WINDOW = 3.0
 # The states a Freepik describe goes through that the member is shown: each is one edit at best.
@@ -31,18 +37,30 @@ _FAILED_TITLE = f"{Words().kind(TaskKind.DESCRIBE)} · {Words().state(JobState.F
 _FIRST_MEMBER = 700_000_000_000_000_000
 
 
+Mode = Literal["polling", "webhooks", "floor"]
+# The two windows Freepik's limits are documented over: the burst (5 s) and the average (2 minutes).
+BURST_WINDOW, AVERAGE_WINDOW = (limit.seconds for limit in FREEPIK_LIMITS)
+
+
 @dataclass(frozen=True, slots=True)
 class BurstConfig:
     size: int
-    webhooks: bool
-    seconds_per_state: float
-    jitter: float
+    mode: Mode
+    workload: Workload
     edit_coalesce: float = 1.0
     profile_out: Path | None = None
+    database: Path | None = None  # shared with the other bursts of a series; else a fresh one
+    limits: bool = True  # the fake Freepik answers 429 past Freepik's documented limits
+    warmup: bool = False  # only there for the bot to learn from: not in the tables
+    first_member: int = 0  # members (and their images) are numbered from here: unique within a series
 
     @property
-    def mode(self) -> str:
-        return "webhooks" if self.webhooks else "polling"
+    def webhooks(self) -> bool:
+        return self.mode == "webhooks"
+
+    @property
+    def polling(self) -> bool:
+        return self.mode == "polling"
 
 
 @dataclass(slots=True)
@@ -57,7 +75,11 @@ class BurstResult:
     other_calls: int = 0
     provider_requests: list[int] = field(default_factory=list)  # per task: create + polls
     polls: list[int] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)  # per task: create -> COMPLETED at the provider
     creates: int = 0
+    refused: int = 0  # 429s the limiting fake gave
+    peak_burst: int = 0  # most requests the fake received within any 5 s
+    peak_average: int = 0  # ... within any 2 minutes
     webhook_deliveries: int = 0
     finished: int = 0
     failed: int = 0
@@ -70,9 +92,16 @@ class BurstResult:
 
 
 def member_png(index: int) -> bytes:
-    """Return a small PNG that differs from every other member's (the describe cache keys on its hash)."""
+    """Return a small PNG that differs from every other member's, even once re-encoded for the provider.
+
+    The describe cache keys on the hash of the image as sent; the index is drawn as 16 black or white
+    blocks (its bits), which no re-encoding can merge.
+    """
     image = Image.new("RGB", (64, 48), (200, 30, 30))
-    image.putpixel((0, 0), (index % 256, (index // 256) % 256, 7))
+    for bit in range(16):
+        if index >> bit & 1:
+            left, top = (bit % 4) * 16, (bit // 4) * 12
+            image.paste((255, 255, 255), (left, top, left + 16, top + 12))
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -165,7 +194,10 @@ async def run_burst(config: BurstConfig, *, log_dir: Path | None = None) -> Burs
     # hold the bot to the spec; the benchmark measures it.
     fake = BenchDiscord(ack_window=60.0, validate_requests=False)
     freepik = TimedFreepik(
-        seconds_per_state=config.seconds_per_state, jitter=config.jitter, ticker_interval=0.01
+        workload=config.workload,
+        seed=config.size + (1000 if config.warmup else 0),
+        ticker_interval=0.01,
+        limits=FREEPIK_LIMITS if config.limits else (),
     )
     await fake.start()
     await freepik.start()
@@ -177,14 +209,18 @@ async def run_burst(config: BurstConfig, *, log_dir: Path | None = None) -> Burs
                 webhooks=config.webhooks,
                 edit_coalesce=config.edit_coalesce,
                 profile_out=config.profile_out,
+                database=config.database,
+                floor=config.workload if config.mode == "floor" else None,
             )
             bot = await BotProcess.start(fake, freepik, workdir, options)
-            await _measure(config, result, fake, freepik, bot, workdir)
+            await _measure(config, result, fake, freepik, bot, options.database or workdir / "bot.sqlite3")
             code = await bot.stop()
             if code not in (0, None):
                 result.problems.append(f"the bot exited with {code}")
             if log_dir is not None:
-                _keep_log(log_dir / f"bot-{config.mode}-{config.size}.log", bot.output())
+                _keep_log(
+                    log_dir / f"bot-{config.mode}-{config.workload.name}-{config.size}.log", bot.output()
+                )
             bot = None
     finally:
         if bot is not None:
@@ -201,12 +237,14 @@ async def _measure(
     fake: FakeDiscord,
     freepik: TimedFreepik,
     bot: BotProcess,
-    workdir: Path,
+    database: Path,
 ) -> None:
     size = config.size
-    users = [_FIRST_MEMBER + index for index in range(size)]
+    # Members and images new to the database, so that neither the describe cache nor a quota answers.
+    indexes = range(config.first_member, config.first_member + size)
+    users = [_FIRST_MEMBER + index for index in indexes]
     payloads: list[dict[str, Any]] = []
-    for index, user_id in enumerate(users):
+    for index, user_id in zip(indexes, users, strict=True):
         attachment = fake.add_attachment(member_png(index), "photo.png", "image/png")
         payloads.append(fake.slash("describe", attachments={"image": attachment}, user_id=user_id))
     tokens = {str(payload["token"]) for payload in payloads}
@@ -227,9 +265,9 @@ async def _measure(
 
     started = time.monotonic()
     sent = await asyncio.gather(*(fire(payload) for payload in payloads))
-    # Bounded: the slowest task ends after 2 states of (1 + jitter) x the set time, plus the bot's
-    # longest wait between polls, plus slack for the burst itself.
-    deadline = started + 2 * config.seconds_per_state * (1 + config.jitter) + 2 * 10.0 + 30.0 + size * 0.05
+    # Bounded: the slowest task ends after the workload's longest time, plus the bot's longest wait
+    # between polls, plus slack for the burst itself and for creates paced by the rate limits.
+    deadline = started + config.workload.longest + 2 * 10.0 + 30.0 + size * 0.05 + size / 50
     while time.monotonic() < deadline:
         scanner.scan()
         if len(scanner.final) == size:
@@ -265,23 +303,36 @@ async def _measure(
     result.cdn_reads = scanner.cdn
     result.other_calls = scanner.other
 
+    if config.mode == "floor":
+        return
+    requests = freepik.requests[provider_start:]
+    since = requests[0].at - 1e-6 if requests else time.monotonic()
+    result.refused = sum(1 for request in requests if request.status == 429)
+    result.peak_burst = freepik.peak(BURST_WINDOW, since)
+    result.peak_average = freepik.peak(AVERAGE_WINDOW, since)
     polls: Counter[str] = Counter()
     prefix = "/v1/ai/image-to-prompt/"
-    for request in freepik.requests[provider_start:]:
+    for request in requests:
+        if request.status == 429:
+            continue  # refused: counted apart, and no target allows one
         if request.method == "POST" and request.path == "/v1/ai/image-to-prompt":
             result.creates += 1
         elif request.method == "GET" and request.path.startswith(prefix):
             polls[request.path[len(prefix) :]] += 1
     result.webhook_deliveries = len(freepik.deliveries)
-    task_of = _task_ids_by_user(workdir / "bot.sqlite3")
+    task_of = _task_ids_by_user(database)
     for token in sorted(tokens):
         task_id = task_of.get(user_of[token])
         if task_id is None:
             continue
         result.polls.append(polls[task_id])
         result.provider_requests.append(1 + polls[task_id])
+        if task_id in freepik.tasks:
+            result.task_seconds.append(freepik.duration_of(task_id))
         final = scanner.final.get(token)
         if final is not None and token not in scanner.final_failed and task_id in freepik.tasks:
             result.completion_delays.append(final.at - freepik.completed_at(task_id))
     if result.creates != size:
         result.problems.append(f"{result.creates} task creates for {size} commands")
+    if result.refused:
+        result.problems.append(f"the limiting fake answered {result.refused} requests 429")

@@ -1,24 +1,28 @@
-"""What the bot costs: `python -m benchmarks.run [--bursts 1,50,200,500] [--task-seconds 3] [--quick]`.
+"""What the bot costs: `python -m benchmarks.run [--bursts 1,50,200,500] [--quick] [--profile DIR]`.
 
-Starts a fake Discord and a fake Freepik on 127.0.0.1, runs the real bot as its own process, fires bursts
-of simultaneous /describe commands from distinct members, and prints markdown tables; a full run also
-writes them to docs/benchmarks.md with the date and the machine. It stops by itself (every wait is bounded)
-and takes about two and a half minutes on 2 cores.
+Starts a fake Discord and a fake Freepik (keeping Freepik's documented rate limits) on 127.0.0.1, runs the
+real bot as its own process, fires bursts of simultaneous /describe commands from distinct members, and
+does the same with a bare discord.py bot (the floor) in the same run. Two workloads: today's steady task
+times, and long-tailed ones. It prints the targets with a verdict each and markdown tables; a full run also
+writes them to docs/benchmarks.md with the date and the machine. It stops by itself (every wait is
+bounded) and takes about five minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import pstats
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.baseline import PollerResult, run_pollers
-from benchmarks.burst import BurstConfig, BurstResult, run_burst
+from benchmarks.burst import BurstConfig, BurstResult, Mode, run_burst
+from benchmarks.fakes import Workload
 from benchmarks.machine import describe_machine
 from benchmarks.quota import QuotaResult, run_quota
 from benchmarks.report import Results, RunSettings, document, kept_notes, tables
@@ -43,30 +47,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bursts",
         type=lambda value: tuple(int(n) for n in _numbers(value, int)),
         default=(1, 50, 200, 500),
-        help="simultaneous /describe commands per burst (default 1,50,200,500)",
+        help="simultaneous /describe commands per burst, steady workload (default 1,50,200,500)",
     )
     parser.add_argument(
         "--task-seconds",
         type=float,
         default=3.0,
-        help="how long each provider state (CREATED, IN_PROGRESS) lasts (default 3)",
+        help="steady workload: how long each provider state (CREATED, IN_PROGRESS) lasts (default 3)",
     )
     parser.add_argument(
         "--jitter",
         type=float,
         default=0.25,
-        help="each task's state length varies by up to this fraction, seeded (default 0.25; 0: exact)",
+        help="steady workload: each state's length varies by up to this fraction, seeded (default 0.25)",
+    )
+    parser.add_argument(
+        "--tail",
+        type=lambda value: _numbers(value, float),
+        default=(8.0, 40.0, 60.0),
+        metavar="MEDIAN,P95,CUT",
+        help="long-tail workload: log-normal task times with this median and p95, drawn again past CUT "
+        "(default 8,40,60)",
+    )
+    parser.add_argument(
+        "--tail-burst",
+        type=int,
+        default=100,
+        help="long-tail workload: the measured burst (default 100; 0: none)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="tasks each polling bot runs before its measured bursts, to learn from (default 100; 0: none)",
     )
     parser.add_argument(
         "--modes",
-        default="polling,webhooks",
-        help="which bot configurations to run: polling, webhooks or both (default both)",
+        default="polling,webhooks,floor",
+        help="which bots to run: polling, webhooks, floor (default all three)",
     )
     parser.add_argument(
-        "--pollers",
-        type=lambda value: () if value == "none" else _numbers(value, float),
-        default=(2.0, 5.0),
-        help="intervals of the fixed-interval pollers to compare with, in seconds (default 2,5; none)",
+        "--no-limits", action="store_true", help="the fake Freepik never says 429 (no rate limits)"
     )
     parser.add_argument(
         "--quota-members", type=int, default=500, help="members reserving at once (default 500)"
@@ -74,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: bursts 1,20, 1.5 s states, 100 quota members; writes no file unless --output",
+        help="a smoke run: bursts 1,20, 1.5 s states, a long tail of median 2 s and p95 10 s (20 tasks), "
+        "warm-ups of 20, 100 quota members; writes no file unless --output",
     )
     parser.add_argument("--output", type=Path, help=f"where to write the document (default {DEFAULT_OUTPUT})")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
@@ -89,15 +111,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.bursts = (1, 20)
         args.task_seconds = 1.5
+        args.tail = (2.0, 10.0, 15.0)
+        args.tail_burst = 20
+        args.warmup = 20
         args.quota_members = 100
     modes = {mode.strip() for mode in args.modes.split(",") if mode.strip()}
-    if not modes or not modes <= {"polling", "webhooks"}:
-        parser.error("--modes takes polling, webhooks or both")
-    args.modes = tuple(mode for mode in ("polling", "webhooks") if mode in modes)
+    if not modes or not modes <= {"polling", "webhooks", "floor"}:
+        parser.error("--modes takes polling, webhooks, floor, or several")
+    args.modes = tuple(mode for mode in ("polling", "webhooks", "floor") if mode in modes)
     if not 0 <= args.jitter < 1:
         parser.error("--jitter must be at least 0 and below 1")
     if args.task_seconds <= 0:
         parser.error("--task-seconds must be positive")
+    if len(args.tail) != 3 or not args.tail[0] < args.tail[1] < args.tail[2]:
+        parser.error("--tail takes MEDIAN,P95,CUT in increasing order")
     return args
 
 
@@ -114,41 +141,73 @@ def _print_profile(path: Path) -> None:
     stats.sort_stats("tottime").print_stats(25)
 
 
+def runtime() -> str:
+    """Say which JSON library discord.py uses in the bot process (orjson when installed: discord.py[speed])."""
+    json = "orjson" if importlib.util.find_spec("orjson") else "the json module"
+    return f"asyncio's own event loop, {json}"
+
+
+class Series:
+    """Bursts that share one bot database, as one bot restarted between them would; members never repeat."""
+
+    def __init__(self, args: argparse.Namespace, mode: Mode, workload: Workload, folder: Path) -> None:
+        self.args = args
+        self.mode = mode
+        self.workload = workload
+        self.database = folder / f"bot-{mode}-{workload.name}.sqlite3" if mode != "floor" else None
+        self.members = 0
+
+    async def burst(self, size: int, *, warmup: bool = False) -> BurstResult:
+        args = self.args
+        profile_out = None
+        if args.profile is not None and self.mode != "floor" and not warmup:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile_out = args.profile.resolve() / f"bot-{self.mode}-{self.workload.name}-{size}.prof"
+        config = BurstConfig(
+            size=size,
+            mode=self.mode,
+            workload=self.workload,
+            profile_out=profile_out,
+            database=self.database,
+            limits=not args.no_limits,
+            warmup=warmup,
+            first_member=self.members,
+        )
+        self.members += size
+        what = "warm-up of" if warmup else "burst of"
+        _say(f"{what} {size}, {self.workload.name} workload, {self.mode} bot ...")
+        result = await run_burst(config, log_dir=args.logs)
+        for problem in result.problems:
+            _say(f"  problem: {problem}")
+        _say(
+            f"  {result.finished}/{size} ended in {result.wall_seconds:.1f} s; "
+            f"bot CPU {result.cpu_seconds:.2f} s, fakes CPU {result.load_cpu_seconds:.2f} s"
+        )
+        if profile_out is not None:
+            _print_profile(profile_out)
+        return result
+
+
 async def run(args: argparse.Namespace, command: str) -> Results:
     began = time.monotonic()
     machine = describe_machine()
-    _say(f"benchmark on {machine.line()}")
+    _say(f"benchmark on {machine.line()}; the bot runs on {runtime()}")
+    steady = Workload.steady(args.task_seconds, args.jitter)
+    tail = Workload.long_tail(*args.tail)
     bursts: list[BurstResult] = []
-    pollers: list[PollerResult] = []
-    for size in args.bursts:
-        for mode in args.modes:
-            profile_out = None
-            if args.profile is not None:
-                args.profile.mkdir(parents=True, exist_ok=True)
-                profile_out = args.profile.resolve() / f"bot-{mode}-{size}.prof"
-            config = BurstConfig(
-                size=size,
-                webhooks=mode == "webhooks",
-                seconds_per_state=args.task_seconds,
-                jitter=args.jitter,
-                profile_out=profile_out,
-            )
-            _say(f"burst of {size}, bot with {mode} ...")
-            result = await run_burst(config, log_dir=args.logs)
-            bursts.append(result)
-            for problem in result.problems:
-                _say(f"  problem: {problem}")
-            _say(
-                f"  {result.finished}/{size} ended in {result.wall_seconds:.1f} s; "
-                f"bot CPU {result.cpu_seconds:.2f} s, fakes CPU {result.load_cpu_seconds:.2f} s"
-            )
-            if profile_out is not None:
-                _print_profile(profile_out)
-        if args.pollers:
-            _say(f"burst of {size}, fixed pollers every {', '.join(f'{i:g}' for i in args.pollers)} s ...")
-            pollers += await run_pollers(
-                size, tuple(args.pollers), seconds_per_state=args.task_seconds, jitter=args.jitter
-            )
+    with tempfile.TemporaryDirectory(prefix="bench-series-") as folder:
+        series = {mode: Series(args, mode, steady, Path(folder)) for mode in args.modes}
+        if "polling" in series and args.warmup:
+            await series["polling"].burst(args.warmup, warmup=True)
+        # Each size in turn for every bot, so that the machine's moods fall on all of them alike.
+        for size in args.bursts:
+            for mode in args.modes:
+                bursts.append(await series[mode].burst(size))
+        if "polling" in args.modes and args.tail_burst:
+            long_tail = Series(args, "polling", tail, Path(folder))
+            if args.warmup:
+                await long_tail.burst(args.warmup, warmup=True)
+            bursts.append(await long_tail.burst(args.tail_burst))
     quotas: list[QuotaResult] = []
     for processes in (1, 2):
         _say(f"quota reservations, {processes} process(es) ...")
@@ -156,12 +215,13 @@ async def run(args: argparse.Namespace, command: str) -> Results:
     settings = RunSettings(
         command=command,
         bursts=tuple(args.bursts),
-        seconds_per_state=args.task_seconds,
-        jitter=args.jitter,
+        workloads=(f"steady, {steady.line()}", f"long tail, {tail.line()}"),
         edit_coalesce=1.0,
-        intervals=tuple(args.pollers),
+        limits=not args.no_limits,
+        runtime=runtime(),
+        tail_burst=args.tail_burst,
     )
-    return Results(machine, settings, bursts, pollers, quotas, time.monotonic() - began)
+    return Results(machine, settings, bursts, quotas, time.monotonic() - began)
 
 
 def main(argv: list[str] | None = None) -> int:

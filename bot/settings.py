@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     )
 
     poll_interval_seconds: float = Field(
-        2.0, gt=0, description="first wait before polling an async task; later waits grow"
+        2.0,
+        gt=0,
+        description="first wait before polling an async task while the bot has not yet learned how long "
+        "that provider's tasks take (later waits grow); once it has, it polls where tasks end, spending "
+        "at most 3/4 of the polls that polling this often would",
     )
     poll_max_interval_seconds: float = Field(10.0, gt=0, description="the longest wait between two polls")
     task_timeout_seconds: float = Field(

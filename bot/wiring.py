@@ -21,6 +21,7 @@ from bot.providers import registry
 from bot.providers.spec import BuildContext
 from bot.settings import Settings
 from bot.store.sqlite.database import Database
+from bot.store.sqlite.durations import SqliteTaskDurations
 from bot.store.sqlite.jobs import SqliteJobRepository
 from bot.store.sqlite.quotas import SqliteQuotaLedger
 from bot.store.sqlite.rules import SqliteRules
@@ -124,6 +125,7 @@ def build_core(
         webhook_url_for=webhook_url_for,
         moderation=moderation,
         clock=clock,
+        durations=SqliteTaskDurations(db),
     )
     downloader = downloader or SafeDownloader(max_bytes=settings.max_image_bytes)
     service = TaskService(

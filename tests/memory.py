@@ -896,7 +896,7 @@ class FakePoller:
         self.script = Script(*steps)
         self.calls: list[tuple[TaskKind, str]] = []
 
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
+    async def poll(self, kind: TaskKind, task_id: str, *, chance: float = 1.0) -> TaskSnapshot:
         self.calls.append((kind, task_id))
         return await self.script.answer()
 

@@ -185,8 +185,10 @@ class _MeteredPoller(_Timed):
         super().__init__(*args)
         self._inner = inner
 
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
-        result: TaskSnapshot = await self.call(ProviderOperation.POLL, self._inner.poll(kind, task_id))
+    async def poll(self, kind: TaskKind, task_id: str, *, chance: float = 1.0) -> TaskSnapshot:
+        result: TaskSnapshot = await self.call(
+            ProviderOperation.POLL, self._inner.poll(kind, task_id, chance=chance)
+        )
         return result
 
 

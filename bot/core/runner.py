@@ -22,9 +22,17 @@ from bot.core.background import BackgroundTasks
 from bot.core.breaker import CircuitBreaker
 from bot.core.images import image_hash, refit
 from bot.core.moderation import Moderation
+from bot.core.polling import InMemoryDurations, PollingConfig, PollPlanner, TaskWatch
 from bot.domain.errors import BadInput, ProviderError, StorageFull
 from bot.domain.line import shown_place
-from bot.domain.ports import JobReporter, JobRepository, Provider, QuotaLedger, WebhookDelivery
+from bot.domain.ports import (
+    JobReporter,
+    JobRepository,
+    Provider,
+    QuotaLedger,
+    TaskDurations,
+    WebhookDelivery,
+)
 from bot.domain.tasks import (
     Fault,
     ImageBytes,
@@ -63,21 +71,23 @@ _EARLY_DELIVERY_TTL = 120.0
 
 @dataclass(frozen=True, slots=True)
 class RunnerConfig:
-    poll_interval: float
-    poll_max_interval: float
+    poll_interval: float  # the learned schedule's prior and yardstick (see bot.core.polling)
+    poll_max_interval: float  # no wait between two polls is longer
     task_timeout: float
     # A synchronous provider's answer that takes longer than this is shown as "In progress" meanwhile
     # (the reporter's coalescing window: a quicker answer replaces that edit anyway).
     progress_after: float = 1.0
     # With webhooks on, polling is only the safety net for a lost delivery: slow and steady.
     webhook_poll_interval: float = 30.0
-    poll_growth: float = 1.5
     # An end that was not shown (Discord answered 5xx or could not be reached) is offered again after
     # these waits; then the job is left unfinished and shown at the next start.
     end_retry_waits: tuple[float, ...] = (2.0, 10.0, 30.0)
     # Past these, jobs wait in line: tasks running at one provider, and one member's running tasks.
     max_running_per_provider: int = 20
     max_running_per_member: int = 2
+
+    def polling(self) -> PollingConfig:
+        return PollingConfig(first_wait=self.poll_interval, max_wait=self.poll_max_interval)
 
 
 class Cancelled(enum.Enum):
@@ -104,6 +114,7 @@ class JobRunner:
         webhook_url_for: Callable[[str], str | None] = lambda provider: None,
         moderation: Moderation | None = None,
         clock: Callable[[], float] = time.time,
+        durations: TaskDurations | None = None,
     ) -> None:
         self._jobs = jobs
         self._moderation = moderation
@@ -129,6 +140,8 @@ class JobRunner:
         self._shown_places: dict[str, int] = {}  # waiting job id -> the place its message shows
         self._cancelling: set[str] = set()  # jobs whose drive is being stopped by a cancel
         self._moving_lines = 0  # dispatches started by an end and not yet done
+        # When to poll each task: learned from how long this provider's tasks took (kept in `durations`).
+        self.polling = PollPlanner(durations or InMemoryDurations(), config.polling())
 
     @property
     def running_count(self) -> int:
@@ -224,6 +237,7 @@ class JobRunner:
             for task in pending:
                 task.cancel()
         await self._tasks.cancel_all()
+        await self.polling.save(everything=True)
 
     # --- the line -----------------------------------------------------------------------------
 
@@ -317,6 +331,8 @@ class JobRunner:
                 log.info("job %s paused for shutdown in state %s", job.id, self._current[job.id].state)
                 return
             await self._settle_and_report(ended)
+            # What this job taught the poll schedule is written in batches, or at once when nothing else runs.
+            await self.polling.save(everything=len(self._running) <= 1)
         except StorageFull:
             # Nothing more can be saved (the database logged why): the job keeps its last saved state
             # and carries on from it at the next start, when there is room again (settling is once only).
@@ -494,33 +510,54 @@ class JobRunner:
         provider = self._providers[job.provider]
         assert job.provider_task_id is not None
         queue = self._listen(job, job.provider, job.provider_task_id)
-        webhooks = self._webhook_url_for(job.provider) is not None
-        interval = self._config.webhook_poll_interval if webhooks else self._config.poll_interval
-        ceiling = max(interval, self._config.poll_max_interval)
         # Time spent in line does not count: the timeout is the provider's, from when the job left the line.
         deadline = (job.dispatched_at or job.created_at) + self._config.task_timeout
         # A resumed job is polled at once: the task may have finished while the bot was away, and its
-        # result beats a timeout.
-        while not job.finished:
-            remaining = deadline - self._clock()
-            if remaining <= 0 and not poll_now:
-                return await self._end(job, Fault.TIMEOUT, "not finished within TASK_TIMEOUT_SECONDS")
-            snapshot: TaskSnapshot | None = None
-            if not poll_now:
-                waited = await self._wait_for_delivery(queue, min(interval, remaining))
-                if waited is _SHUTDOWN:
-                    return None
-                snapshot = waited if isinstance(waited, TaskSnapshot) else None
-            poll_now = False
-            if snapshot is None:
-                try:
-                    snapshot = await self._poll_once(provider, job)
-                except ProviderError as exc:
-                    return await self._end(job, exc.fault, exc)
-                interval = min(interval * self._config.poll_growth, ceiling)
-            if snapshot is not None:
-                job = await self._advance(job, snapshot)
+        # result beats a timeout. How long it took is then unknown, so it teaches the schedule nothing.
+        watch = await self.polling.watch(
+            job.provider, job.kind, started_at=job.started_at or job.created_at, learn=not poll_now
+        )
+        try:
+            while not job.finished:
+                remaining = deadline - self._clock()
+                if remaining <= 0 and not poll_now:
+                    return await self._end(job, Fault.TIMEOUT, "not finished within TASK_TIMEOUT_SECONDS")
+                snapshot: TaskSnapshot | None = None
+                delivered = False
+                chance = 1.0
+                if not poll_now:
+                    wait, chance = self._next_poll(job, watch)
+                    waited = await self._wait_for_delivery(queue, min(wait, remaining))
+                    if waited is _SHUTDOWN:
+                        return None
+                    if isinstance(waited, TaskSnapshot):
+                        snapshot, delivered = waited, True
+                poll_now = False
+                if snapshot is None:
+                    try:
+                        snapshot = await self._poll_once(provider, job, watch, chance)
+                    except ProviderError as exc:
+                        return await self._end(job, exc.fault, exc)
+                if snapshot is not None:
+                    self._observe(watch, snapshot, delivered=delivered)
+                    job = await self._advance(job, snapshot)
+        finally:
+            watch.close()
         return job
+
+    def _next_poll(self, job: Job, watch: TaskWatch) -> tuple[float, float]:
+        """Return (seconds until the next poll, the chance it finds the end) for a task not yet ended."""
+        if self._webhook_url_for(job.provider) is not None:
+            # The end comes by webhook: polling is only the safety net for a lost delivery.
+            return self._config.webhook_poll_interval, 0.0
+        return watch.next_look(self._clock())
+
+    def _observe(self, watch: TaskWatch, snapshot: TaskSnapshot, *, delivered: bool) -> None:
+        """Tell the task's poll schedule what a poll (or a webhook delivery) found."""
+        if snapshot.status in (ProviderStatus.COMPLETED, ProviderStatus.FAILED):
+            watch.ended(self._clock(), at_once=delivered)
+        else:
+            watch.running(self._clock())
 
     async def _wait_for_delivery(
         self, queue: asyncio.Queue[TaskSnapshot] | None, timeout: float
@@ -542,17 +579,20 @@ class JobRunner:
                 return result
         return None
 
-    async def _poll_once(self, provider: Provider, job: Job) -> TaskSnapshot | None:
+    async def _poll_once(
+        self, provider: Provider, job: Job, watch: TaskWatch, chance: float
+    ) -> TaskSnapshot | None:
         """Read the task's state; None for a failed poll that says nothing about the task."""
         assert job.provider_task_id is not None
         if provider.poller is None:
             # A synchronous provider's answer came with its request: a job here lost that answer.
             raise ProviderError(provider.name, Fault.NOT_FOUND, "synchronous tasks cannot be polled")
         try:
-            return await provider.poller.poll(job.kind, job.provider_task_id)
+            return await provider.poller.poll(job.kind, job.provider_task_id, chance=chance)
         except ProviderError as exc:
             if exc.fault in _TRANSIENT_POLL_FAULTS:
                 log.info("job %s: poll failed (%s); polling on", job.id, exc.fault)
+                watch.failed(self._clock(), exc.retry_after)  # a 429 or a 503 backs off
                 return None
             raise
 

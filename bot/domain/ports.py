@@ -21,6 +21,7 @@ from bot.domain.tasks import (
     Job,
     Route,
     Suggestion,
+    TaskDuration,
     TaskKind,
     TaskSnapshot,
 )
@@ -102,6 +103,20 @@ class JobRepository(Protocol):
 
     async def prune(self, retention_days: int) -> int:
         """Delete finished jobs older than the retention; return how many went."""
+        ...
+
+
+class TaskDurations(Protocol):
+    """How long each provider's tasks took lately, kept so that a restart does not forget them."""
+
+    async def record(
+        self, provider: str, kind: TaskKind, durations: Sequence[TaskDuration], *, keep: int
+    ) -> None:
+        """Add these ends, and let go of all but the newest `keep` tasks (by start) of this provider and kind."""
+        ...
+
+    async def recent(self, provider: str, kind: TaskKind, limit: int) -> list[TaskDuration]:
+        """Return the ends of the newest `limit` tasks (by start) of a provider and kind, oldest first."""
         ...
 
 
@@ -217,8 +232,12 @@ class Imaginer(Protocol):
 
 
 class TaskPoller(Protocol):
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
-        """Read a task's current state."""
+    async def poll(self, kind: TaskKind, task_id: str, *, chance: float = 1.0) -> TaskSnapshot:
+        """Read a task's current state.
+
+        `chance` is how likely this look is to find the task ended (0 to 1): a provider that rations its
+        requests sends likelier looks first.
+        """
         ...
 
 

@@ -135,6 +135,21 @@ class TaskSnapshot:
     images: tuple[ImageBytes, ...] = field(default=(), repr=False)  # imagine: downloaded results
 
 
+@dataclass(frozen=True, slots=True)
+class TaskDuration:
+    """How long one provider task took, as the bot saw it: what learned polling learns from.
+
+    `started_at` is when the create answer came (Unix time). The other two are seconds after it: the task
+    was still running `ran_for` seconds after it (the last look that found it so) and had ended
+    `ended_within` seconds after it (the look that found the end). A webhook delivery is posted when the
+    status changes, so it gives the moment itself.
+    """
+
+    started_at: float
+    ran_for: float
+    ended_within: float
+
+
 ReportVia = Literal["interaction", "channel"]
 
 

@@ -24,6 +24,7 @@ from bot.domain.tasks import (
     TaskKind,
     TaskSnapshot,
 )
+from bot.providers.budget import RateLimit, RequestBudget
 from bot.providers.http import MisconfigurationLog, RetryPolicy, request_json
 from bot.providers.spec import BuildContext, ProviderSettings, ProviderSpec
 
@@ -60,10 +61,38 @@ class FreepikSettings(ProviderSettings):
         "x-freepik-api-key",
         description="the header that carries the Freepik key (`x-magnific-api-key` on the renamed host)",
     )
+    # Freepik's documented rate limits (per IP; polls count): the bot never sends more, creates first.
+    burst_requests_per_second: float = Field(
+        50.0,
+        gt=0,
+        description="Freepik's burst limit: requests per second over FREEPIK_BURST_WINDOW_SECONDS, "
+        "creates and polls together (per IP: share it out when other programs use the same address)",
+    )
+    burst_window_seconds: float = Field(
+        5.0, gt=0, description="the window of Freepik's burst limit, in seconds"
+    )
+    average_requests_per_second: float = Field(
+        10.0,
+        gt=0,
+        description="Freepik's average limit: requests per second averaged over "
+        "FREEPIK_AVERAGE_WINDOW_SECONDS (per IP, as above)",
+    )
+    average_window_seconds: float = Field(
+        120.0, gt=0, description="the window of Freepik's average limit, in seconds"
+    )
 
     @property
     def configured(self) -> bool:
         return self.api_key is not None
+
+    def budget(self) -> RequestBudget:
+        """Return a request budget that keeps one process within both documented limits."""
+        return RequestBudget(
+            [
+                RateLimit.per_second(self.burst_requests_per_second, self.burst_window_seconds),
+                RateLimit.per_second(self.average_requests_per_second, self.average_window_seconds),
+            ]
+        )
 
 
 class TaskBody(BaseModel):
@@ -110,6 +139,7 @@ class FreepikAdapter:
         key_header: str = "x-freepik-api-key",
         request_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -117,6 +147,8 @@ class FreepikAdapter:
         self._timeout = request_timeout
         self._retry = retry or RetryPolicy()
         self._key_log = MisconfigurationLog()
+        # Every request to the API takes a slot under the rate limits (result downloads go elsewhere).
+        self.budget = budget
 
     async def describe(
         self, image: ImageBytes, request: DescribeRequest, *, webhook_url: str | None
@@ -136,7 +168,7 @@ class FreepikAdapter:
             body["reference_images"] = [base64.b64encode(ref.data).decode("ascii") for ref in references[:3]]
         return await self._create(TaskKind.IMAGINE, body, webhook_url)
 
-    async def poll(self, kind: TaskKind, task_id: str) -> TaskSnapshot:
+    async def poll(self, kind: TaskKind, task_id: str, *, chance: float = 1.0) -> TaskSnapshot:
         answer = await request_json(
             self._session,
             NAME,
@@ -145,6 +177,8 @@ class FreepikAdapter:
             headers=self._headers,
             key_log=self._key_log,
             timeout=self._timeout,
+            budget=self.budget,
+            chance=chance,
         )
         return snapshot_from_body(self._parse(answer), kind)
 
@@ -178,6 +212,7 @@ class FreepikAdapter:
             headers=self._headers,
             key_log=self._key_log,
             timeout=self._timeout,
+            budget=self.budget,
         )
 
     async def _create(self, kind: TaskKind, body: dict[str, object], webhook_url: str | None) -> TaskSnapshot:
@@ -194,6 +229,7 @@ class FreepikAdapter:
             timeout=self._timeout,
             retry=self._retry,
             creates=True,
+            budget=self.budget,
         )
         return snapshot_from_body(self._parse(answer), kind)
 
@@ -231,6 +267,7 @@ def build(settings: FreepikSettings, context: BuildContext) -> Provider:
         base_url=str(settings.base_url),
         key_header=settings.api_key_header,
         request_timeout=context.request_timeout,
+        budget=settings.budget(),
     )
     return Provider(
         name=NAME,

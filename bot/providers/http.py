@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import aiohttp
 
 from bot.domain.errors import ProviderError
 from bot.domain.tasks import Fault
+from bot.providers.budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,16 @@ async def request_json(
     timeout_fault: Fault | None = None,
     key_log: MisconfigurationLog | None = None,
     sleep: Sleep = asyncio.sleep,
+    budget: RequestBudget | None = None,
+    chance: float | None = None,
 ) -> Any:
     """Send one JSON request, retrying what is safe to retry; return the parsed answer.
 
     `creates` marks a request whose lost answer may still have created a paid task: it is then never
     sent again after a timeout, and the caller learns it as Fault.LOST. `timeout_fault` says what a
     timeout means instead, for a request whose answer is the whole task (a model that was too slow).
+    With a `budget`, every attempt waits for a slot under the provider's rate limits: a poll with its
+    `chance` of finding the task ended, anything else (None) first in line; a 429 holds the budget back.
     """
     # A create whose answer was lost may have made a paid task; anything else was merely not answered.
     on_loss = Fault.LOST if creates else Fault.BUSY
@@ -97,10 +103,13 @@ async def request_json(
     attempt = 0
     while True:
         try:
-            return await _send_once(
-                session, provider, method, url, headers, body, timeout, (on_timeout, on_loss), key_log
-            )
+            async with budget.slot(chance=chance) if budget is not None else contextlib.nullcontext():
+                return await _send_once(
+                    session, provider, method, url, headers, body, timeout, (on_timeout, on_loss), key_log
+                )
         except ProviderError as exc:
+            if budget is not None and exc.status == 429:
+                budget.hold(exc.retry_after)
             attempt += 1
             # Safe to send again: the provider said it did nothing (429, 5xx), or it was never reached.
             retryable = exc.fault is Fault.UNREACHABLE or (

@@ -9,6 +9,10 @@ request costs a dict lookup and no sleep unless ``delay`` asks for one.
 Configuration attributes are read when they take effect, so a test may change them between
 requests: ``outcome`` and ``prompt_text`` when a task finishes, ``polls_per_state`` and
 ``seconds_per_state`` whenever a task is looked at.
+
+The fake Freepik has a "limits" mode (``limits=FREEPIK_LIMITS``, or any ``RateLimit``s): like the real
+service it then answers 429 to a request that would make more than N requests arrive within any window of
+S seconds (every request to the API counts, those refused too; result downloads do not).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import functools
 import hashlib
@@ -26,7 +31,7 @@ import logging
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -68,6 +73,18 @@ _JSON_KEY: Any = (
 )
 
 WebhookSecretMode = Literal["decoded", "raw"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``requests`` arriving in any window of ``seconds``."""
+
+    requests: int
+    seconds: float
+
+
+# Freepik's documented limits: 50 requests/s burst over 5 s, 10 requests/s averaged over 2 minutes (per IP).
+FREEPIK_LIMITS: Final = (RateLimit(250, 5.0), RateLimit(1200, 120.0))
 Outcome = Literal["COMPLETED", "FAILED"]
 
 
@@ -349,6 +366,10 @@ class _FakeServer:
         """Return the provider's error body for a fault injected without one."""
         raise NotImplementedError
 
+    def _refuse(self, request: web.Request, at: float) -> web.Response | None:
+        """Return the answer to a request the provider refuses before looking at it (rate limits)."""
+        return None
+
     async def _on_start(self) -> None:
         """Start provider-specific background work."""
 
@@ -428,6 +449,10 @@ class _FakeServer:
         # Handlers read the parsed body from here rather than parse 40 MB of JSON twice.
         request[_JSON_KEY] = parsed
 
+        refusal = self._refuse(request, record.at)
+        if refusal is not None:
+            record.status = refusal.status
+            return refusal
         fault = self._take_fault(request.method, request.path)
         if fault is not None and fault.status is None:
             await self._closing.wait()
@@ -485,8 +510,13 @@ class FakeFreepik(_FakeServer):
         delay: float = 0.0,
         ticker_interval: float = 0.02,
         record_bodies: bool = True,
+        limits: Sequence[RateLimit] = (),
     ) -> None:
         super().__init__(delay=delay, record_bodies=record_bodies)
+        # Limits mode: a request past any of these is answered 429 (empty: no limits).
+        self.limits: tuple[RateLimit, ...] = tuple(limits)
+        self.refused: list[RecordedRequest] = []  # the 429s the limits gave
+        self._arrivals: list[float] = []  # API requests, in order, when limits are on
         self.api_key = api_key
         self.api_key_header = api_key_header
         # Poll mode: each state answers polls_per_state times, counting the create answer as one.
@@ -578,6 +608,29 @@ class FakeFreepik(_FakeServer):
             await asyncio.gather(*pending, return_exceptions=True)
 
     # -- server plumbing -------------------------------------------------------------------------
+
+    def peak(self, seconds: float, since: float = -1.0) -> int:
+        """Return the most API requests that arrived within any window of `seconds` (after `since`)."""
+        arrivals = [r.at for r in self.requests if r.at > since and r.path.startswith("/v1/")]
+        most = 0
+        first = 0
+        for last, at in enumerate(arrivals):
+            while at - arrivals[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def _refuse(self, request: web.Request, at: float) -> web.Response | None:
+        """In limits mode, answer 429 to a request that makes any window hold more than its limit."""
+        if not self.limits or not request.path.startswith("/v1/"):
+            return None
+        self._arrivals.append(at)
+        for limit in self.limits:
+            inside = len(self._arrivals) - bisect.bisect_right(self._arrivals, at - limit.seconds)
+            if inside > limit.requests:
+                self.refused.append(self.requests[-1])
+                return web.json_response({"message": "Too Many Requests"}, status=429)
+        return None
 
     def _add_routes(self, app: web.Application) -> None:
         """Register the task routes and the result file route."""
