@@ -7,7 +7,7 @@ poller, one without webhooks no webhook reader.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -46,6 +46,28 @@ class JobRepository(Protocol):
 
     async def unfinished(self) -> list[Job]:
         """Return every job whose end has not been reported yet, oldest first."""
+        ...
+
+    # Which process drives which job. One process on its own store (SQLite) drives every job: `claim`
+    # returns them all at once and none is ever lost. On a store several processes share (PostgreSQL)
+    # each unfinished job is leased to one live process, which renews its leases while it lives; the
+    # jobs of a process that died are claimed by another once its leases run out.
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes use this store too (the runner then renews and claims periodically)."""
+        ...
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Take unfinished jobs no live process drives (at most `limit`, oldest first): now this process's."""
+        ...
+
+    async def renew(self) -> set[str]:
+        """Extend this process's leases; return the ids of the unfinished jobs it still holds."""
+        ...
+
+    async def release(self) -> None:
+        """Give back every job this process holds (a graceful stop), for another process to carry on now."""
         ...
 
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]: ...
@@ -113,6 +135,24 @@ class QuotaLedger(Protocol):
     async def usage_report(self, guild_id: int, days: int, *, top: int = 10) -> UsageReport: ...
 
     async def prune(self, retention_days: int) -> int: ...
+
+
+class DeliveryRelay(Protocol):
+    """Webhook deliveries between processes that share a store: any may receive one, its driver takes it."""
+
+    async def post(self, provider: str, task_id: str, body: bytes) -> bool:
+        """Leave a verified delivery for whichever process drives (or will drive) the task; False if not kept."""
+        ...
+
+    async def take(self, provider: str, task_id: str) -> list[bytes]:
+        """Take the deliveries left for a task (once, whoever asks first), oldest first."""
+        ...
+
+    async def listen(self, on_posted: Callable[[str, str], None]) -> None:
+        """Call `on_posted(provider, task_id)` whenever some process posts a delivery, until `close`."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class JobReporter(Protocol):
