@@ -1,10 +1,18 @@
-"""The object graph, built in one place for the bot and for the terminal: store, providers, runner, service."""
+"""The object graph, built in one place for the bot and for the terminal: store, providers, runner, service.
+
+The store is SQLite (one process, the default) or PostgreSQL (DATABASE_URL: several processes); the core
+sees either through the same ports. The PostgreSQL modules are imported only when one is used.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -12,7 +20,7 @@ from bot.core.breaker import CircuitBreaker
 from bot.core.runner import JobRunner, RunnerConfig
 from bot.core.safe_download import SafeDownloader
 from bot.core.service import ServiceConfig, TaskService
-from bot.domain.ports import JobReporter, JobRepository, Provider
+from bot.domain.ports import DeliveryRelay, JobReporter, JobRepository, Provider
 from bot.domain.tasks import TaskKind
 from bot.providers import registry
 from bot.providers.spec import BuildContext
@@ -20,7 +28,12 @@ from bot.settings import Settings
 from bot.store.sqlite.database import Database
 from bot.store.sqlite.jobs import SqliteJobRepository
 from bot.store.sqlite.quotas import SqliteQuotaLedger
-from bot.webhooks import webhook_url
+from bot.webhooks import ReplayStore, webhook_url
+
+if TYPE_CHECKING:
+    from bot.store.postgres.database import PgDatabase
+    from bot.store.postgres.jobs import PgJobRepository
+    from bot.store.postgres.quotas import PgQuotaLedger
 
 # A reservation outlives its task's timeout by this much before it is taken as abandoned.
 RESERVATION_MARGIN = 300.0
@@ -34,45 +47,84 @@ class Core:
     """Everything below the Discord edge, wired together."""
 
     settings: Settings
-    db: Database
-    jobs: SqliteJobRepository
-    quotas: SqliteQuotaLedger
+    db: Database | PgDatabase
+    jobs: SqliteJobRepository | PgJobRepository
+    quotas: SqliteQuotaLedger | PgQuotaLedger
     providers: dict[str, Provider]
     breakers: dict[str, CircuitBreaker]
     runner: JobRunner
     service: TaskService
     downloader: SafeDownloader
     labels: dict[str, str]  # provider name -> the name members see
+    # Only on a store several processes share: webhook deliveries between them, and the replay guard
+    # they share (None: this process's own, in memory).
+    relay: DeliveryRelay | None = None
+    replays: ReplayStore | None = None
 
     async def close(self) -> None:
         await self.downloader.close()
 
 
+def process_name() -> str:
+    """Name this process for the leases it holds: host, pid, and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 def build_core(
     settings: Settings,
     session: aiohttp.ClientSession,
-    db: Database,
+    db: Database | PgDatabase,
     *,
     reporter_for: ReporterFactory,
     downloader: SafeDownloader | None = None,
     clock: Callable[[], float] = time.time,
+    owner: str | None = None,
 ) -> Core:
-    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's."""
+    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's.
+
+    `owner` names this process in the job leases of a shared store (default: host, pid, random).
+    """
     providers = registry.build_providers(
         settings.providers, BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
     )
-    jobs = SqliteJobRepository(db, clock=clock)
-    quotas = SqliteQuotaLedger(
-        db,
-        defaults={
-            TaskKind.DESCRIBE: settings.quota_describe_per_day,
-            TaskKind.IMAGINE: settings.quota_imagine_per_day,
-        },
-        max_inflight_per_user=settings.max_inflight_per_user,
-        max_inflight_per_provider=settings.max_inflight_per_provider,
-        reservation_ttl=settings.task_timeout_seconds + RESERVATION_MARGIN,
-        clock=clock,
-    )
+    defaults = {
+        TaskKind.DESCRIBE: settings.quota_describe_per_day,
+        TaskKind.IMAGINE: settings.quota_imagine_per_day,
+    }
+    reservation_ttl = settings.task_timeout_seconds + RESERVATION_MARGIN
+    jobs: SqliteJobRepository | PgJobRepository
+    quotas: SqliteQuotaLedger | PgQuotaLedger
+    relay: DeliveryRelay | None = None
+    replays: ReplayStore | None = None
+    if isinstance(db, Database):
+        jobs = SqliteJobRepository(db, clock=clock)
+        quotas = SqliteQuotaLedger(
+            db,
+            defaults=defaults,
+            max_inflight_per_user=settings.max_inflight_per_user,
+            max_inflight_per_provider=settings.max_inflight_per_provider,
+            reservation_ttl=reservation_ttl,
+            clock=clock,
+        )
+    else:
+        from bot.store.postgres.jobs import PgJobRepository  # noqa: PLC0415 (only with DATABASE_URL)
+        from bot.store.postgres.quotas import PgQuotaLedger  # noqa: PLC0415
+        from bot.store.postgres.webhooks import PgDeliveryRelay, PgReplayGuard  # noqa: PLC0415
+
+        jobs = PgJobRepository(
+            db, owner=owner or process_name(), lease_seconds=settings.job_lease_seconds, clock=clock
+        )
+        quotas = PgQuotaLedger(
+            db,
+            defaults=defaults,
+            max_inflight_per_user=settings.max_inflight_per_user,
+            max_inflight_per_provider=settings.max_inflight_per_provider,
+            reservation_ttl=reservation_ttl,
+            clock=clock,
+        )
+        if settings.webhooks_enabled:
+            relay = PgDeliveryRelay(db)
+        replays = PgReplayGuard(db)
     breakers = {name: CircuitBreaker(name) for name in providers}
     labels = registry.labels(settings.providers)
 
@@ -94,8 +146,10 @@ def build_core(
             poll_max_interval=settings.poll_max_interval_seconds,
             task_timeout=settings.task_timeout_seconds,
             progress_after=settings.edit_coalesce_seconds,
+            lease_renewal=settings.job_lease_seconds / 3,
         ),
         webhook_url_for=webhook_url_for,
+        relay=relay,
         clock=clock,
     )
     downloader = downloader or SafeDownloader(max_bytes=settings.max_image_bytes)
@@ -123,4 +177,6 @@ def build_core(
         service=service,
         downloader=downloader,
         labels=labels,
+        relay=relay,
+        replays=replays,
     )

@@ -108,7 +108,7 @@ class Harness:
         self.freepik = freepik
         self.novita = novita
         self.bots: list[ImageBot] = []
-        self._resources: list[tuple[aiohttp.ClientSession, Database]] = []
+        self._resources: list[tuple[aiohttp.ClientSession, Database | PgDatabase]] = []
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -137,7 +137,11 @@ class Harness:
     ) -> ImageBot:
         settings = settings or self.settings(**overrides)
         session = aiohttp.ClientSession()
-        db = await Database.open(settings.database_path)
+        db: Database | PgDatabase
+        if settings.database_url is not None:
+            db = await PgDatabase.open(settings.database_url.get_secret_value())
+        else:
+            db = await Database.open(settings.database_path)
         downloader = SafeDownloader(
             max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in, resolver=resolver
         )

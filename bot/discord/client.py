@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -28,23 +29,36 @@ from bot.ui.words import Words
 from bot.webhooks import WebhookListener
 from bot.wiring import Core, build_core
 
+if TYPE_CHECKING:
+    import yarl
+
+    from bot.store.postgres.database import PgDatabase
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = ("cogs.describe", "cogs.imagine", "cogs.quota")
 _MAINTENANCE_INTERVAL = 3600.0
 # Running tasks get this long to reach a safe point at shutdown (SIGTERM must end the process within 10 s).
 JOB_GRACE = 5.0
+# With PostgreSQL, how often the pool is asked whether it still answers (the heartbeat stops while not).
+_DATABASE_PROBE_INTERVAL = 10.0
 
 
-class ImageBot(commands.Bot):
-    """The bot, handed its settings, HTTP session and database by `__main__`."""
+class ImageBot(commands.AutoShardedBot):
+    """The bot, handed its settings, HTTP session and database by `__main__`.
+
+    Always discord.py's sharded client: with SHARD_COUNT and SHARD_IDS it runs the shards it is given
+    (other processes run the rest); without them it runs as many shards as Discord recommends for the
+    bot (one, until it is in thousands of servers), so one process never outgrows Discord's limit and the
+    code that runs in one process is the code that runs in many.
+    """
 
     def __init__(
         self,
         *,
         settings: Settings,
         session: aiohttp.ClientSession,
-        db: Database,
+        db: Database | PgDatabase,
         downloader: SafeDownloader | None = None,
         clock: Callable[[], float] = time.time,
         extensions: Sequence[str] = EXTENSIONS,
@@ -60,6 +74,9 @@ class ImageBot(commands.Bot):
             help_command=None,
             chunk_guilds_at_startup=False,
             allowed_mentions=discord.AllowedMentions.none(),
+            shard_count=settings.shard_count,
+            # None: every shard of SHARD_COUNT (discord.py's stubs say list, its code takes None).
+            shard_ids=list(settings.shard_ids) or None,  # type: ignore[arg-type]
             **options,  # type: ignore[arg-type]
         )
         self.settings = settings
@@ -71,6 +88,7 @@ class ImageBot(commands.Bot):
             settings, session, db, reporter_for=self._make_reporter, downloader=downloader, clock=clock
         )
         self.webhooks: WebhookListener | None = None
+        self._database_ok = True
 
     def _make_reporter(self, jobs: JobRepository, labels: Mapping[str, str]) -> DiscordReporter:
         self.reporter = DiscordReporter(
@@ -81,6 +99,13 @@ class ImageBot(commands.Bot):
             clock=self._clock,
         )
         return self.reporter
+
+    async def launch_shard(self, gateway: yarl.URL, shard_id: int, *, initial: bool = False) -> None:
+        # discord.py retries a shard that failed to connect every 5 s, for ever, even once the bot is
+        # closing; a closed bot stops trying.
+        if self.is_closed():
+            return
+        await super().launch_shard(gateway, shard_id, initial=initial)
 
     def words_for(self, interaction: discord.Interaction) -> Words:
         """Return the words of the member who interacted."""
@@ -106,11 +131,26 @@ class ImageBot(commands.Bot):
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
         self._background.spawn(self._maintenance(), name="maintenance")
-        heartbeat = Heartbeat(heartbeat_path(self.settings), lambda: gateway_connected(self))
+        if self.settings.uses_postgres:
+            self._background.spawn(self._watch_database(), name="database-probe")
+        heartbeat = Heartbeat(
+            heartbeat_path(self.settings), lambda: gateway_connected(self) and self._database_ok
+        )
         self._background.spawn(heartbeat.run(), name="heartbeat")
 
     async def sync_commands_if_changed(self) -> None:
-        """Sync the commands where their definition changed since the last sync (a hash in the database)."""
+        """Sync the commands where their definition changed since the last sync (a hash in the database).
+
+        One process syncs: the one that takes the database's lock first; another that finds it taken
+        leaves the sync to it (several processes share one database and one application).
+        """
+        async with self.core.db.exclusive("command-sync") as ours:
+            if not ours:
+                log.info("another process is syncing the commands; not syncing here")
+                return
+            await self._sync_changed()
+
+    async def _sync_changed(self) -> None:
         guilds: list[discord.Object | None] = [discord.Object(gid) for gid in self.settings.discord_guild_ids]
         for guild in guilds or [None]:
             if guild is not None:
@@ -158,6 +198,7 @@ class ImageBot(commands.Bot):
             providers=[name for name, provider in self.core.providers.items() if provider.webhooks],
             on_delivery=self.core.runner.deliver,
             health=self.health,
+            replays=self.core.replays,
         )
         try:
             await listener.start()
@@ -168,6 +209,15 @@ class ImageBot(commands.Bot):
             ) from None
         self.webhooks = listener
         log.info("webhook listener on port %d", self.webhooks.bound_port)
+
+    async def _watch_database(self) -> None:
+        """Ask the pool whether it answers, every few seconds; say once when it stops and when it is back."""
+        while True:
+            await asyncio.sleep(_DATABASE_PROBE_INTERVAL)
+            ok = await self.core.db.is_reachable()
+            if ok and not self._database_ok:
+                log.info("the database answers again")
+            self._database_ok = ok
 
     async def _maintenance(self) -> None:
         """Settle abandoned reservations and prune old rows, hourly."""
