@@ -14,7 +14,7 @@ import discord
 
 from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
-from bot.domain.errors import StorageFull
+from bot.domain.errors import LeaseLost, StorageFull, StoreUnavailable
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
 from bot.ui.embeds import Rendered, render_job
@@ -130,7 +130,8 @@ class DiscordReporter:
         slot.sent_state = job.state
         slot.last_sent = self._monotonic()
         slot.latest = replace(slot.latest, route=job.route)
-        with contextlib.suppress(StorageFull):  # shown already; at worst a resume shows it once more
+        # Shown already; at worst a resume (or the process that took the job over) shows it once more.
+        with contextlib.suppress(StorageFull, StoreUnavailable, LeaseLost):
             await self._jobs.update(job, reported_state=job.state)
 
     # --- the routes to the message ---------------------------------------------------------------

@@ -86,7 +86,7 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     if isinstance(error, TimeoutError):
-        return f"no answer within {CONNECT_TIMEOUT:.0f} s"
+        return "no answer in time (check the host and port, and any firewall between)"
     text = " ".join(str(error).split())
     return text or type(error).__name__
 
