@@ -120,7 +120,8 @@ async def test_postgres_unreachable_at_start_is_retried_one_line_per_attempt_and
     process = await BotProcess.start("run", env=env, cwd=tmp_path)
     try:
         warnings = await process.wait_for_lines(r"WARNING .*DATABASE_URL", count=2, timeout=30)
-        assert warnings[0].endswith("s") and "trying again in" in warnings[0]
+        assert warnings[0].endswith(" s")
+        assert "trying again in" in warnings[0]
         assert "postgresql://bot:***@127.0.0.1:9/bot cannot be reached" in warnings[0]
         sent = process.signal()
         result = await process.finished(timeout=30, since=sent)
