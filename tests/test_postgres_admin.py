@@ -212,7 +212,11 @@ async def test_copy_to_postgres_says_in_one_line_what_it_cannot_do(tmp_path: Pat
     assert "there is no SQLite database at" in one_error_line(none_yet)
     assert "must be a PostgreSQL URL" in one_error_line(not_postgres)
 
-    sqlite3.connect(source).close()  # an empty file: the copy makes it the bot's schema first
+    # Empty files (the copy makes them the bot's schema first); one each, as a copy holds its file.
+    other = tmp_path / "other" / "bot.sqlite3"
+    other.parent.mkdir()
+    for path in (source, other):
+        sqlite3.connect(path).close()
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("CREATE TABLE invoices (id INTEGER)")
@@ -222,7 +226,7 @@ async def test_copy_to_postgres_says_in_one_line_what_it_cannot_do(tmp_path: Pat
         run_command(
             "copy-to-postgres", f"postgresql://bot:{PASSWORD}@127.0.0.1:9/bot", env=env, cwd=tmp_path
         ),
-        run_command("copy-to-postgres", pg_url, env=env, cwd=tmp_path),
+        run_command("copy-to-postgres", pg_url, env=env_for(other), cwd=tmp_path),
     )
     assert "DATABASE_URL postgresql://bot:***@127.0.0.1:9/bot cannot be reached" in one_error_line(
         unreachable
