@@ -284,6 +284,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and report.when in ("setup", "call"):
         _TALLY.skipped += 1
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = str(reason).removeprefix("Skipped: ")
         if reason not in _TALLY.skip_reasons:
             _TALLY.skip_reasons.append(str(reason))
     elif report.when == "call":

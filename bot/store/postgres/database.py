@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -83,6 +84,8 @@ def migration_files() -> list[tuple[int, str, str]]:
 
 def one_line(error: BaseException) -> str:
     """Return a driver error as one short line (it never holds the password: asyncpg does not echo it)."""
+    if isinstance(error, OSError) and error.errno and error.errno > 0:
+        return os.strerror(error.errno)  # "Connection refused", not asyncio's wording with the address
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     if isinstance(error, TimeoutError):
