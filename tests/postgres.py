@@ -66,18 +66,19 @@ def _shown(url: str) -> str:
 
 
 @asynccontextmanager
-async def fresh_schema() -> AsyncIterator[str]:
+async def fresh_schema(server: str | None = None) -> AsyncIterator[str]:
     """Create a schema with a random name, yield a DATABASE_URL pointed at it, and drop it after."""
+    server = server or server_url()
     schema = f"t_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(server_url(), timeout=_CONNECT_TIMEOUT)
+    conn = await asyncpg.connect(server, timeout=_CONNECT_TIMEOUT)
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
     finally:
         await conn.close()
     try:
-        yield with_search_path(server_url(), schema)
+        yield with_search_path(server, schema)
     finally:
-        conn = await asyncpg.connect(server_url(), timeout=_CONNECT_TIMEOUT)
+        conn = await asyncpg.connect(server, timeout=_CONNECT_TIMEOUT)
         try:
             # A process the test killed may still hold a connection: end those first.
             await conn.execute(

@@ -70,13 +70,15 @@ class PgQuotaLedger:
         Exact across processes: the check and the write are one call of the `bot_reserve` function
         (migration 0002), one transaction that first takes `pg_advisory_xact_lock` on the member (keyed
         by the user id: the per-member in-flight cap spans servers, and the quota of every server of the
-        member sits under it) and then on the provider (for the per-provider in-flight cap). Every
-        reservation takes the two in that order, so none deadlock, and they are held until its commit:
-        the next reservation of the same member (or provider) starts counting only once this one's row
-        is committed, and under READ COMMITTED each statement of the function sees every row committed
-        before it began. Two reservations can therefore never both count the same last unit, in one
-        process or in many. Grants and resets take the member's lock too (`grant`, `reset_today`), so a
-        reservation sees all of one or none of it.
+        member sits under it), counts what the member used, was granted and is running, and only then
+        takes the provider's lock (for the per-provider in-flight cap), counts the provider's running
+        tasks and inserts. Every reservation takes the two in that order, so none deadlock, and holds
+        them until its commit: the next reservation of the same member (or provider) starts counting
+        only once this one's row is committed, and under READ COMMITTED each statement of the function
+        sees every row committed before it began. Two reservations can therefore never both count the
+        same last unit, in one process or in many. Grants and resets take the member's lock too
+        (`grant`, `reset_today`), so a reservation sees all of one or none of it; a settle only ever
+        lowers the counts, so it needs no lock (see `_settle`).
 
         The limit is resolved before the call, outside the locks (an admin changing a limit at the same
         moment may apply to this reservation or the next: either order is one an admin could have
@@ -109,7 +111,7 @@ class PgQuotaLedger:
             raise QuotaExceeded(kind, status.limit, status.renews_at)
         if row["running_user"] >= self._max_inflight_per_user:
             raise TooManyInFlight("user", self._max_inflight_per_user)
-        raise TooManyInFlight("provider", self._max_inflight_per_provider)
+        raise TooManyInFlight("provider", self._max_inflight_per_provider)  # running_provider was at the cap
 
     async def commit(self, usage_id: int, *, outcome: str = "COMPLETED") -> bool:
         """Spend a reservation; False when it was already settled."""
