@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -192,3 +193,77 @@ async def test_a_webhook_received_by_the_other_bot_reaches_the_driver(pg_harness
     assert job is None
     rows = await driver.core.db.fetch("SELECT state FROM jobs")  # type: ignore[union-attr]
     assert [JobState(row["state"]) for row in rows] == [JobState.COMPLETED]
+
+
+class _Proxy:
+    """A TCP proxy to the PostgreSQL server that a test can cut (every connection dropped) and restore."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self.port = _free_port()
+        self._server: asyncio.Server | None = None
+        self._links: list[asyncio.StreamWriter] = []
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in self._links:
+            writer.transport.abort()
+        self._links.clear()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        self._links += [writer, upstream_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+@pytest.fixture
+async def proxy(pg_url: str) -> AsyncIterator[_Proxy]:
+    """A cuttable way to the test's PostgreSQL (set up before the harness, so it closes after the bots)."""
+    found = _Proxy(urlsplit(pg_url).port or 5432)
+    await found.open()
+    try:
+        yield found
+    finally:
+        await found.cut()
+
+
+async def test_a_task_paused_while_postgres_is_away_carries_on_when_it_is_back(
+    proxy: _Proxy, pg_harness: Harness
+) -> None:
+    harness = pg_harness
+    harness.freepik.seconds_per_state = 0.5
+    parts = urlsplit(harness.pg_url)  # type: ignore[attr-defined]
+    through_proxy = urlunsplit(
+        parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{proxy.port}"))
+    )
+    bot = await start(harness, database_url=through_proxy, job_lease_seconds=1.0)
+    payload = describe_in(harness, GUILD_ON_SHARD_0)
+    await harness.discord.send_interaction(payload)
+    token = payload["token"]
+    await harness.discord.wait_for_call(lambda call: call.method == "PATCH" and token in call.path)
+
+    await proxy.cut()  # the database goes away mid-task: the job keeps its saved state
+    await asyncio.sleep(1.5)
+    assert title(harness.discord.original_message(token)) != DONE
+    await proxy.open()  # back: the next lease renewal carries the job on
+    await asyncio.wait_for(_until_done(harness, token), 15)
+    assert harness.freepik.count("POST") == 1
+    await harness.settle(bot)
+    rows = await bot.core.db.fetch("SELECT state FROM usage")  # type: ignore[union-attr]
+    assert [row["state"] for row in rows] == ["committed"]

@@ -87,6 +87,7 @@ async def test_every_unfinished_job_is_claimed_oldest_first(backend: Backend) ->
         assert [job.id for job in claimed] == created
         assert await jobs.renew() == set(created)
         assert not jobs.shared
+        assert await jobs.next_expiry() is None
     else:
         # Created by this process, they carry its lease already: nobody (not even it) claims them again.
         assert claimed == []
@@ -169,7 +170,11 @@ async def test_a_job_whose_lease_ran_out_is_claimed_by_one_other_process_and_fen
     job = await first.update(job, state=JobState.CREATED, provider_task_id="t1")
 
     assert await second.claim(limit=10) == []  # leased to a live process
-    await asyncio.sleep(1.1)  # process-a stops renewing (killed): its lease runs out
+    expires_in = await second.next_expiry()
+    assert expires_in is not None
+    assert 0 < expires_in <= 1.0  # when process-b should look again
+    assert await first.next_expiry() is None  # its own leases are not for it to claim
+    await asyncio.sleep(expires_in + 0.05)  # process-a stops renewing (killed): its lease runs out
     claimed = await second.claim(limit=10)
     assert [(j.id, j.state) for j in claimed] == [(job.id, JobState.CREATED)]
     assert await second.claim(limit=10) == []  # claimed once

@@ -56,6 +56,8 @@ _FALLBACK_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.UNAVAILABLE, 
 _TRANSIENT_POLL_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.LOST, Fault.BAD_RESULT})
 # Generated images are shown as Discord uploads, which may not exceed 10 MiB on a server without boosts.
 RESULT_UPLOAD_LIMITS = ImageLimits(max_side=8192, max_bytes=9_500_000)
+# A lease that runs out is claimed this long after (the database's clock and ours need not tick together).
+_NEXT_CLAIM_MARGIN = 0.05
 # Deliveries that arrive before the create answer is saved wait here this long for their job.
 _EARLY_DELIVERY_TTL = 120.0
 
@@ -164,20 +166,32 @@ class JobRunner:
         return len(jobs), started
 
     async def _keep_leases(self) -> None:
-        """Renew this process's leases, stop the drives it lost, and take over jobs whose driver died."""
+        """Renew this process's leases, stop the drives it lost, and take over jobs whose driver died.
+
+        It wakes every third of a lease to renew, and also just after the next lease of another process
+        runs out, so a dead process's jobs are taken over within one lease of its last renewal.
+        """
         interval = self._config.lease_renewal
+        wait = interval
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                await asyncio.wait_for(self._stopping.wait(), wait)
             if self._stopping.is_set():
                 return
+            wait = interval
             try:
                 driving = {job_id for job_id, task in self._running.items() if not task.done()}
                 held = await self._jobs.renew()
                 for job_id in driving - held:
                     self._lose(job_id)
                 await self._carry_on_paused(held)
-                await self._claim(verb="taking over")
+                claimed, _ = await self._claim(verb="taking over")
+                if claimed >= self._config.claim_batch:
+                    wait = _NEXT_CLAIM_MARGIN  # more are waiting: take the next batch at once
+                else:
+                    expires_in = await self._jobs.next_expiry()
+                    if expires_in is not None:
+                        wait = min(interval, max(expires_in, 0.0) + _NEXT_CLAIM_MARGIN)
             except (StoreUnavailable, StorageFull) as exc:
                 log.warning(
                     "could not renew this process's job leases (%s); trying again in %.0f s", exc, interval

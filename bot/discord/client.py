@@ -21,7 +21,7 @@ from bot.discord.heartbeat import Heartbeat, gateway_connected, heartbeat_path
 from bot.discord.interactions import words_for
 from bot.discord.reporting import DiscordReporter
 from bot.discord.tree import BotTree
-from bot.domain.errors import StartupError
+from bot.domain.errors import StartupError, StorageFull, StoreUnavailable
 from bot.domain.ports import JobRepository
 from bot.settings import Settings
 from bot.store.sqlite.database import Database
@@ -220,15 +220,22 @@ class ImageBot(commands.AutoShardedBot):
             self._database_ok = ok
 
     async def _maintenance(self) -> None:
-        """Settle abandoned reservations and prune old rows, hourly."""
+        """Settle abandoned reservations and prune old rows, hourly (one process at a time on a shared store)."""
         while True:
             try:
-                expired = await self.core.quotas.expire()
-                # Jobs first: their usage rows can only go once no job points at them.
-                pruned = await self.core.jobs.prune(self.settings.usage_retention_days)
-                pruned += await self.core.quotas.prune(self.settings.usage_retention_days)
-                if expired or pruned:
-                    log.info("maintenance: %d reservations expired, %d old rows pruned", expired, pruned)
+                async with self.core.db.exclusive("maintenance") as ours:
+                    if ours:
+                        await self._maintain()
+            except (StoreUnavailable, StorageFull) as exc:
+                log.warning("maintenance skipped: the database cannot be used (%s); trying again later", exc)
             except Exception:
                 log.exception("maintenance failed; trying again later")
             await asyncio.sleep(_MAINTENANCE_INTERVAL)
+
+    async def _maintain(self) -> None:
+        expired = await self.core.quotas.expire()
+        # Jobs first: their usage rows can only go once no job points at them.
+        pruned = await self.core.jobs.prune(self.settings.usage_retention_days)
+        pruned += await self.core.quotas.prune(self.settings.usage_retention_days)
+        if expired or pruned:
+            log.info("maintenance: %d reservations expired, %d old rows pruned", expired, pruned)

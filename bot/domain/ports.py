@@ -66,6 +66,10 @@ class JobRepository(Protocol):
         """Extend this process's leases; return the ids of the unfinished jobs it still holds."""
         ...
 
+    async def next_expiry(self) -> float | None:
+        """Return in how many seconds the next lease of another process runs out (None: no such lease)."""
+        ...
+
     async def release(self) -> None:
         """Give back every job this process holds (a graceful stop), for another process to carry on now."""
         ...

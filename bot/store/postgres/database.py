@@ -352,7 +352,8 @@ async def _current_schema(pool: asyncpg.Pool, shown: str) -> str:
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
+    # Short: a server that went away must not hold a stopping bot past its 10 s.
     try:
-        await asyncio.wait_for(pool.close(), timeout=5)
+        await asyncio.wait_for(pool.close(), timeout=2)
     except CONNECTION_FAULTS:
         pool.terminate()

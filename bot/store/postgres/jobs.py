@@ -202,6 +202,15 @@ class PgJobRepository:
         )
         return {str(row["id"]) for row in rows}
 
+    async def next_expiry(self) -> float | None:
+        """Return in how many seconds the earliest lease of another process runs out (None: none)."""
+        value = await self._db.fetchval(
+            f"SELECT min(lease_expires_at) - {DB_NOW} FROM jobs "  # noqa: S608
+            "WHERE finished_at IS NULL AND owner IS NOT NULL AND owner <> $1",
+            self._owner,
+        )
+        return None if value is None else float(value)
+
     async def release(self) -> None:
         """Give back every lease this process holds (a graceful stop): others may claim the jobs at once."""
         await self._db.execute(

@@ -146,6 +146,10 @@ class SqliteJobRepository:
         rows = await self._db.fetchall("SELECT id FROM jobs WHERE finished_at IS NULL")
         return {str(row["id"]) for row in rows}
 
+    async def next_expiry(self) -> float | None:
+        """No other process, no lease of its to run out."""
+        return None
+
     async def release(self) -> None:
         """Nothing to give back: the next start carries every unfinished job on."""
 
