@@ -311,10 +311,17 @@ def section(
             "",
             *rows,
             "",
+            "Every reservation of one provider passes one lock, in PostgreSQL (the provider's advisory lock, held "
+            "for its count and its insert) as in SQLite (the file's write lock): more processes do not make "
+            "reservations of one provider faster, they share the same rate; what they add is shards and "
+            "survival. Each figure is one run; they move by a few hundred per second from run to run here.",
+            "",
             "### Takeover after kill -9",
             "",
             "Two bot processes (shards 0 and 1 of 2); every task of the run on the first, which is killed once they "
-            "are all created; the second claims them when their leases run out (it looks every third of a lease).",
+            "are all created; the second claims them as their leases run out. A process renews its leases every "
+            "third of a lease and the others look just after the next one runs out, so a takeover comes between "
+            "two thirds of a lease and one lease after the kill; the ends follow at the takeover's first poll.",
             "",
             *takeover_rows,
             SECTION_END,

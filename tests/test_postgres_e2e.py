@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import pytest
 
 from bot.discord.client import ImageBot
@@ -189,8 +190,12 @@ async def test_a_webhook_received_by_the_other_bot_reaches_the_driver(pg_harness
     assert deliveries
     assert {delivery.url for delivery in deliveries} == {f"http://127.0.0.1:{ports[1]}/webhooks/freepik"}
     assert {delivery.answered for delivery in deliveries} == {204}
-    job = (await driver.core.jobs.unfinished()) or None
-    assert job is None
+    assert await driver.core.jobs.unfinished() == []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{ports[0]}/healthz") as response,
+    ):
+        assert (await response.json())["database"] is True  # the health check asks the pool
     rows = await driver.core.db.fetch("SELECT state FROM jobs")  # type: ignore[union-attr]
     assert [JobState(row["state"]) for row in rows] == [JobState.COMPLETED]
 
