@@ -233,6 +233,18 @@ class JobRunner:
             kind, queue = listening
             queue.put_nowait(provider.webhooks.snapshot(kind, delivery))
             return True
+        try:
+            return await self._deliver_elsewhere(provider_name, key, delivery, body)
+        except (StoreUnavailable, StorageFull) as exc:
+            # The database is away: the task's driver finds the end by polling, the safety net.
+            log.warning(
+                "a %s webhook delivery could not be handed on (%s); polling carries on", provider_name, exc
+            )
+            return True
+
+    async def _deliver_elsewhere(
+        self, provider_name: str, key: tuple[str, str], delivery: WebhookDelivery, body: bytes
+    ) -> bool:
         job = await self._jobs.find_by_task(provider_name, delivery.task_id)
         if job is not None:
             if self._relay is not None and job.finished_at is None:

@@ -100,7 +100,10 @@ class PgDeliveryRelay:
         line); deliveries posted meanwhile wait in the inbox and the drives' polls carry on.
         """
         self._on_posted = on_posted
-        await self._listen_once()
+        try:
+            await self._listen_once()
+        except StoreUnavailable:
+            self._lost.set()  # the supervisor tries again, one line per attempt
         self._supervisor = asyncio.create_task(self._keep_listening(), name="webhook-relay-listener")
 
     async def close(self) -> None:
