@@ -199,7 +199,7 @@ async def test_copy_to_postgres_copies_every_table_and_refuses_a_database_that_i
         await pg.close()
 
     again = await run_command("copy-to-postgres", pg_url, env=env, cwd=harness.tmp_path)
-    assert "is not empty (meta has rows): copy into a new, empty database" in one_error_line(again)
+    assert "is not empty (usage has rows): copy into a new, empty database" in one_error_line(again)
 
 
 async def test_copy_to_postgres_says_in_one_line_what_it_cannot_do(tmp_path: Path, pg_url: str) -> None:

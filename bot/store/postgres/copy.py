@@ -138,7 +138,8 @@ async def _column_types(conn: asyncpg.Connection) -> dict[str, dict[str, str]]:
 
 
 async def _refuse_unless_empty(conn: asyncpg.Connection, tables: list[str], shown: str) -> None:
-    for table in tables:
+    # The tables with the bot's data are named first; meta (settings of the bot itself) last.
+    for table in sorted(tables, key=lambda name: name == "meta"):
         if table == "meta":
             keys = {str(row["key"]) for row in await conn.fetch("SELECT key FROM meta")}
             held = sorted(keys - _HARMLESS_META)
