@@ -26,6 +26,7 @@ from benchmarks.fakes import Workload
 from benchmarks.machine import describe_machine
 from benchmarks.quota import QuotaResult, run_quota
 from benchmarks.report import Results, RunSettings, document, kept_notes, tables
+from benchmarks.scale import kept_section as kept_scale_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
@@ -234,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if write:
         output: Path = args.output or DEFAULT_OUTPUT
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(document(results, kept_notes(output)), encoding="utf-8")
+        # The several-processes section (`python -m benchmarks.scale`) is its own: kept as it is.
+        scale = kept_scale_section(output)
+        text = document(results, kept_notes(output))
+        output.write_text(text + (f"\n{scale}\n" if scale else ""), encoding="utf-8")
         _say(f"written to {output}")
     problems = [problem for burst in results.bursts for problem in burst.problems]
     return 1 if problems else 0

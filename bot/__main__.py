@@ -1,4 +1,4 @@
-"""Entry: `python -m bot [run|check|describe|invite|backup|restore|health]`."""
+"""Entry: `python -m bot [run|check|describe|invite|backup|restore|copy-to-postgres|health]`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="put a backup in place of the database (the bot must be stopped; the old file is kept)",
     )
     restore.add_argument("backup", metavar="BACKUP")
+    copy = commands.add_parser(
+        "copy-to-postgres",
+        help="copy the SQLite database (DATABASE_PATH) into an empty PostgreSQL database, to run several processes",
+    )
+    copy.add_argument("url", metavar="URL", help="postgresql://user:password@host:5432/database (empty)")
     health = commands.add_parser(
         "health", help="exit 0 while the running bot is connected to Discord (for container health checks)"
     )
@@ -90,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(cli.backup(settings, args.path))
     if command == "restore":
         return asyncio.run(cli.restore(settings, args.backup))
+    if command == "copy-to-postgres":
+        return asyncio.run(cli.copy_to_postgres(settings, args.url))
     if command == "health":
         return asyncio.run(cli.health(settings, max_age=args.max_age))
     problems = settings.run_problems()

@@ -1,4 +1,4 @@
-"""The terminal commands: check, health, describe, invite, backup, restore."""
+"""The terminal commands: check, health, describe, invite, backup, restore, copy-to-postgres."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from bot.invite import SCOPES, application_id_from_token, invite_url, permission
 from bot.providers.registry import BY_NAME, PROVIDERS, build_providers
 from bot.providers.spec import BuildContext, ProviderSpec
 from bot.settings import Settings, no_provider_problem
+from bot.store.postgres.url import is_postgres_url, redact
 from bot.store.sqlite.database import Database, DatabaseUnusable, migration_files
 from bot.store.sqlite.file_access import storage_problem
 from bot.store.sqlite.restore import RestoreRefused, utc_stamp
@@ -31,6 +32,8 @@ from bot.wiring import build_core
 
 # Every fault an admin must fix ends a command with this status (as a bad setting does).
 EXIT_PROBLEM = 2
+# A check must not hang on a server that does not answer (a firewall that drops packets).
+CHECK_CONNECT_TIMEOUT = 5.0
 
 
 def say(line: str) -> None:
@@ -44,7 +47,13 @@ def complain(line: str) -> None:
 async def check(settings: Settings, *, live: bool) -> int:
     """Validate settings, database and providers; one line per finding, non-zero on any problem."""
     problems = list(settings.run_problems())
-    problems += await _check_database(settings.database_path)
+    if settings.database_url is not None:
+        problems += await _check_postgres(settings.database_url.get_secret_value())
+    else:
+        problems += await _check_database(settings.database_path)
+    if settings.shard_count is not None:
+        runs = ", ".join(map(str, settings.shard_ids)) if settings.shard_ids else "all"
+        say(f"ok: this process runs shards {runs} of {settings.shard_count} (SHARD_IDS, SHARD_COUNT)")
     configured = settings.configured_providers
     for spec in PROVIDERS:
         if spec.name in configured:
@@ -82,6 +91,39 @@ async def _check_database(path: Path) -> list[str]:
     except Exception as exc:  # any other failure here is the finding to report
         return [f"DATABASE_PATH {path} cannot be opened and written: {_one_line(exc)}"]
     say(f"ok: database {path} is writable, schema version {version}/{len(migration_files())} (current)")
+    return []
+
+
+async def _check_postgres(url: str) -> list[str]:
+    """Connect (within a few seconds), migrate and write PostgreSQL; return what went wrong, one line each."""
+    from bot.domain.errors import StoreUnavailable  # noqa: PLC0415
+    from bot.store.postgres.database import (  # noqa: PLC0415 (only with DATABASE_URL)
+        DatabaseUnreachable,
+        DatabaseUnusable,
+        PgDatabase,
+    )
+    from bot.store.postgres.database import migration_files as pg_migrations  # noqa: PLC0415
+
+    try:
+        db = await PgDatabase.open(url, connect_timeout=CHECK_CONNECT_TIMEOUT, max_size=2)
+        try:
+            version = await db.schema_version()
+            await db.set_meta("last_check", str(time.time()))
+            jobs = await db.fetchrow(
+                "SELECT count(*) AS unfinished, count(DISTINCT owner) AS drivers FROM jobs WHERE finished_at IS NULL"
+            )
+        finally:
+            await db.close()
+    except (DatabaseUnreachable, DatabaseUnusable, StoreUnavailable) as exc:
+        return [str(exc)]
+    except Exception as exc:  # any other failure here is the finding to report
+        return [f"DATABASE_URL {redact(url)} cannot be used: {_one_line(exc)}"]
+    say(
+        f"ok: PostgreSQL at {redact(url)} (DATABASE_URL) is reachable and writable, schema version "
+        f"{version}/{len(pg_migrations())} (current)"
+    )
+    if jobs is not None and jobs["unfinished"]:
+        say(f"ok: {jobs['unfinished']} unfinished tasks, driven by {jobs['drivers']} process(es)")
     return []
 
 
@@ -264,6 +306,12 @@ async def backup(settings: Settings, target: str) -> int:
     A folder (an existing one, or any path ending in /) gets a new timestamped file; an existing backup
     is never overwritten.
     """
+    if settings.database_url is not None:
+        complain(
+            "error: DATABASE_URL is set, so the data is in PostgreSQL: back it up with pg_dump, "
+            'e.g. pg_dump --format=custom --file=bot.dump "$DATABASE_URL"'
+        )
+        return EXIT_PROBLEM
     database = settings.database_path
     if not await asyncio.to_thread(database.is_file):
         if await asyncio.to_thread(database.is_dir):
@@ -327,6 +375,12 @@ def _backup_file_for(target: str, database: Path) -> Path:
 
 async def restore(settings: Settings, source: str) -> int:
     """Put a backup in place of the database; refused while anything uses it; the replaced file is kept."""
+    if settings.database_url is not None:
+        complain(
+            "error: DATABASE_URL is set, so the data is in PostgreSQL: stop every bot process and restore "
+            'with pg_restore, e.g. pg_restore --clean --if-exists --dbname="$DATABASE_URL" bot.dump'
+        )
+        return EXIT_PROBLEM
     backup = Path(source)
     try:
         done = await asyncio.to_thread(restore_backup, backup, settings.database_path)
@@ -340,6 +394,39 @@ async def restore(settings: Settings, source: str) -> int:
             f"warning: {done.database} could not be given the replaced file's owner (run restore as that "
             "user or as root); check that the bot can write it"
         )
+    return 0
+
+
+async def copy_to_postgres(settings: Settings, url: str) -> int:
+    """Copy the SQLite database (DATABASE_PATH) into the empty PostgreSQL database at `url`, and say what next."""
+    if not is_postgres_url(url):
+        complain(
+            "error: the URL must be a PostgreSQL URL, postgresql://user:password@host:5432/database "
+            "(quote it in the shell if the password has special characters)"
+        )
+        return EXIT_PROBLEM
+    source = settings.database_path
+    if not await asyncio.to_thread(source.is_file):
+        complain(f"error: there is no SQLite database at {source} (DATABASE_PATH) to copy")
+        return EXIT_PROBLEM
+    from bot.store.postgres.copy import CopyRefused, copy_sqlite_to_postgres  # noqa: PLC0415
+
+    try:
+        copied = await copy_sqlite_to_postgres(source, url)
+    except CopyRefused as exc:
+        complain(f"error: {exc}")
+        return EXIT_PROBLEM
+    except Exception as exc:  # any other failure is one line; the copy's transaction left nothing behind
+        complain(f"error: the copy into {redact(url)} failed, nothing was copied: {_one_line(exc)}")
+        return 1
+    say(f"ok: copied {copied.total} rows from {source} into {copied.target}; the counts match on both sides:")
+    for table, count in copied.counts.items():
+        say(f"  {table}: {count}")
+    say(
+        f"next: set DATABASE_URL={copied.target} in .env (with the real password) and start the bot; "
+        f"it no longer reads or writes {source}, which you may keep as the copy's source; to run several "
+        "processes, give each SHARD_COUNT and its own SHARD_IDS (README: Running several processes)"
+    )
     return 0
 
 

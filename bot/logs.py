@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bot.settings import Settings
+from bot.store.postgres.url import password
 
 # Fields that `log.info(..., extra={...})` may attach; they are printed after the message.
 TASK_FIELDS = (
@@ -40,6 +41,11 @@ def secret_values(settings: Settings) -> list[str]:
             value = getattr(model, name)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 values.append(value.get_secret_value())
+    if settings.database_url is not None:
+        # The password alone too: a line that shows the URL in another form must not show it either.
+        database_password = password(settings.database_url.get_secret_value())
+        if database_password:
+            values.append(database_password)
     return values
 
 

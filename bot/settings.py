@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.providers.registry import BY_NAME, PROVIDERS
 from bot.providers.spec import ProviderSettings
+from bot.store.postgres.url import is_postgres_url
 from bot.ui.catalogues import SOURCE_LOCALE, available_locales, speaks
 
 
@@ -44,8 +45,28 @@ class Settings(BaseSettings):
         description="comma-separated guild ids: commands are synced to these guilds (instant) "
         "instead of globally",
     )
+    shard_count: int | None = Field(
+        None,
+        ge=1,
+        description="total number of Discord shards across all processes (empty: one process, "
+        "Discord's recommendation)",
+    )
+    shard_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="comma-separated shard ids this process runs (empty: all of them)"
+    )
     database_path: Path = Field(
         Path("data/bot.sqlite3"), description="the SQLite file; its folder is created"
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="`postgresql://user:password@host:5432/db`: keep everything in PostgreSQL instead of "
+        "the SQLite file; needed to run several bot processes",
+    )
+    job_lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="with DATABASE_URL: a process holds its running tasks this long between renewals; "
+        "when it dies, another process takes them over once the hold runs out",
     )
 
     describe_provider: str | None = Field(
@@ -127,7 +148,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="`json` for one JSON object per line")
 
-    @field_validator("discord_guild_ids", mode="before")
+    @field_validator("discord_guild_ids", "shard_ids", mode="before")
     @classmethod
     def _split_guild_ids(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -145,7 +166,7 @@ class Settings(BaseSettings):
 
     _providers: dict[str, ProviderSettings] = PrivateAttr(default_factory=dict)
 
-    @field_validator("discord_token", "webhook_secret", mode="before")
+    @field_validator("discord_token", "webhook_secret", "database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         # `.env.example` lists every key with an empty value; empty means "not configured".
@@ -153,7 +174,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("webhook_public_url", "describe_provider", mode="before")
+    @field_validator("webhook_public_url", "describe_provider", "shard_count", mode="before")
     @classmethod
     def _blank_optional(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -173,10 +194,34 @@ class Settings(BaseSettings):
             raise ValueError("METRICS_PORT must differ from WEBHOOK_PORT: each listener needs its own port")
         return self
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        # The value is never echoed: it holds a password.
+        if value is not None and not is_postgres_url(value.get_secret_value()):
+            raise ValueError(
+                "must be a PostgreSQL URL, postgresql://user:password@host:5432/database "
+                "(leave it empty to keep the SQLite file at DATABASE_PATH)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.poll_max_interval_seconds < self.poll_interval_seconds:
             raise ValueError("POLL_MAX_INTERVAL_SECONDS must not be below POLL_INTERVAL_SECONDS")
+        if self.shard_ids:
+            if self.shard_count is None:
+                raise ValueError(
+                    "SHARD_IDS needs SHARD_COUNT, the total number of shards across all processes"
+                )
+            outside = sorted({shard for shard in self.shard_ids if not 0 <= shard < self.shard_count})
+            if outside:
+                raise ValueError(
+                    f"SHARD_IDS has {', '.join(map(str, outside))}, but with SHARD_COUNT={self.shard_count} "
+                    f"shard ids go from 0 to {self.shard_count - 1}"
+                )
+            if len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError("SHARD_IDS names a shard twice")
         return self
 
     @property
@@ -203,6 +248,18 @@ class Settings(BaseSettings):
     def webhooks_enabled(self) -> bool:
         return self.webhook_public_url is not None and self.webhook_secret is not None
 
+    @property
+    def uses_postgres(self) -> bool:
+        """Return whether the data lives in PostgreSQL (DATABASE_URL) rather than the SQLite file."""
+        return self.database_url is not None
+
+    @property
+    def runs_some_shards(self) -> bool:
+        """Return whether this process runs only part of the shards (others run the rest)."""
+        return (
+            bool(self.shard_ids) and self.shard_count is not None and len(self.shard_ids) < self.shard_count
+        )
+
     def run_problems(self) -> list[str]:
         """Return what stops the bot from running, one line each (empty when it can run)."""
         problems = []
@@ -214,6 +271,11 @@ class Settings(BaseSettings):
             problems.append(no_provider_problem())
         if (self.webhook_public_url is None) != (self.webhook_secret is None):
             problems.append("webhooks need both WEBHOOK_PUBLIC_URL and WEBHOOK_SECRET (or neither)")
+        if self.runs_some_shards and not self.uses_postgres:
+            problems.append(
+                "SHARD_IDS runs only some of the shards, so other processes run the rest, and processes "
+                "can only share a PostgreSQL database: set DATABASE_URL (README: Running several processes)"
+            )
         return problems
 
 

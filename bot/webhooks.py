@@ -16,7 +16,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
@@ -145,6 +145,31 @@ class ReplayGuard:
             del self._seen[oldest_id]
 
 
+class ReplayStore(Protocol):
+    """Where seen webhook ids are kept: this process's memory, or a database several processes share."""
+
+    async def seen_before(self, webhook_id: str, now: float, window: float) -> bool:
+        """Record the id and return True when it was already seen within the window."""
+        ...
+
+    async def forget(self, webhook_id: str) -> None:
+        """Drop the id so the provider's retry of a delivery we failed to handle is accepted."""
+        ...
+
+
+class _LocalReplays:
+    """A ReplayGuard in this process's memory, seen through the ReplayStore interface."""
+
+    def __init__(self, guard: ReplayGuard) -> None:
+        self._guard = guard
+
+    async def seen_before(self, webhook_id: str, now: float, window: float) -> bool:
+        return self._guard.seen_before(webhook_id, now)
+
+    async def forget(self, webhook_id: str) -> None:
+        self._guard.forget(webhook_id)
+
+
 # Given the provider's name and the verified body; True when a job of ours has that task. The handler
 # parses the body (once, with the provider's own model) and raises ProviderError for a body of the wrong shape.
 DeliveryHandler: TypeAlias = Callable[[str, bytes], Awaitable[bool]]
@@ -203,6 +228,7 @@ class WebhookListener:
         read_timeout: float = 10.0,
         health_timeout: float = 5.0,
         metrics: Metrics = NO_METRICS,
+        replays: ReplayStore | None = None,
     ) -> None:
         if not secret:
             # An empty HMAC key is no key: anyone could sign deliveries.
@@ -220,8 +246,10 @@ class WebhookListener:
         self._read_timeout = read_timeout
         self._health_timeout = health_timeout
         # A signed delivery can be replayed for as long as its timestamp passes the check, which
-        # is up to 2 x tolerance after arrival when the sender's clock runs ahead.
-        self._replays = ReplayGuard(window=2 * tolerance)
+        # is up to 2 x tolerance after arrival when the sender's clock runs ahead. Several processes
+        # behind one URL share a store of seen ids (`replays`); one process keeps them in memory.
+        self._replay_window = 2 * tolerance
+        self._replays: ReplayStore = replays or _LocalReplays(ReplayGuard(window=self._replay_window))
         self._rejections = _RejectionLog()
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
@@ -304,7 +332,13 @@ class WebhookListener:
 
         # 200, not 409, for a replay: a repeated id is almost always the provider retrying a
         # delivery whose answer it missed, and any 2xx is what stops it retrying a duplicate.
-        if self._replays.seen_before(webhook_id, self._clock()):
+        try:
+            replayed = await self._replays.seen_before(webhook_id, self._clock(), self._replay_window)
+        except Exception as exc:  # the shared store is away: the provider retries later
+            log.warning("webhook replay guard unavailable (%s); asking the provider to retry", exc)
+            self._metrics.webhook_delivery(WebhookResult.ERROR)
+            return web.Response(status=503, text="try again later")
+        if replayed:
             self._metrics.webhook_delivery(WebhookResult.REPLAYED)
             self._rejections.warn("replayed webhook-id", webhook_id)
             return web.Response(status=200, text="duplicate delivery ignored")
@@ -321,11 +355,11 @@ class WebhookListener:
                 400, exc.detail or "unexpected body shape", webhook_id, WebhookResult.MALFORMED
             )
         except asyncio.CancelledError:
-            self._replays.forget(webhook_id)
+            await self._forget(webhook_id)
             raise
         except Exception:
             # Let the provider's retry through the replay guard; polling remains the safety net.
-            self._replays.forget(webhook_id)
+            await self._forget(webhook_id)
             log.exception("webhook handler failed for a %s delivery", provider)
             self._metrics.webhook_delivery(WebhookResult.ERROR)
             return web.Response(status=500, text="handler failed")
@@ -336,6 +370,12 @@ class WebhookListener:
             return web.Response(status=200, text="unknown task ignored")
         self._metrics.webhook_delivery(WebhookResult.ACCEPTED)
         return web.Response(status=204)
+
+    async def _forget(self, webhook_id: str) -> None:
+        try:
+            await self._replays.forget(webhook_id)
+        except Exception as exc:  # at worst the provider's retry is taken for a replay; polling covers it
+            log.warning("could not forget webhook id in the replay guard (%s)", exc)
 
     async def _handle_health(self, request: web.Request) -> web.StreamResponse:
         """Answer 200 when every check passes, else 503, with each check's result."""

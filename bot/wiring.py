@@ -1,10 +1,18 @@
-"""The object graph, built in one place for the bot and for the terminal: store, providers, runner, service."""
+"""The object graph, built in one place for the bot and for the terminal: store, providers, runner, service.
+
+The store is SQLite (one process, the default) or PostgreSQL (DATABASE_URL: several processes); the core
+sees either through the same ports. The PostgreSQL modules are imported only when one is used.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -15,7 +23,14 @@ from bot.core.runner import JobRunner, RunnerConfig
 from bot.core.safe_download import SafeDownloader
 from bot.core.service import ServiceConfig, TaskService
 from bot.domain.metrics import NO_METRICS, Metrics
-from bot.domain.ports import JobReporter, JobRepository, Provider
+from bot.domain.ports import (
+    DeliveryRelay,
+    JobReporter,
+    JobRepository,
+    Provider,
+    RulesRepository,
+    TaskDurations,
+)
 from bot.domain.tasks import TaskKind
 from bot.providers import registry
 from bot.providers.spec import BuildContext
@@ -25,7 +40,12 @@ from bot.store.sqlite.durations import SqliteTaskDurations
 from bot.store.sqlite.jobs import SqliteJobRepository
 from bot.store.sqlite.quotas import SqliteQuotaLedger
 from bot.store.sqlite.rules import SqliteRules
-from bot.webhooks import webhook_url
+from bot.webhooks import ReplayStore, webhook_url
+
+if TYPE_CHECKING:
+    from bot.store.postgres.database import PgDatabase
+    from bot.store.postgres.jobs import PgJobRepository
+    from bot.store.postgres.quotas import PgQuotaLedger
 
 # A reservation outlives its task's timeout by this much before it is taken as abandoned.
 RESERVATION_MARGIN = 300.0
@@ -48,51 +68,98 @@ class Core:
     """Everything below the Discord edge, wired together."""
 
     settings: Settings
-    db: Database
-    jobs: SqliteJobRepository
-    quotas: SqliteQuotaLedger
-    rules: SqliteRules
+    db: Database | PgDatabase
+    jobs: SqliteJobRepository | PgJobRepository
+    quotas: SqliteQuotaLedger | PgQuotaLedger
+    rules: RulesRepository
     providers: dict[str, Provider]
     breakers: dict[str, CircuitBreaker]
     runner: JobRunner
     service: TaskService
     downloader: SafeDownloader
     labels: dict[str, str]  # provider name -> the name members see
+    # Only on a store several processes share: webhook deliveries between them, and the replay guard
+    # they share (None: this process's own, in memory).
+    relay: DeliveryRelay | None = None
+    replays: ReplayStore | None = None
 
     async def close(self) -> None:
         await self.downloader.close()
 
 
+def process_name() -> str:
+    """Name this process for the leases it holds: host, pid, and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 def build_core(
     settings: Settings,
     session: aiohttp.ClientSession,
-    db: Database,
+    db: Database | PgDatabase,
     *,
     reporter_for: ReporterFactory,
     downloader: SafeDownloader | None = None,
     clock: Callable[[], float] = time.time,
     metrics: Metrics = NO_METRICS,
+    owner: str | None = None,
 ) -> Core:
-    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's."""
+    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's.
+
+    `owner` names this process in the job leases of a shared store (default: host, pid, random).
+    """
     providers = registry.build_providers(
         settings.providers, BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
     )
+    defaults = {
+        TaskKind.DESCRIBE: settings.quota_describe_per_day,
+        TaskKind.IMAGINE: settings.quota_imagine_per_day,
+    }
+    reservation_ttl = settings.task_timeout_seconds + RESERVATION_MARGIN
+    jobs: SqliteJobRepository | PgJobRepository
+    quotas: SqliteQuotaLedger | PgQuotaLedger
+    rules: RulesRepository
+    durations: TaskDurations
+    relay: DeliveryRelay | None = None
+    replays: ReplayStore | None = None
+    if isinstance(db, Database):
+        jobs = SqliteJobRepository(db, clock=clock)
+        quotas = SqliteQuotaLedger(
+            db,
+            defaults=defaults,
+            max_inflight_per_user=settings.max_inflight_per_user,
+            max_inflight_per_provider=settings.max_inflight_per_provider,
+            max_queue_per_provider=settings.max_queue_per_provider,
+            reservation_ttl=reservation_ttl,
+            clock=clock,
+        )
+        rules = SqliteRules(db, clock=clock)
+        durations = SqliteTaskDurations(db)
+    else:
+        from bot.store.postgres.durations import PgTaskDurations  # noqa: PLC0415 (only with DATABASE_URL)
+        from bot.store.postgres.jobs import PgJobRepository  # noqa: PLC0415
+        from bot.store.postgres.quotas import PgQuotaLedger  # noqa: PLC0415
+        from bot.store.postgres.rules import PgRules  # noqa: PLC0415
+        from bot.store.postgres.webhooks import PgDeliveryRelay, PgReplayGuard  # noqa: PLC0415
+
+        jobs = PgJobRepository(
+            db, owner=owner or process_name(), lease_seconds=settings.job_lease_seconds, clock=clock
+        )
+        quotas = PgQuotaLedger(
+            db,
+            defaults=defaults,
+            max_inflight_per_user=settings.max_inflight_per_user,
+            max_inflight_per_provider=settings.max_inflight_per_provider,
+            max_queue_per_provider=settings.max_queue_per_provider,
+            reservation_ttl=reservation_ttl,
+            clock=clock,
+        )
+        rules = PgRules(db, clock=clock)
+        durations = PgTaskDurations(db)
+        if settings.webhooks_enabled:
+            relay = PgDeliveryRelay(db)
+        replays = PgReplayGuard(db)
     providers = {name: metered_provider(provider, metrics) for name, provider in providers.items()}
-    jobs = SqliteJobRepository(db, clock=clock)
-    quotas = SqliteQuotaLedger(
-        db,
-        defaults={
-            TaskKind.DESCRIBE: settings.quota_describe_per_day,
-            TaskKind.IMAGINE: settings.quota_imagine_per_day,
-        },
-        max_inflight_per_user=settings.max_inflight_per_user,
-        max_inflight_per_provider=settings.max_inflight_per_provider,
-        max_queue_per_provider=settings.max_queue_per_provider,
-        reservation_ttl=settings.task_timeout_seconds + RESERVATION_MARGIN,
-        clock=clock,
-    )
     breakers = {name: CircuitBreaker(name) for name in providers}
-    rules = SqliteRules(db, clock=clock)
     moderation = Moderation(rules)
     labels = registry.labels(settings.providers)
 
@@ -121,11 +188,13 @@ def build_core(
             progress_after=settings.edit_coalesce_seconds,
             max_running_per_provider=settings.max_inflight_per_provider,
             max_running_per_member=settings.max_inflight_per_user,
+            lease_renewal=settings.job_lease_seconds / 3,
         ),
         webhook_url_for=webhook_url_for,
         moderation=moderation,
+        relay=relay,
         clock=clock,
-        durations=SqliteTaskDurations(db),
+        durations=durations,
     )
     downloader = downloader or SafeDownloader(max_bytes=settings.max_image_bytes)
     service = TaskService(
@@ -154,4 +223,6 @@ def build_core(
         service=service,
         downloader=downloader,
         labels=labels,
+        relay=relay,
+        replays=replays,
     )

@@ -7,6 +7,7 @@ import contextlib
 import io
 import ipaddress
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,9 +23,12 @@ from bot.core.safe_download import IPAddress, SafeDownloader, is_public_address
 from bot.discord.client import ImageBot
 from bot.settings import Settings, load_settings
 from bot.settings_docs import setting_docs
+from bot.store.postgres.database import PgDatabase
 from bot.store.sqlite.database import Database
 from tests.fakes.discord import FakeDiscord, RecordedCall, start_bot, stop_bot
 from tests.fakes.providers import FakeFreepik, FakeNovita
+from tests.postgres import REPORT_VARIABLE, PostgresTally, fresh_schema, server_url, unavailable_reason
+from tests.stores import Backend
 
 FREEPIK_KEY = "test-freepik-key"
 NOVITA_KEY = "test-novita-key"
@@ -105,7 +109,7 @@ class Harness:
         self.freepik = freepik
         self.novita = novita
         self.bots: list[ImageBot] = []
-        self._resources: list[tuple[aiohttp.ClientSession, Database]] = []
+        self._resources: list[tuple[aiohttp.ClientSession, Database | PgDatabase]] = []
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -134,7 +138,11 @@ class Harness:
     ) -> ImageBot:
         settings = settings or self.settings(**overrides)
         session = aiohttp.ClientSession()
-        db = await Database.open(settings.database_path)
+        db: Database | PgDatabase
+        if settings.database_url is not None:
+            db = await PgDatabase.open(settings.database_url.get_secret_value())
+        else:
+            db = await Database.open(settings.database_path)
         downloader = SafeDownloader(
             max_bytes=settings.max_image_bytes, timeout=1.0, address_allowed=allow_stand_in, resolver=resolver
         )
@@ -210,6 +218,93 @@ class UnexpectedErrors(logging.Handler):
         finally:
             for logger in loggers:
                 logger.removeHandler(self)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------
+
+# Fixtures that need the PostgreSQL server: a test using one is marked `postgres` and counted.
+POSTGRES_FIXTURES = frozenset({"pg_url", "pg_backend"})
+_TALLY = PostgresTally(url=server_url())
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A DATABASE_URL pointed at a fresh, empty schema of the test server (skips when none answers)."""
+    reason = await unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    async with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each store in turn, fresh and migrated: SQLite in a new file, PostgreSQL in a new schema."""
+    if request.param == "sqlite":
+        path = tmp_path / "store.sqlite3"
+        store = Backend("sqlite", await Database.open(path), path)
+        try:
+            yield store
+        finally:
+            await store.close()
+        return
+    reason = await unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    async with fresh_schema() as url:
+        store = Backend("postgres", await PgDatabase.open(url), url)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@pytest.fixture
+async def pg_backend() -> AsyncIterator[Backend]:
+    """The PostgreSQL store alone, fresh and migrated (for what only a shared store does)."""
+    reason = await unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    async with fresh_schema() as url:
+        store = Backend("postgres", await PgDatabase.open(url), url)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "postgres" not in report.keywords:
+        return
+    if report.skipped and report.when in ("setup", "call"):
+        _TALLY.skipped += 1
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = str(reason).removeprefix("Skipped: ")
+        if reason not in _TALLY.skip_reasons:
+            _TALLY.skip_reasons.append(str(reason))
+    elif report.when == "call":
+        _TALLY.ran += 1
+        if report.passed:
+            _TALLY.passed += 1
+        else:
+            _TALLY.failed += 1
+    elif report.when == "setup" and report.failed:
+        _TALLY.ran += 1
+        _TALLY.failed += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _TALLY.ran or _TALLY.skipped:
+        terminalreporter.write_line(_TALLY.line())
+    target = os.environ.get(REPORT_VARIABLE)
+    if target:
+        _TALLY.write(Path(target))
 
 
 @pytest.fixture

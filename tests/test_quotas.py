@@ -1,31 +1,28 @@
-"""SqliteQuotaLedger against a real SQLite file: exactness, the resolution order, grants, resets, days, upkeep."""
+"""The quota ledger's contract, against SQLite (a real file) and PostgreSQL (a fresh schema) alike: exactness,
+the resolution order, grants, resets, days, upkeep."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from bot.domain.errors import LineFull, QuotaExceeded
+from bot.domain.ports import QuotaLedger
 from bot.domain.quota import UNLIMITED, Member, next_utc_midnight
 from bot.domain.tasks import Job, Route, TaskKind
-from bot.store.sqlite.database import Database
-from bot.store.sqlite.jobs import SqliteJobRepository
-from bot.store.sqlite.quotas import SqliteQuotaLedger
 from bot.ui import quota_text
 from bot.ui.words import Words
+from tests.stores import TTL, Backend
 
 GUILD = 10
 OTHER_GUILD = 11
 ADMIN = 99
 ALICE = Member(GUILD, 1)
 DESCRIBE, IMAGINE = TaskKind.DESCRIBE, TaskKind.IMAGINE
-TTL = 900.0
 
 
 class Clock:
@@ -42,45 +39,15 @@ class Clock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "quotas.sqlite3")
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock(datetime(2025, 3, 14, 12, 0, tzinfo=UTC))
 
 
-def store(
-    db: Database,
-    clock: Clock,
-    *,
-    describe: int = 5,
-    imagine: int = 3,
-    per_user: int = 10_000,
-    per_provider: int = 10_000,
-    queue: int = 0,
-) -> SqliteQuotaLedger:
-    return SqliteQuotaLedger(
-        db,
-        defaults={DESCRIBE: describe, IMAGINE: imagine},
-        max_inflight_per_user=per_user,
-        max_inflight_per_provider=per_provider,
-        max_queue_per_provider=queue,
-        reservation_ttl=TTL,
-        clock=clock,
-    )
-
-
-async def status_of(quotas: SqliteQuotaLedger, member: Member, kind: TaskKind = DESCRIBE):
+async def status_of(quotas: QuotaLedger, member: Member, kind: TaskKind = DESCRIBE):
     return next(s for s in await quotas.status(member) if s.kind is kind)
 
 
-async def spend(quotas: SqliteQuotaLedger, member: Member, count: int, kind: TaskKind = DESCRIBE) -> None:
+async def spend(quotas: QuotaLedger, member: Member, count: int, kind: TaskKind = DESCRIBE) -> None:
     for _ in range(count):
         reservation = await quotas.reserve(member, kind, "freepik")
         assert await quotas.commit(reservation.usage_id)
@@ -90,9 +57,9 @@ async def spend(quotas: SqliteQuotaLedger, member: Member, count: int, kind: Tas
 
 
 async def test_a_thousand_simultaneous_reservations_grant_exactly_the_limit(
-    db: Database, clock: Clock
+    backend: Backend, clock: Clock
 ) -> None:
-    quotas = store(db, clock, describe=10)
+    quotas = backend.ledger(clock, describe=10)
     started = time.perf_counter()
     results = await asyncio.gather(
         *(quotas.reserve(ALICE, DESCRIBE, "freepik") for _ in range(1000)), return_exceptions=True
@@ -105,28 +72,23 @@ async def test_a_thousand_simultaneous_reservations_grant_exactly_the_limit(
     assert len(refused) == 990
     assert all(isinstance(r, QuotaExceeded) for r in refused)
     assert len({r.usage_id for r in granted}) == 10
-    row = await db.fetchone("SELECT COUNT(*) FROM usage WHERE state = 'reserved'")
-    assert row is not None
-    assert row[0] == 10
+    assert await backend.value("SELECT COUNT(*) FROM usage WHERE state = 'reserved'") == 10
     print(f"1000 simultaneous reservations against a limit of 10: {len(granted)} granted in {elapsed:.3f} s")
     assert elapsed < 5
 
 
-async def test_two_connections_to_one_file_stay_exact(db: Database, clock: Clock) -> None:
-    """Two processes (here two connections) share the write lock through BEGIN IMMEDIATE."""
-    second = await Database.open(db.path)
-    try:
-        stores = [store(db, clock, describe=7), store(second, clock, describe=7)]
-        results = await asyncio.gather(
-            *(stores[i % 2].reserve(ALICE, DESCRIBE, "freepik") for i in range(200)), return_exceptions=True
-        )
-    finally:
-        await second.close()
+async def test_two_connections_to_one_store_stay_exact(backend: Backend, clock: Clock) -> None:
+    """Two processes (here two connections) share the write lock (SQLite) or the advisory locks (PostgreSQL)."""
+    second = await backend.another_connection()
+    stores = [backend.ledger(clock, describe=7), backend.ledger(clock, describe=7, db=second)]
+    results = await asyncio.gather(
+        *(stores[i % 2].reserve(ALICE, DESCRIBE, "freepik") for i in range(200)), return_exceptions=True
+    )
     assert sum(not isinstance(r, BaseException) for r in results) == 7
 
 
-async def test_left_grants_min_of_requests_and_what_is_left(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=10)
+async def test_left_grants_min_of_requests_and_what_is_left(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=10)
     await spend(quotas, ALICE, 6)
     results = await asyncio.gather(
         *(quotas.reserve(ALICE, DESCRIBE, "freepik") for _ in range(3)), return_exceptions=True
@@ -138,8 +100,8 @@ async def test_left_grants_min_of_requests_and_what_is_left(db: Database, clock:
     assert sum(not isinstance(r, BaseException) for r in results) == 1  # N=5 > L=1
 
 
-async def test_commit_and_refund_settle_once(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=2)
+async def test_commit_and_refund_settle_once(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=2)
     first = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     second = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     assert (await status_of(quotas, ALICE)).used == 2  # running tasks hold their unit
@@ -156,9 +118,9 @@ async def test_commit_and_refund_settle_once(db: Database, clock: Clock) -> None
 
 
 async def test_resolution_order_user_then_highest_role_then_server_then_default(
-    db: Database, clock: Clock
+    backend: Backend, clock: Clock
 ) -> None:
-    quotas = store(db, clock, describe=5)
+    quotas = backend.ledger(clock, describe=5)
     member = Member(GUILD, 1, role_ids=(501, 502, 503))
 
     async def limit() -> tuple[int, str]:
@@ -196,9 +158,9 @@ async def test_resolution_order_user_then_highest_role_then_server_then_default(
 
 
 async def test_limit_zero_blocks_with_its_own_sentence_and_unlimited_never_does(
-    db: Database, clock: Clock
+    backend: Backend, clock: Clock
 ) -> None:
-    quotas = store(db, clock)
+    quotas = backend.ledger(clock)
     await quotas.set_limit(GUILD, "user", ALICE.user_id, DESCRIBE, 0, ADMIN)
     with pytest.raises(QuotaExceeded) as blocked:
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
@@ -214,8 +176,8 @@ async def test_limit_zero_blocks_with_its_own_sentence_and_unlimited_never_does(
         await quotas.set_limit(GUILD, "user", ALICE.user_id, DESCRIBE, -2, ADMIN)
 
 
-async def test_the_used_up_sentence_names_the_renewal(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=1)
+async def test_the_used_up_sentence_names_the_renewal(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=1)
     await spend(quotas, ALICE, 1)
     with pytest.raises(QuotaExceeded) as used_up:
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
@@ -225,8 +187,8 @@ async def test_the_used_up_sentence_names_the_renewal(db: Database, clock: Clock
     )
 
 
-async def test_grant_adds_for_today_and_reset_forgives_spent_tasks(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=2)
+async def test_grant_adds_for_today_and_reset_forgives_spent_tasks(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=2)
     await spend(quotas, ALICE, 2)
     with pytest.raises(QuotaExceeded):
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
@@ -273,9 +235,9 @@ async def test_grant_adds_for_today_and_reset_forgives_spent_tasks(db: Database,
     assert json.loads(str(audit[-2]["detail"]))["forgiven"] == 5
 
 
-async def test_the_utc_day_rolls_over_at_midnight(db: Database) -> None:
+async def test_the_utc_day_rolls_over_at_midnight(backend: Backend) -> None:
     clock = Clock(datetime(2025, 3, 14, 23, 59, 30, tzinfo=UTC))
-    quotas = store(db, clock, describe=2)
+    quotas = backend.ledger(clock, describe=2)
     await spend(quotas, ALICE, 1)
     late = await quotas.reserve(ALICE, DESCRIBE, "freepik")  # runs across midnight
     await quotas.grant(GUILD, ALICE.user_id, DESCRIBE, 4, ADMIN)
@@ -299,9 +261,9 @@ async def test_the_utc_day_rolls_over_at_midnight(db: Database) -> None:
 
 
 async def test_a_provider_holds_its_running_tasks_and_its_line_and_no_more(
-    db: Database, clock: Clock
+    backend: Backend, clock: Clock
 ) -> None:
-    quotas = store(db, clock, describe=50, imagine=50, per_user=1, per_provider=2, queue=2)
+    quotas = backend.ledger(clock, describe=50, imagine=50, per_user=1, per_provider=2, queue=2)
     first = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     # Past the member's cap a task waits in line rather than being refused: reserving still holds it.
     await quotas.reserve(ALICE, IMAGINE, "freepik")
@@ -318,17 +280,17 @@ async def test_a_provider_holds_its_running_tasks_and_its_line_and_no_more(
     assert (await status_of(quotas, ALICE)).used == 2  # the spent one and the one in line
 
 
-async def test_a_used_up_quota_is_said_before_the_in_flight_cap(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=2, per_user=2)
+async def test_a_used_up_quota_is_said_before_the_in_flight_cap(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=2, per_user=2)
     await quotas.reserve(ALICE, DESCRIBE, "freepik")
     await quotas.reserve(ALICE, DESCRIBE, "freepik")
     with pytest.raises(QuotaExceeded):  # waiting for the two running ones would not help
         await quotas.reserve(ALICE, DESCRIBE, "freepik")
 
 
-async def test_an_abandoned_reservation_expires_and_is_never_leaked(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=2, per_user=1)
-    jobs = SqliteJobRepository(db, clock=clock)
+async def test_an_abandoned_reservation_expires_and_is_never_leaked(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=2, per_user=1)
+    jobs = backend.jobs(clock)
     abandoned = await quotas.reserve(ALICE, DESCRIBE, "freepik")  # the bot died before the job was saved
     clock.advance(TTL + 1)
     # Past its lifetime it holds nothing, even before maintenance settles it.
@@ -348,9 +310,8 @@ async def test_an_abandoned_reservation_expires_and_is_never_leaked(db: Database
     clock.advance(TTL + 1)
 
     assert await quotas.expire() == 1  # the job-less one; the unfinished job settles its own
-    row = await db.fetchone("SELECT state, outcome FROM usage WHERE id = ?", (abandoned.usage_id,))
-    assert row is not None
-    assert tuple(row) == ("refunded", "EXPIRED")
+    rows = await backend.rows("SELECT state, outcome FROM usage WHERE id = ?", abandoned.usage_id)
+    assert [tuple(row.values()) for row in rows] == [("refunded", "EXPIRED")]
     assert not await quotas.commit(abandoned.usage_id)
     assert await quotas.commit(resumed.usage_id)  # the resumed job completed: it is charged
     assert await quotas.expire() == 0
@@ -359,8 +320,8 @@ async def test_an_abandoned_reservation_expires_and_is_never_leaked(db: Database
 # --- reports and upkeep ----------------------------------------------------------------------------
 
 
-async def test_usage_report_totals_failures_and_top_members(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=50, imagine=50)
+async def test_usage_report_totals_failures_and_top_members(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=50, imagine=50)
     bob, carol = Member(GUILD, 2), Member(GUILD, 3)
     old = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     await quotas.commit(old.usage_id)
@@ -407,9 +368,9 @@ async def test_usage_report_totals_failures_and_top_members(db: Database, clock:
     assert len(csv_lines) == 11
 
 
-async def test_prune_keeps_what_jobs_and_running_tasks_still_need(db: Database, clock: Clock) -> None:
-    quotas = store(db, clock, describe=50)
-    jobs = SqliteJobRepository(db, clock=clock)
+async def test_prune_keeps_what_jobs_and_running_tasks_still_need(backend: Backend, clock: Clock) -> None:
+    quotas = backend.ledger(clock, describe=50)
+    jobs = backend.jobs(clock)
     await spend(quotas, ALICE, 3)
     with_job = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     job = Job.new(
@@ -432,8 +393,6 @@ async def test_prune_keeps_what_jobs_and_running_tasks_still_need(db: Database, 
     assert await quotas.prune(90) == 3
     assert await jobs.prune(90) == 1
     assert await quotas.prune(90) == 1  # the job is gone: its row goes at the next round
-    remaining = await db.fetchall("SELECT day FROM usage")
+    remaining = await backend.rows("SELECT day FROM usage")
     assert [row["day"] for row in remaining] == ["2025-06-13"]
-    grants = await db.fetchone("SELECT COUNT(*) FROM quota_grants")
-    assert grants is not None
-    assert grants[0] == 0
+    assert await backend.value("SELECT COUNT(*) FROM quota_grants") == 0

@@ -5,6 +5,14 @@ then it is dispatched. A dispatched job's life is a loop over its saved state: Q
 at a resume is an answer that was lost, CREATED and IN_PROGRESS are waited out; every step returns the job
 as it now is, and the end is settled (the quota spent or given back) and reported once. Shutdown pauses a
 job in its saved state, and leaves the line as it is; the next start carries both on.
+
+Which jobs this process drives is the store's to say (`JobRepository.claim`): on its own store, every
+unfinished one. On a store several processes share, each job is leased to one live process: the runner
+renews its leases and looks for jobs whose driver died every third of a lease, takes those over from their
+saved state, and stops driving a job the moment its lease is found lost (LeaseLost, or a renewal that no
+longer lists it). A webhook delivery for a task driven by another process is left in the store's relay,
+and the driver takes it from there. The lines are in the store too: whichever process sees an end (or
+renews its leases) moves them on.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ from bot.core.breaker import CircuitBreaker
 from bot.core.images import image_hash, refit
 from bot.core.moderation import Moderation
 from bot.core.polling import InMemoryDurations, PollingConfig, PollPlanner, TaskWatch
-from bot.domain.errors import BadInput, ProviderError, StorageFull
+from bot.domain.errors import BadInput, LeaseLost, ProviderError, StorageFull, StoreUnavailable
 from bot.domain.line import shown_place
 from bot.domain.ports import (
+    DeliveryRelay,
     JobReporter,
     JobRepository,
     Provider,
@@ -65,6 +74,8 @@ _FALLBACK_FAULTS = frozenset(
 _TRANSIENT_POLL_FAULTS = frozenset({Fault.BUSY, Fault.UNREACHABLE, Fault.LOST, Fault.BAD_RESULT})
 # Generated images are shown as Discord uploads, which may not exceed 10 MiB on a server without boosts.
 RESULT_UPLOAD_LIMITS = ImageLimits(max_side=8192, max_bytes=9_500_000)
+# A lease that runs out is claimed this long after (the database's clock and ours need not tick together).
+_NEXT_CLAIM_MARGIN = 0.05
 # Deliveries that arrive before the create answer is saved wait here this long for their job.
 _EARLY_DELIVERY_TTL = 120.0
 
@@ -85,6 +96,12 @@ class RunnerConfig:
     # Past these, jobs wait in line: tasks running at one provider, and one member's running tasks.
     max_running_per_provider: int = 20
     max_running_per_member: int = 2
+
+    # On a store several processes share: how often this process renews its leases and looks for jobs
+    # left by a process that died (a third of the lease, so two renewals can fail before one runs out),
+    # and how many jobs it takes over at a time.
+    lease_renewal: float = 10.0
+    claim_batch: int = 50
 
     def polling(self) -> PollingConfig:
         return PollingConfig(first_wait=self.poll_interval, max_wait=self.poll_max_interval)
@@ -113,6 +130,7 @@ class JobRunner:
         config: RunnerConfig,
         webhook_url_for: Callable[[str], str | None] = lambda provider: None,
         moderation: Moderation | None = None,
+        relay: DeliveryRelay | None = None,
         clock: Callable[[], float] = time.time,
         durations: TaskDurations | None = None,
     ) -> None:
@@ -124,6 +142,7 @@ class JobRunner:
         self._reporter = reporter
         self._config = config
         self._webhook_url_for = webhook_url_for
+        self._relay = relay
         self._clock = clock
         self._tasks = BackgroundTasks()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -133,6 +152,10 @@ class JobRunner:
         self._current: dict[str, Job] = {}
         self._listening: dict[str, tuple[str, str]] = {}  # job id -> its key in _deliveries
         self._early: dict[tuple[str, str], tuple[float, WebhookDelivery]] = {}
+        # Jobs this process stopped driving because another one holds them now, and jobs it paused
+        # because the store could not be reached (carried on at the next renewal, on a shared store).
+        self._lost: set[str] = set()
+        self._paused: set[str] = set()
         self._stopping = asyncio.Event()
         self.accepting = True
         # One dispatcher at a time per provider, so that places are shown from one settled line.
@@ -195,15 +218,92 @@ class JobRunner:
         return await self._jobs.finish(job)
 
     async def resume(self) -> int:
-        """Carry on every job the last run left unfinished, and the lines; return how many jobs."""
-        jobs = await self._jobs.unfinished()
-        for job in jobs:
-            if job.waiting and job.provider in self._providers:
-                continue  # still in line, in its place: dispatched below when its turn comes
-            log.info("resuming job %s (%s, %s)", job.id, job.provider, job.state)
-            self._spawn(job, resumed=True)
+        """Carry on the unfinished jobs this process may drive (every one, on its own store); return how many.
+
+        On a store several processes share, this process then keeps its leases and takes over the jobs
+        of any process that dies, until shutdown; deliveries relayed by other processes reach it.
+        """
+        if self._relay is not None:
+            await self._relay.listen(self._relayed)
+        resumed = 0
+        while True:
+            claimed, started = await self._claim(verb="resuming")
+            resumed += started
+            # A shared store hands out a batch at a time; one's own store hands out everything at once.
+            if not self._jobs.shared or claimed < self._config.claim_batch:
+                break
+        if self._jobs.shared:
+            self._tasks.spawn(self._keep_leases(), name="job-leases")
         await self._dispatch_all()
-        return len(jobs)
+        return resumed
+
+    async def _claim(self, *, verb: str) -> tuple[int, int]:
+        """Start driving the jobs the store hands this process; return how many it handed and how many were new."""
+        jobs = await self._jobs.claim(self._config.claim_batch)
+        started = 0
+        for job in jobs:
+            if job.id in self._running or self._stopping.is_set():
+                continue
+            if job.waiting and job.provider in self._providers:
+                continue  # still in line, in its place: dispatched when its turn comes
+            log.info("%s job %s (%s, %s)", verb, job.id, job.provider, job.state)
+            self._spawn(job, resumed=True)
+            started += 1
+        return len(jobs), started
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases, stop the drives it lost, and take over jobs whose driver died.
+
+        It wakes every third of a lease to renew, and also just after the next lease of another process
+        runs out, so a dead process's jobs are taken over within one lease of its last renewal.
+        """
+        interval = self._config.lease_renewal
+        wait = interval
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            if self._stopping.is_set():
+                return
+            wait = interval
+            try:
+                driving = {job_id for job_id, task in self._running.items() if not task.done()}
+                held = await self._jobs.renew()
+                for job_id in driving - held:
+                    self._lose(job_id)
+                await self._carry_on_paused(held)
+                claimed, _ = await self._claim(verb="taking over")
+                await self._dispatch_all()  # the lines of a process that died move on here
+                if claimed >= self._config.claim_batch:
+                    wait = _NEXT_CLAIM_MARGIN  # more are waiting: take the next batch at once
+                else:
+                    expires_in = await self._jobs.next_expiry()
+                    if expires_in is not None:
+                        wait = min(interval, max(expires_in, 0.0) + _NEXT_CLAIM_MARGIN)
+            except (StoreUnavailable, StorageFull) as exc:
+                log.warning(
+                    "could not renew this process's job leases (%s); trying again in %.0f s", exc, interval
+                )
+
+    def _lose(self, job_id: str) -> None:
+        task = self._running.get(job_id)
+        if task is None or task.done():
+            return
+        log.warning(
+            "job %s: another process drives it now (this process's lease ran out); stopping here", job_id
+        )
+        self._lost.add(job_id)
+        task.cancel()
+
+    async def _carry_on_paused(self, held: set[str]) -> None:
+        """Drive again the jobs paused while the store was away, if this process still holds them."""
+        for job_id in list(self._paused):
+            self._paused.discard(job_id)
+            if job_id not in held or job_id in self._running:
+                continue
+            job = await self._jobs.get(job_id)
+            if job is not None and job.finished_at is None:
+                log.info("job %s: the database answers again; carrying on from %s", job.id, job.state)
+                self._spawn(job, resumed=True)
 
     async def deliver(self, provider_name: str, body: bytes) -> bool:
         """Take a verified webhook delivery; return False when no job of ours has its task.
@@ -220,15 +320,37 @@ class JobRunner:
             kind, queue = listening
             queue.put_nowait(provider.webhooks.snapshot(kind, delivery))
             return True
-        if await self._jobs.find_by_task(provider_name, delivery.task_id) is not None:
-            return True  # known but not driven here (finished, or another process): polling covers it
-        # The create answer may still be on its way: keep the delivery for a little while.
+        try:
+            return await self._deliver_elsewhere(provider_name, key, delivery, body)
+        except (StoreUnavailable, StorageFull) as exc:
+            # The database is away: the task's driver finds the end by polling, the safety net.
+            log.warning(
+                "a %s webhook delivery could not be handed on (%s); polling carries on", provider_name, exc
+            )
+            return True
+
+    async def _deliver_elsewhere(
+        self, provider_name: str, key: tuple[str, str], delivery: WebhookDelivery, body: bytes
+    ) -> bool:
+        job = await self._jobs.find_by_task(provider_name, delivery.task_id)
+        if job is not None:
+            if self._relay is not None and job.finished_at is None:
+                # Driven by another process: it takes the delivery from the relay.
+                await self._relay.post(provider_name, delivery.task_id, body)
+            return True  # known and ended, or driven elsewhere; polling is the safety net either way
+        # The create answer may still be on its way: keep the delivery for a little while, here and (the
+        # driver may be another process) in the relay, where the driver finds it once it listens.
         self._forget_stale_early()
         self._early[key] = (self._clock(), delivery)
+        if self._relay is not None:
+            await self._relay.post(provider_name, delivery.task_id, body)
         return False
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop taking jobs; let requests in flight reach a safe point, then stop every drive."""
+        """Stop taking jobs; let requests in flight reach a safe point, then stop every drive.
+
+        On a shared store the paused jobs' leases are given back, so another process carries them on now.
+        """
         self.accepting = False
         self._stopping.set()
         running = list(self._running.values())
@@ -238,6 +360,13 @@ class JobRunner:
                 task.cancel()
         await self._tasks.cancel_all()
         await self.polling.save(everything=True)
+        if self._relay is not None:
+            await self._relay.close()
+        if self._jobs.shared:
+            try:
+                await self._jobs.release()
+            except (StoreUnavailable, StorageFull) as exc:
+                log.warning("could not give back the job leases (%s); they run out by themselves", exc)
 
     # --- the line -----------------------------------------------------------------------------
 
@@ -289,7 +418,7 @@ class JobRunner:
     async def _dispatch_quietly(self) -> None:
         try:
             await self._dispatch_all()
-        except StorageFull:
+        except (StorageFull, StoreUnavailable):
             log.info("the line waits: the database cannot be written")
 
     # --- driving one job --------------------------------------------------------------------
@@ -311,6 +440,10 @@ class JobRunner:
             try:
                 ended = await self._run(job, resumed=resumed, inputs=inputs)
             except asyncio.CancelledError:
+                if job.id in self._lost:
+                    self._lost.discard(job.id)
+                    await self._reporter.forget(job.id)
+                    return
                 if job.id not in self._cancelling:
                     raise
                 # Cancelled by its member: stop waiting for the provider; what it answers later is not shown.
@@ -319,7 +452,7 @@ class JobRunner:
                     task.uncancel()
                 log.info("job %s cancelled at %s", job.id, job.provider)
                 ended = await self._save(self._current[job.id], state=JobState.CANCELLED)
-            except StorageFull:
+            except (LeaseLost, StorageFull, StoreUnavailable):
                 raise
             except Exception:
                 log.exception("job %s broke unexpectedly", job.id)
@@ -333,14 +466,22 @@ class JobRunner:
             await self._settle_and_report(ended)
             # What this job taught the poll schedule is written in batches, or at once when nothing else runs.
             await self.polling.save(everything=len(self._running) <= 1)
-        except StorageFull:
-            # Nothing more can be saved (the database logged why): the job keeps its last saved state
-            # and carries on from it at the next start, when there is room again (settling is once only).
+        except LeaseLost:
+            # Another process claimed the job (this one's lease ran out): it carries the job on from its
+            # saved state, and nothing more is written or shown from here.
             await self._reporter.forget(job.id)
+            log.warning("job %s: another process drives it now; stopping here", job.id)
+        except (StorageFull, StoreUnavailable) as exc:
+            # Nothing more can be saved (the database logged why): the job keeps its last saved state
+            # and carries on from it at the next start (on a shared store, once the database answers);
+            # settling is once only.
+            await self._reporter.forget(job.id)
+            self._paused.add(job.id)
             log.info(
-                "job %s paused in state %s: the database cannot be written",
+                "job %s paused in state %s: the database cannot be written (%s)",
                 job.id,
                 self._current[job.id].state,
+                exc,
             )
         finally:
             self._current.pop(job.id, None)
@@ -498,7 +639,34 @@ class JobRunner:
         early = self._early.pop(key, None)
         if early is not None:
             queue.put_nowait(provider.webhooks.snapshot(job.kind, early[1]))
+        if self._relay is not None:
+            # Deliveries another process received for this task before this drive listened.
+            self._tasks.spawn(self._take_relayed(key), name=f"relayed-{task_id[:12]}")
         return queue
+
+    def _relayed(self, provider_name: str, task_id: str) -> None:
+        """Some process left a delivery in the relay: take it if the task is driven here."""
+        key = (provider_name, task_id)
+        if key in self._deliveries:
+            self._tasks.spawn(self._take_relayed(key), name=f"relayed-{task_id[:12]}")
+
+    async def _take_relayed(self, key: tuple[str, str]) -> None:
+        assert self._relay is not None
+        try:
+            bodies = await self._relay.take(*key)
+        except (StoreUnavailable, StorageFull) as exc:
+            log.warning("could not take a relayed webhook delivery (%s); polling carries on", exc)
+            return
+        listening = self._deliveries.get(key)
+        reader = self._providers[key[0]].webhooks if key[0] in self._providers else None
+        if listening is None or reader is None:
+            return  # the drive ended meanwhile: its end is known already
+        kind, queue = listening
+        for body in bodies:
+            try:
+                queue.put_nowait(reader.snapshot(kind, reader.read_delivery(body)))
+            except ProviderError:
+                log.warning("a relayed %s delivery had an unexpected shape; ignored", key[0])
 
     def _stop_listening(self, job_id: str) -> None:
         key = self._listening.pop(job_id, None)

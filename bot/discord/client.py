@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -21,7 +22,7 @@ from bot.discord.interactions import words_for
 from bot.discord.reporting import DiscordReporter
 from bot.discord.translator import CatalogueTranslator
 from bot.discord.tree import BotTree
-from bot.domain.errors import StartupError
+from bot.domain.errors import StartupError, StorageFull, StoreUnavailable
 from bot.observability.prometheus import PrometheusMetrics
 from bot.observability.server import MetricsListener
 from bot.settings import Settings
@@ -29,6 +30,11 @@ from bot.store.sqlite.database import Database
 from bot.ui.words import Words
 from bot.webhooks import WebhookListener
 from bot.wiring import Core, ReporterNeeds, build_core
+
+if TYPE_CHECKING:
+    import yarl
+
+    from bot.store.postgres.database import PgDatabase
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +49,25 @@ EXTENSIONS: tuple[str, ...] = (
 _MAINTENANCE_INTERVAL = 3600.0
 # Running tasks get this long to reach a safe point at shutdown (SIGTERM must end the process within 10 s).
 JOB_GRACE = 5.0
+# With PostgreSQL, how often the pool is asked whether it still answers (the heartbeat stops while not).
+_DATABASE_PROBE_INTERVAL = 10.0
 
 
-class ImageBot(commands.Bot):
-    """The bot, handed its settings, HTTP session and database by `__main__`."""
+class ImageBot(commands.AutoShardedBot):
+    """The bot, handed its settings, HTTP session and database by `__main__`.
+
+    Always discord.py's sharded client: with SHARD_COUNT and SHARD_IDS it runs the shards it is given
+    (other processes run the rest); without them it runs as many shards as Discord recommends for the
+    bot (one, until it is in thousands of servers), so one process never outgrows Discord's limit and the
+    code that runs in one process is the code that runs in many.
+    """
 
     def __init__(
         self,
         *,
         settings: Settings,
         session: aiohttp.ClientSession,
-        db: Database,
+        db: Database | PgDatabase,
         downloader: SafeDownloader | None = None,
         clock: Callable[[], float] = time.time,
         extensions: Sequence[str] = EXTENSIONS,
@@ -72,6 +86,9 @@ class ImageBot(commands.Bot):
             chunk_guilds_at_startup=False,
             allowed_mentions=discord.AllowedMentions.none(),
             http_trace=self.metrics.discord_trace(),
+            shard_count=settings.shard_count,
+            # None: every shard of SHARD_COUNT (discord.py's stubs say list, its code takes None).
+            shard_ids=list(settings.shard_ids) or None,  # type: ignore[arg-type]
             **options,  # type: ignore[arg-type]
         )
         self.settings = settings
@@ -90,6 +107,7 @@ class ImageBot(commands.Bot):
         )
         self.webhooks: WebhookListener | None = None
         self.metrics_listener: MetricsListener | None = None
+        self._database_ok = True
 
     def _make_reporter(self, needs: ReporterNeeds) -> DiscordReporter:
         self.reporter = DiscordReporter(
@@ -103,6 +121,13 @@ class ImageBot(commands.Bot):
             metrics=self.metrics,
         )
         return self.reporter
+
+    async def launch_shard(self, gateway: yarl.URL, shard_id: int, *, initial: bool = False) -> None:
+        # discord.py retries a shard that failed to connect every 5 s, for ever, even once the bot is
+        # closing; a closed bot stops trying.
+        if self.is_closed():
+            return
+        await super().launch_shard(gateway, shard_id, initial=initial)
 
     def words_for(self, interaction: discord.Interaction) -> Words:
         """Return the words of the member who interacted."""
@@ -132,11 +157,26 @@ class ImageBot(commands.Bot):
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
         self._background.spawn(self._maintenance(), name="maintenance")
-        heartbeat = Heartbeat(heartbeat_path(self.settings), lambda: gateway_connected(self))
+        if self.settings.uses_postgres:
+            self._background.spawn(self._watch_database(), name="database-probe")
+        heartbeat = Heartbeat(
+            heartbeat_path(self.settings), lambda: gateway_connected(self) and self._database_ok
+        )
         self._background.spawn(heartbeat.run(), name="heartbeat")
 
     async def sync_commands_if_changed(self) -> None:
-        """Sync the commands where their definition changed since the last sync (a hash in the database)."""
+        """Sync the commands where their definition changed since the last sync (a hash in the database).
+
+        One process syncs: the one that takes the database's lock first; another that finds it taken
+        leaves the sync to it (several processes share one database and one application).
+        """
+        async with self.core.db.exclusive("command-sync") as ours:
+            if not ours:
+                log.info("another process is syncing the commands; not syncing here")
+                return
+            await self._sync_changed()
+
+    async def _sync_changed(self) -> None:
         guilds: list[discord.Object | None] = [discord.Object(gid) for gid in self.settings.discord_guild_ids]
         for guild in guilds or [None]:
             if guild is not None:
@@ -195,6 +235,7 @@ class ImageBot(commands.Bot):
             on_delivery=self.core.runner.deliver,
             health=self.health,
             metrics=self.metrics,
+            replays=self.core.replays,
         )
         try:
             await listener.start()
@@ -217,16 +258,32 @@ class ImageBot(commands.Bot):
             ) from None
         self.metrics_listener = listener
 
+    async def _watch_database(self) -> None:
+        """Ask the pool whether it answers, every few seconds; say once when it stops and when it is back."""
+        while True:
+            await asyncio.sleep(_DATABASE_PROBE_INTERVAL)
+            ok = await self.core.db.is_reachable()
+            if ok and not self._database_ok:
+                log.info("the database answers again")
+            self._database_ok = ok
+
     async def _maintenance(self) -> None:
-        """Settle abandoned reservations and prune old rows, hourly."""
+        """Settle abandoned reservations and prune old rows, hourly (one process at a time on a shared store)."""
         while True:
             try:
-                expired = await self.core.quotas.expire()
-                # Jobs first: their usage rows can only go once no job points at them.
-                pruned = await self.core.jobs.prune(self.settings.usage_retention_days)
-                pruned += await self.core.quotas.prune(self.settings.usage_retention_days)
-                if expired or pruned:
-                    log.info("maintenance: %d reservations expired, %d old rows pruned", expired, pruned)
+                async with self.core.db.exclusive("maintenance") as ours:
+                    if ours:
+                        await self._maintain()
+            except (StoreUnavailable, StorageFull) as exc:
+                log.warning("maintenance skipped: the database cannot be used (%s); trying again later", exc)
             except Exception:
                 log.exception("maintenance failed; trying again later")
             await asyncio.sleep(_MAINTENANCE_INTERVAL)
+
+    async def _maintain(self) -> None:
+        expired = await self.core.quotas.expire()
+        # Jobs first: their usage rows can only go once no job points at them.
+        pruned = await self.core.jobs.prune(self.settings.usage_retention_days)
+        pruned += await self.core.quotas.prune(self.settings.usage_retention_days)
+        if expired or pruned:
+            log.info("maintenance: %d reservations expired, %d old rows pruned", expired, pruned)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 
 import aiohttp
 import discord
@@ -40,14 +41,23 @@ class _OneLineReconnects(logging.Filter):
         if not str(record.msg).startswith(("Attempting a reconnect", "Failed to connect for shard")):
             return True
         error = record.exc_info[1] if record.exc_info else None
-        attempt = record.getMessage()  # e.g. "Attempting a reconnect in 12.34s"
-        record.msg = f"Discord connection lost ({one_line(error)}); {attempt[:1].lower()}{attempt[1:]}"
+        # "Attempting a reconnect in 12.34s", "Attempting a reconnect for shard ID 3 in 12.34s", or
+        # "Failed to connect for shard_id: 3. Retrying..." (the sharded client waits 5 s then).
+        attempt = record.getMessage()
+        shard = _SHARD.search(attempt)
+        wait = _WAIT.search(attempt)
+        then = f"attempting a reconnect in {wait.group(1)}s" if wait else "attempting a reconnect in 5s"
+        where = f" (shard {shard.group(1)})" if shard else ""
+        record.msg = f"Discord connection lost ({one_line(error)}); {then}{where}"
         record.args = None
         record.exc_info = None
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
+
+_SHARD = re.compile(r"shard(?: ID|_id:) (\d+)")
+_WAIT = re.compile(r" in ([0-9.]+)s")
 
 _installed = False
 

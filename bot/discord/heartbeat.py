@@ -23,15 +23,26 @@ _LOOK_EVERY = 1.0
 
 
 def heartbeat_path(settings: Settings) -> Path:
-    """Return where the heartbeat lives: next to the database, so it shares its volume."""
+    """Return where the heartbeat lives: next to the database, so it shares its volume.
+
+    A process that runs some of the shards (SHARD_IDS) has its own file, so that two processes on one
+    machine (or one volume) never vouch for each other.
+    """
+    if settings.shard_ids:
+        return settings.database_path.parent / f"heartbeat-shards-{'-'.join(map(str, settings.shard_ids))}"
     return settings.database_path.parent / "heartbeat"
 
 
 def gateway_connected(client: discord.Client) -> bool:
-    """Return whether the client is ready and its gateway websocket is open right now."""
-    # `is_ready()` stays true across a reconnect; the websocket says whether it is up at this moment.
+    """Return whether the client is ready and its gateway websockets (every shard's) are open right now."""
+    # `is_ready()` stays true across a reconnect; the websockets say whether they are up at this moment.
+    if not client.is_ready() or client.is_closed():
+        return False
+    if isinstance(client, discord.AutoShardedClient):
+        shards = client.shards
+        return bool(shards) and not any(shard.is_closed() for shard in shards.values())
     ws = client.ws
-    return client.is_ready() and not client.is_closed() and ws is not None and ws.open
+    return ws is not None and ws.open
 
 
 class Heartbeat:

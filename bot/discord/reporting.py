@@ -17,7 +17,7 @@ from bot.core.background import BackgroundTasks
 from bot.core.images import thumbnail
 from bot.discord.connection import one_line
 from bot.discord.interactions import shared_locale
-from bot.domain.errors import StorageFull
+from bot.domain.errors import LeaseLost, StorageFull, StoreUnavailable
 from bot.domain.metrics import NO_METRICS, Metrics
 from bot.domain.ports import JobRepository
 from bot.domain.tasks import Job, JobState, Route, TaskKind
@@ -167,7 +167,8 @@ class DiscordReporter:
         slot.sent = _shown(job)
         slot.last_sent = self._monotonic()
         slot.latest = replace(slot.latest, route=job.route)
-        with contextlib.suppress(StorageFull):  # shown already; at worst a resume shows it once more
+        # Shown already; at worst a resume (or the process that took the job over) shows it once more.
+        with contextlib.suppress(StorageFull, StoreUnavailable, LeaseLost):
             await self._jobs.update(job, reported_state=job.state)
         return True
 

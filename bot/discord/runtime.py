@@ -9,15 +9,24 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
 
 from bot.discord.client import ImageBot
-from bot.discord.connection import FATAL_CLOSE_CODES, install_connection_policy, login_until_reachable
+from bot.discord.connection import (
+    FATAL_CLOSE_CODES,
+    CappedBackoff,
+    install_connection_policy,
+    login_until_reachable,
+)
 from bot.domain.errors import StartupError
 from bot.settings import Settings
 from bot.store.sqlite.database import Database, DatabaseUnusable
+
+if TYPE_CHECKING:
+    from bot.store.postgres.database import PgDatabase
 
 log = logging.getLogger("bot")
 
@@ -28,6 +37,7 @@ CLOSE_BUDGET = 7.0
 # Docker and Compose send SIGKILL at 10 s.
 HARD_DEADLINE = 9.5
 EXIT_STARTUP_FAULT = 2
+_CANCEL_AGAIN_AFTER = 0.5
 
 
 @dataclass(slots=True)
@@ -62,9 +72,15 @@ async def run_bot(settings: Settings) -> int:
 
 async def _serve(settings: Settings, running: _Running) -> int:
     assert settings.discord_token is not None
+    db: Database | PgDatabase
     try:
-        db = await Database.open(settings.database_path)
+        if settings.database_url is not None:
+            db = await open_postgres_until_reachable(settings.database_url.get_secret_value())
+        else:
+            db = await Database.open(settings.database_path)
     except DatabaseUnusable as exc:
+        return fatal(str(exc))
+    except StartupError as exc:
         return fatal(str(exc))
     try:
         async with (
@@ -90,6 +106,30 @@ async def _serve(settings: Settings, running: _Running) -> int:
     return 0
 
 
+async def open_postgres_until_reachable(url: str) -> PgDatabase:
+    """Connect to PostgreSQL (and migrate), retrying while it cannot be reached, one WARNING line per attempt.
+
+    A fault no retry mends (a refused password, no such database, a schema newer than the bot) raises
+    StartupError with one line. The waits are plain sleeps: SIGTERM cancels them at once.
+    """
+    from bot.store.postgres.database import (  # noqa: PLC0415 (only with DATABASE_URL)
+        DatabaseUnreachable,
+        PgDatabase,
+    )
+    from bot.store.postgres.database import DatabaseUnusable as PgUnusable  # noqa: PLC0415
+
+    backoff = CappedBackoff()
+    while True:
+        try:
+            return await PgDatabase.open(url)
+        except PgUnusable as exc:
+            raise StartupError(str(exc)) from None
+        except DatabaseUnreachable as exc:
+            wait = max(1.0, backoff.delay())
+            log.warning("%s; trying again in %.0f s", exc, wait)
+            await asyncio.sleep(wait)
+
+
 async def _stop(serve: asyncio.Task[int], bot: ImageBot | None) -> None:
     """Close the bot within the budget, then end whatever it was doing (connecting, waiting to retry)."""
     if bot is not None:
@@ -99,8 +139,11 @@ async def _stop(serve: asyncio.Task[int], bot: ImageBot | None) -> None:
             log.warning("closing took longer than %.0f s; stopping what is left", CLOSE_BUDGET)
         except Exception:
             log.exception("closing failed; stopping what is left")
-    serve.cancel()
-    await asyncio.wait({serve})
+    # asyncio.wait_for in Python 3.11 can swallow a cancellation that lands as the awaited connection
+    # fails (discord.py's shard launcher then sleeps and retries): cancel until the task is gone.
+    while not serve.done():
+        serve.cancel()
+        await asyncio.wait({serve}, timeout=_CANCEL_AGAIN_AFTER)
 
 
 def _install_signal_handlers(stopping: asyncio.Event) -> None:

@@ -131,5 +131,13 @@ class StorageFull(BotError):
     """The database could not be written (disk full or failing); the task in hand is refunded."""
 
 
+class StoreUnavailable(Exception):
+    """The database server cannot be reached just now; the job in hand keeps its saved state."""
+
+
+class LeaseLost(Exception):
+    """Another process drives this job now (this process's lease on it ran out): this one must stop."""
+
+
 class ShuttingDown(BotError):
     """The bot is stopping and takes no new tasks."""

@@ -7,7 +7,7 @@ poller, one without webhooks no webhook reader.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -87,6 +87,32 @@ class JobRepository(Protocol):
     async def forget_member(self, guild_id: int, user_id: int) -> tuple[int, int, int]:
         """Delete the member's tasks in a server, their images and the cached prompts of images they sent;
         return (tasks, images, prompts). Raises BadInput while any of those tasks is unfinished."""
+        ...
+
+    # Which process drives which job. One process on its own store (SQLite) drives every job: `claim`
+    # returns them all at once and none is ever lost. On a store several processes share (PostgreSQL)
+    # each unfinished job is leased to one live process, which renews its leases while it lives; the
+    # jobs of a process that died are claimed by another once its leases run out.
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes use this store too (the runner then renews and claims periodically)."""
+        ...
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Take unfinished jobs no live process drives (at most `limit`, oldest first): now this process's."""
+        ...
+
+    async def renew(self) -> set[str]:
+        """Extend this process's leases; return the ids of the unfinished jobs it still holds."""
+        ...
+
+    async def next_expiry(self) -> float | None:
+        """Return in how many seconds the next lease of another process runs out (None: no such lease)."""
+        ...
+
+    async def release(self) -> None:
+        """Give back every job this process holds (a graceful stop), for another process to carry on now."""
         ...
 
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]: ...
@@ -194,6 +220,24 @@ class RulesRepository(Protocol):
     async def remove_blocked(
         self, guild_id: int, phrases: Sequence[str], actor_id: int
     ) -> tuple[int, int]: ...
+
+
+class DeliveryRelay(Protocol):
+    """Webhook deliveries between processes that share a store: any may receive one, its driver takes it."""
+
+    async def post(self, provider: str, task_id: str, body: bytes) -> bool:
+        """Leave a verified delivery for whichever process drives (or will drive) the task; False if not kept."""
+        ...
+
+    async def take(self, provider: str, task_id: str) -> list[bytes]:
+        """Take the deliveries left for a task (once, whoever asks first), oldest first."""
+        ...
+
+    async def listen(self, on_posted: Callable[[str, str], None]) -> None:
+        """Call `on_posted(provider, task_id)` whenever some process posts a delivery, until `close`."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class JobReporter(Protocol):

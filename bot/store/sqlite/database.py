@@ -241,6 +241,11 @@ class Database:
             (key, value),
         )
 
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Yield True: one process uses an SQLite file, so work meant for one process is always this one's."""
+        yield True
+
     async def is_reachable(self) -> bool:
         """Return whether a trivial query answers (for health checks)."""
         try:

@@ -280,6 +280,28 @@ class SqliteJobRepository:
             tasks = await conn.execute("DELETE FROM jobs WHERE guild_id = ? AND user_id = ?", member)
             return tasks.rowcount, images.rowcount, prompts.rowcount
 
+    # One process uses an SQLite file: it drives every job, claims them all at once and never loses one.
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Return every unfinished job (one process drives them all; `limit` does not apply)."""
+        return await self.unfinished()
+
+    async def renew(self) -> set[str]:
+        """Return every unfinished job's id: nothing is leased, so nothing is ever lost."""
+        rows = await self._db.fetchall("SELECT id FROM jobs WHERE finished_at IS NULL")
+        return {str(row["id"]) for row in rows}
+
+    async def next_expiry(self) -> float | None:
+        """No other process, no lease of its to run out."""
+        return None
+
+    async def release(self) -> None:
+        """Nothing to give back: the next start carries every unfinished job on."""
+
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]:
         rows = await self._db.fetchall(
             "SELECT mime, data FROM job_images WHERE job_id = ? AND role = ? ORDER BY position",

@@ -65,5 +65,10 @@ async def stop_bot(bot: discord.Client, fake: FakeDiscord | None = None, *, time
         elif not task.cancelled() and task.exception() is not None:
             raise RuntimeError("the bot's gateway task crashed") from task.exception()
     if fake is not None:
+        # A bot that ran some shards (others run the rest) leaves when its shards' sessions close.
+        shard_ids = getattr(bot, "shard_ids", None)
         with contextlib.suppress(TimeoutError):
-            await fake.wait_disconnected(timeout)
+            if shard_ids:
+                await fake.wait_shards_gone(shard_ids, timeout)
+            else:
+                await fake.wait_disconnected(timeout)

@@ -255,6 +255,26 @@ class FakeDiscord:
         """Count the READY and RESUMED events sent so far."""
         return self._gateway.ready_generation
 
+    async def wait_shards(self, shard_ids: Sequence[int], timeout: float = 5) -> None:
+        """Wait until each of these shards has an identified session (bots in several processes)."""
+        await self._wait_until(
+            lambda: self._gateway.shards_connected(list(shard_ids)),
+            timeout,
+            f"sessions of shards {list(shard_ids)}",
+        )
+
+    async def wait_shards_gone(self, shard_ids: Sequence[int], timeout: float = 5) -> None:
+        """Wait until none of these shards has a session open (one of several bots has stopped)."""
+        await self._wait_until(
+            lambda: not set(shard_ids) & set(self._gateway.connected_shards()),
+            timeout,
+            f"the sessions of shards {list(shard_ids)} to close",
+        )
+
+    def connected_shards(self) -> list[int]:
+        """Return the shards that have a session on an open connection."""
+        return self._gateway.connected_shards()
+
     async def wait_disconnected(self, timeout: float = 5) -> None:
         """Wait until no gateway connection is open."""
         await self._wait_until(lambda: not self._gateway.sockets, timeout, "the gateway connections to close")
@@ -406,12 +426,16 @@ class FakeDiscord:
         """
         await self._gateway.disconnect(resumable=resumable, code=code)
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send any gateway event (op 0) to the connected bot, waiting for a connection first."""
-        await self.wait_connected()
-        await self._gateway.send_event(event, data)
+    async def dispatch(self, event: str, data: dict[str, Any], *, shard: int | None = None) -> None:
+        """Send any gateway event (op 0) to the connected bot, waiting for a connection first.
 
-    async def send_interaction(self, payload: dict[str, Any]) -> dict[str, Any]:
+        With several shards connected, the event goes to the session of the guild's shard, as on Discord;
+        `shard` sends it to that shard's session instead (a test that wants one process to receive it).
+        """
+        await self.wait_connected()
+        await self._gateway.send_event(event, data, shard=shard)
+
+    async def send_interaction(self, payload: dict[str, Any], *, shard: int | None = None) -> dict[str, Any]:
         """Dispatch INTERACTION_CREATE, starting its ack window; return the payload (its token names it)."""
         await self.wait_connected()
         guild_id = int(payload["guild_id"]) if payload.get("guild_id") else None
@@ -419,7 +443,9 @@ class FakeDiscord:
             # member.roles only shows roles the client knows; announce unknown ones like Discord would have.
             role_ids = [int(r) for r in payload.get("member", {}).get("roles", [])]
             for role in self._state.unknown_roles(guild_id, role_ids):
-                await self.dispatch("GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role})
+                await self.dispatch(
+                    "GUILD_ROLE_CREATE", {"guild_id": str(guild_id), "role": role}, shard=shard
+                )
         self._state.add_interaction(payload)
-        await self.dispatch("INTERACTION_CREATE", payload)
+        await self.dispatch("INTERACTION_CREATE", payload, shard=shard)
         return payload
