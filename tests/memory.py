@@ -265,6 +265,30 @@ class MemoryJobRepository:
                 images += len(self._images.pop((job.id, role), ()))
         return len(mine), images, len(prompts)
 
+    # One process on its own store, as SQLite: it drives every job and never loses one.
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    async def claim(self, limit: int) -> list[Job]:
+        return await self.unfinished()
+
+    async def renew(self) -> set[str]:
+        return {job.id for job in self._jobs.values() if job.finished_at is None}
+
+    async def next_expiry(self) -> float | None:
+        return None
+
+    async def release(self) -> None:
+        """Nothing to give back."""
+
+    async def request_cancel(self, job_id: str) -> bool:
+        return False
+
+    async def cancel_requested(self) -> set[str]:
+        return set()
+
     def _line_of(self, provider: str) -> tuple[list[Job], dict[int, float]]:
         waiting = [job for job in self._jobs.values() if job.provider == provider and _waiting(job)]
         served: dict[int, float] = {}

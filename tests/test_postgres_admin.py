@@ -14,14 +14,28 @@ import pytest
 
 from bot.domain.quota import Member
 from bot.domain.tasks import TaskKind
-from bot.store.postgres.database import PgDatabase
+from bot.domain.rules import ChannelRule, SpoilerRule
+from bot.store.postgres.database import PgDatabase, migration_files
 from tests.conftest import Harness, png_bytes
 from tests.processes import BotProcess, Finished, process_env, run_command
 
 PASSWORD = "hunter2-very-secret"
 SIGTERM_BUDGET = 10.0
 CLOSED_PORT_URL = "http://127.0.0.1:9"
-TABLES = ("meta", "usage", "quota_limits", "quota_grants", "audit", "jobs", "job_images", "describe_cache")
+TABLES = (
+    "meta",
+    "usage",
+    "quota_limits",
+    "quota_grants",
+    "audit",
+    "jobs",
+    "job_images",
+    "describe_cache",
+    "channel_rules",
+    "blocklist",
+    "task_durations",
+)
+FORGOTTEN_MEMBER = 777
 
 
 def env_for(database: Path, **more: str) -> dict[str, str]:
@@ -87,7 +101,8 @@ async def test_check_knows_postgres_and_says_unreachable_in_one_line_without_the
     )
     assert ok.code == 0, ok.output
     assert "ok: PostgreSQL at postgresql://postgres@127.0.0.1:5432/test?search_path=" in ok.output
-    assert "(DATABASE_URL) is reachable and writable, schema version 2/2 (current)" in ok.output
+    version = len(migration_files())
+    assert f"(DATABASE_URL) is reachable and writable, schema version {version}/{version} (current)" in ok.output
     assert not database.exists()  # the SQLite file is not touched with DATABASE_URL
 
     line = one_error_line(refused)
@@ -147,7 +162,12 @@ async def _a_real_sqlite_database(harness: Harness) -> Path:
     guild = harness.discord.guild_ids[0]
     await bot.core.quotas.set_limit(guild, "server", guild, TaskKind.DESCRIBE, 40, 99)
     await bot.core.quotas.grant(guild, harness.discord.default_user_id, TaskKind.IMAGINE, 2, 99)
-    await harness.stop_bot(bot)
+    await bot.core.rules.set_channel_rule(guild, ChannelRule(0, imagine=True, spoilers=SpoilerRule.ALWAYS), 99)
+    await bot.core.rules.add_blocked(guild, ["grim"], 99)
+    # A member who asked to be forgotten today: their use counts under a stand-in id (and the key's in meta).
+    await harness.interact(bot, harness.describe_payload(png_bytes(colour=(7, 7, 7)), user_id=FORGOTTEN_MEMBER))
+    await bot.core.service.forget(Member(guild, FORGOTTEN_MEMBER))
+    await harness.stop_bot(bot)  # what the poll schedule learned is saved (task_durations)
     # The harness keeps the bot's file open until the test ends: copy it as `backup` would.
     source = harness.tmp_path / "copied" / "bot.sqlite3"
     await bot.core.db.backup_to(source)  # type: ignore[union-attr]
@@ -193,8 +213,17 @@ async def test_copy_to_postgres_copies_every_table_and_refuses_a_database_that_i
             status.kind: (status.used, status.limit) for status in await bot.core.quotas.status(member)
         }
         assert statuses == {TaskKind.DESCRIBE: (3, 40), TaskKind.IMAGINE: (1, 12)}
+        forgotten = await bot.core.quotas.status(Member(harness.discord.guild_ids[0], FORGOTTEN_MEMBER))
+        assert [status.used for status in forgotten if status.kind is TaskKind.DESCRIBE] == [1]
+        rules = await bot.core.rules.channel_rules(harness.discord.guild_ids[0])
+        assert rules[0].spoilers is SpoilerRule.ALWAYS
+        assert await bot.core.rules.blocklist(harness.discord.guild_ids[0]) == [("grim", "grim")]
+        # The copied cache answers on PostgreSQL (the first image again: nothing sent to Freepik).
+        harness.freepik.reset()
+        await harness.interact(bot, harness.describe_payload(png_bytes(colour=(200, 0, 0))))
+        assert harness.freepik.count("POST") == 0
         await harness.interact(bot, harness.describe_payload(png_bytes(colour=(90, 90, 250))))
-        assert await pg.fetchval("SELECT max(id) FROM usage") == counts["usage"] + 1
+        assert await pg.fetchval("SELECT max(id) FROM usage") == counts["usage"] + 2  # cached, then new
     finally:
         await pg.close()
 

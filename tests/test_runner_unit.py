@@ -744,7 +744,8 @@ async def test_resume_carries_each_job_on_from_its_saved_state(make_rig: RigFact
     )
     # Polls an hour apart: the job saved IN_PROGRESS can only finish now if it is polled at once.
     rig = make_rig(provider, config=SLOW)
-    queued = await rig.job()
+    # Dispatched (it had left the line) but not yet started when the bot stopped.
+    queued = replace(await rig.job(), dispatched_at=rig.clock.now)
     await rig.jobs.create(queued, [IMAGE])
     rig.clock.advance(1)
     starting = await rig.job()
@@ -1043,7 +1044,7 @@ async def test_a_resumed_job_is_fitted_to_the_provider_it_has_now(make_rig: RigF
     describer = FakeDescriber(snapshot("t-1", "COMPLETED", prompt="small"))
     provider = make_provider("beta", describer=describer, limits=small)
     rig = make_rig(provider)
-    job = await rig.job("beta")
+    job = replace(await rig.job("beta"), dispatched_at=rig.clock.now)
     await rig.jobs.create(job, [ImageBytes(png_bytes((400, 300)), "image/png")])
     assert await rig.runner.resume() == 1
     await rig.jobs.wait_finished(job.id)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.domain.errors import LeaseLost
-from bot.domain.tasks import ImageBytes, Job, JobState, Notice, NoticeCode, Route, TaskKind
+from bot.domain.tasks import ImageBytes, Job, JobState, Notice, NoticeCode, Route, Suggestion, TaskKind
 from bot.store.postgres.database import PgDatabase, migration_files
 from bot.store.postgres.jobs import PgJobRepository
 from bot.store.postgres.webhooks import PgDeliveryRelay, PgReplayGuard
@@ -50,7 +50,7 @@ async def test_a_job_is_saved_updated_found_and_finished(backend: Backend) -> No
     job = await jobs.update(job, state=JobState.CREATED, provider_task_id="task-1")
     assert (await jobs.find_by_task("freepik", "task-1")) == job
     assert await jobs.find_by_task("novita", "task-1") is None
-    job = await jobs.save_outputs(job, [OUT], state=JobState.COMPLETED, result_text="a cat")
+    job = await jobs.save_outputs(job, [OUT], state=JobState.COMPLETED, suggestions=(Suggestion("a cat"),))
     assert await jobs.images(job.id, "output") == [OUT]
     await jobs.save_route(job.id, Route(channel_id=42, message_id=99, via="channel"))
     stored = await jobs.get(job.id)
@@ -101,11 +101,15 @@ async def test_the_describe_cache_answers_within_its_lifetime_and_prune_keeps_th
 ) -> None:
     clock = Clock()
     jobs = backend.jobs(clock)
-    await jobs.cache_prompt("hash", "freepik", "first")
-    await jobs.cache_prompt("hash", "freepik", "second")
-    assert await jobs.cached_prompt("hash", "freepik", 30) == "second"
-    assert await jobs.cached_prompt("hash", "novita", 30) is None
-    assert await jobs.cached_prompt("hash", "freepik", 0) is None
+    first, second = (Suggestion("first"),), (Suggestion("second", "blurry"), Suggestion("third"))
+    await jobs.cache_suggestions("hash", "freepik", "|detailed|1", first)
+    await jobs.cache_suggestions("hash", "freepik", "|detailed|1", second)
+    await jobs.cache_suggestions("hash", "freepik", "llava|tags|1", first)
+    assert await jobs.cached_suggestions("hash", "freepik", "|detailed|1", 30) == second
+    assert await jobs.cached_suggestions("hash", "freepik", "llava|tags|1", 30) == first  # its own variant
+    assert await jobs.cached_suggestions("hash", "freepik", "|detailed|2", 30) is None
+    assert await jobs.cached_suggestions("hash", "novita", "|detailed|1", 30) is None
+    assert await jobs.cached_suggestions("hash", "freepik", "|detailed|1", 0) is None
 
     old = new_job(clock)
     await jobs.create(old, [PNG])
@@ -113,7 +117,7 @@ async def test_the_describe_cache_answers_within_its_lifetime_and_prune_keeps_th
     running = new_job(clock)
     await jobs.create(running, [PNG])
     clock.now += 31 * 86400
-    assert await jobs.cached_prompt("hash", "freepik", 30) is None
+    assert await jobs.cached_suggestions("hash", "freepik", "|detailed|1", 30) is None
     assert await jobs.prune(30) == 1
     assert await jobs.get(old.id) is None
     assert await jobs.images(old.id, "input") == []  # the images go with their job
@@ -198,7 +202,7 @@ async def test_a_graceful_stop_gives_the_jobs_back_at_once(pg_backend: Backend) 
     clock = Clock()
     first = pg_backend.jobs(clock, owner="process-a", lease=300.0)
     second = pg_backend.jobs(clock, owner="process-b")
-    job = new_job(clock)
+    job = new_job(clock, dispatched_at=clock())  # at its provider: not waiting in line
     await first.create(job)
     await first.release()
     assert [j.id for j in await second.claim(limit=10)] == [job.id]
@@ -210,7 +214,7 @@ async def test_processes_claiming_at_once_never_take_the_same_job(pg_backend: Ba
     maker = pg_backend.jobs(clock, owner="dead-process", lease=300.0)
     ids = set()
     for _ in range(60):
-        job = new_job(clock)
+        job = new_job(clock, dispatched_at=clock())
         await maker.create(job)
         ids.add(job.id)
     await db.execute("UPDATE jobs SET lease_expires_at = 0")  # the process that made them died long ago
@@ -234,7 +238,8 @@ async def test_two_processes_starting_together_migrate_once(pg_backend: Backend)
     _postgres(pg_backend)
     url = str(pg_backend.where)
     await pg_backend.db.execute(
-        "DROP TABLE schema_migrations, jobs, job_images, usage, quota_limits, quota_grants, audit, meta, describe_cache, webhook_seen, webhook_inbox CASCADE"
+        "DROP TABLE schema_migrations, jobs, job_images, usage, quota_limits, quota_grants, audit, meta, "
+        "describe_cache, webhook_seen, webhook_inbox, channel_rules, blocklist, task_durations CASCADE"
     )  # type: ignore[arg-type]
     await pg_backend.db.execute("DROP FUNCTION bot_reserve")  # type: ignore[arg-type]
     opened = await asyncio.gather(*(PgDatabase.open(url) for _ in range(4)))

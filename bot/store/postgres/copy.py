@@ -4,7 +4,9 @@ The SQLite file is first brought to this bot's schema (as a start would), then r
 it (the exclusive use lock a restore takes). The PostgreSQL side is migrated, checked to hold nothing of a
 bot yet, and filled in one transaction that also holds its tables locked: either every row arrives and the
 counts match, or nothing is left behind. Columns are matched by name: the PostgreSQL schema is SQLite's,
-converted (migration 0001).
+converted (migrations 0001 and 0003-0006), plus what only several processes need (leases, the webhook
+inbox, cancel requests). The meta table comes too, the key of forgotten members' stand-in ids with it, so
+today's rows of a member who was forgotten still count as theirs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,19 @@ from bot.store.sqlite.database import DatabaseUnusable as SqliteUnusable
 from bot.store.sqlite.use_lock import DatabaseBusy, UseLock
 
 # Parents before children (jobs point at usage rows, images at jobs); tables added later come after.
-_ORDER = ("meta", "usage", "quota_limits", "quota_grants", "audit", "jobs", "job_images", "describe_cache")
+_ORDER = (
+    "meta",
+    "usage",
+    "quota_limits",
+    "quota_grants",
+    "audit",
+    "jobs",
+    "job_images",
+    "describe_cache",
+    "channel_rules",
+    "blocklist",
+    "task_durations",
+)
 # What a check may have written into an otherwise empty bot database.
 _HARMLESS_META = frozenset({"last_check"})
 _BATCH = 500

@@ -12,10 +12,17 @@ lease (`owner`, `lease_expires_at` on the database server's clock):
   lost a job (its lease ran out and another claimed it) finds nothing to update, gets LeaseLost and stops
   driving it, so a job never has two drivers writing its state, even for a moment;
 - a graceful stop gives the leases back (`release`), so another process carries the jobs on at once.
+
+The lines are shared too. A job waiting in line is no process's to drive: `claim` never hands one out.
+Whichever process sees an end dispatches the next (`next_in_line`), under a transaction-scoped advisory lock
+on the provider, so two processes never dispatch past its cap, and the job it takes is leased to it. A
+member who cancels a task another process drives leaves a request on the job (`request_cancel`); the
+driver finds it at its next renewal (`cancel_requested`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
@@ -23,14 +30,16 @@ from typing import Any
 
 import asyncpg
 
-from bot.domain.errors import LeaseLost
+from bot.domain.errors import BadInput, LeaseLost, Refusal
+from bot.domain.line import take_order
 from bot.domain.ports import ImageRole
-from bot.domain.tasks import Fault, ImageBytes, Job, JobState, Route, TaskKind
+from bot.domain.tasks import DescribeStyle, Fault, ImageBytes, Job, JobState, Route, Suggestion, TaskKind
 from bot.store.postgres.database import DB_NOW, PgDatabase
-from bot.store.sqlite.jobs import notice_from_text, notice_to_text
+from bot.store.sqlite.jobs import notice_from_text, notice_to_text, suggestions_from_text, suggestions_to_text
 
-# The job's own columns; its route is kept in the columns below (the same names as in SQLite).
-_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name != "route")
+# The job's own columns; its route is kept in the columns below (the same names as in SQLite), and its
+# place in line is not kept.
+_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name not in ("route", "place"))
 _ROUTE_COLUMNS = {
     "channel_id": "channel_id",
     "message_id": "message_id",
@@ -38,7 +47,30 @@ _ROUTE_COLUMNS = {
     "interaction_token": "interaction_token",
     "token_created_at": "token_created_at",
     "via": "report_via",
+    "member_locale": "member_locale",
+    "guild_locale": "guild_locale",
 }
+# A job waits in line until it is dispatched; from then until its end is known it runs at its provider
+# (the same conditions as SQLite's).
+_WAITING = "finished_at IS NULL AND dispatched_at IS NULL AND state = 'QUEUED'"
+_RUNNING = (
+    "finished_at IS NULL AND dispatched_at IS NOT NULL AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+)
+# When each member waiting for a provider last had a task leave its line.
+_LAST_SERVED_SQL = (
+    "SELECT user_id, max(dispatched_at) AS last FROM jobs WHERE provider = $1 AND dispatched_at IS NOT NULL "  # noqa: S608
+    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = $1 AND {_WAITING}) GROUP BY user_id"
+)
+# One dispatcher at a time per provider, whatever the process; a member's running tasks (counted at every
+# provider) are decided under the member's own lock, taken without waiting (see `next_in_line`).
+_LINE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':line:' || $1::text, 0))"
+_LINE_MEMBER_LOCK = (
+    "SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || ':line-member:' || $1::bigint, 0))"
+)
+# A dispatch that found a member's lock held by another dispatch (of another provider) tries again this
+# often, after this long each time: the other one decides within milliseconds.
+_CONTENDED_TRIES = 50
+_CONTENDED_WAIT = 0.01
 # Deliveries parked for another process and seen webhook ids live this long at most.
 _WEBHOOK_ROWS_TTL = 86400.0
 
@@ -50,6 +82,13 @@ def _job_from_row(row: asyncpg.Record) -> Job:
     values["reported_state"] = JobState(values["reported_state"]) if values["reported_state"] else None
     values["fault"] = Fault(values["fault"]) if values["fault"] else None
     values["notice"] = notice_from_text(values["notice"])
+    values["style"] = DescribeStyle(values["style"]) if values["style"] else None
+    values["spoiler"] = bool(values["spoiler"])
+    values["hidden"] = bool(values["hidden"])
+    if values["suggestions"]:
+        values["suggestions"] = suggestions_from_text(values["suggestions"])
+    else:  # a job saved before suggestions existed kept its one prompt in result_text
+        values["suggestions"] = (Suggestion(row["result_text"]),) if row["result_text"] else ()
     route = Route(**{field: row[column] for field, column in _ROUTE_COLUMNS.items()})
     return Job(route=route, **values)
 
@@ -57,8 +96,18 @@ def _job_from_row(row: asyncpg.Record) -> Job:
 def _column_values(job: Job) -> dict[str, Any]:
     values = {name: getattr(job, name) for name in _JOB_COLUMNS}
     values["notice"] = notice_to_text(job.notice)
+    values["suggestions"] = suggestions_to_text(job.suggestions) if job.suggestions else None
+    # The first prompt is kept on its own too, as in SQLite.
+    values["result_text"] = job.result_text
+    values["spoiler"] = int(job.spoiler)
+    values["hidden"] = int(job.hidden)
     values |= {column: getattr(job.route, field) for field, column in _ROUTE_COLUMNS.items()}
     return values
+
+
+def _count(status: str) -> int:
+    """Return the row count of a command status such as 'UPDATE 3' or 'DELETE 0'."""
+    return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
 
 
 class PgJobRepository:
@@ -145,10 +194,11 @@ class PgJobRepository:
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
         stored = _column_values(updated)
-        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=1))
-        n = len(changes)
+        columns = list(changes) + (["result_text"] if "suggestions" in changes else [])
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=1))
+        n = len(columns)
         sql = f"UPDATE jobs SET {assignments} WHERE id = ${n + 1} AND owner = ${n + 2}"  # noqa: S608
-        return updated, sql, (*[stored[name] for name in changes], job.id, self._owner)
+        return updated, sql, (*[stored[name] for name in columns], job.id, self._owner)
 
     @staticmethod
     async def _fenced(conn: asyncpg.Connection, job_id: str, sql: str, params: tuple[Any, ...]) -> None:
@@ -171,6 +221,164 @@ class PgJobRepository:
         rows = await self._db.fetch("SELECT * FROM jobs WHERE finished_at IS NULL ORDER BY created_at, id")
         return [_job_from_row(row) for row in rows]
 
+    # --- the line ----------------------------------------------------------------------------------
+
+    async def next_in_line(
+        self, provider: str, *, max_running: int, max_running_per_member: int
+    ) -> Job | None:
+        """Take the next job from the provider's line, mark it dispatched and lease it to this process.
+
+        One transaction under the provider's advisory lock (transaction-scoped): dispatches of one provider
+        queue there, whichever process runs them, and each counts the provider's running jobs only once
+        the one before it committed, so no two ever dispatch past MAX_INFLIGHT_PER_PROVIDER. A member's
+        running tasks count at every provider, so dispatches of two providers may weigh the same member at
+        once: the member's count is read under the member's own lock, taken without waiting (two dispatches
+        waiting for each other's members could deadlock). A member whose lock another dispatch holds is
+        passed over, and if that left the job to take undecided, the whole step is tried again once the
+        other one has committed (milliseconds later).
+        """
+        for _ in range(_CONTENDED_TRIES):
+            contended, job = await self._dispatch_one(provider, max_running, max_running_per_member)
+            if not contended:
+                return job
+            await asyncio.sleep(_CONTENDED_WAIT)
+        return None  # the next end, submit or renewal moves the line on
+
+    async def _dispatch_one(
+        self, provider: str, max_running: int, max_running_per_member: int
+    ) -> tuple[bool, Job | None]:
+        """Return (whether a member's lock was held elsewhere and nothing was taken, the job taken)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(_LINE_LOCK, provider)
+            at_provider = await conn.fetchval(
+                f"SELECT count(*) FROM jobs WHERE provider = $1 AND {_RUNNING}",  # noqa: S608
+                provider,
+            )
+            if int(at_provider) >= max_running:
+                return False, None
+            waiting, served = await self._line_of(conn, provider)
+            passed_over: set[int] = set()
+            weighed: set[int] = set()
+            contended = False
+            for job in take_order(waiting, served):
+                member = job.user_id
+                if member in passed_over:
+                    continue
+                if member not in weighed:
+                    if not await conn.fetchval(_LINE_MEMBER_LOCK, member):
+                        contended = True  # another dispatch is deciding on this member right now
+                        passed_over.add(member)
+                        continue
+                    weighed.add(member)
+                    running = await conn.fetchval(
+                        f"SELECT count(*) FROM jobs WHERE user_id = $1 AND {_RUNNING}",  # noqa: S608
+                        member,
+                    )
+                    if int(running) >= max_running_per_member:
+                        passed_over.add(member)
+                        continue
+                now = self._clock()
+                row = await conn.fetchrow(
+                    f"UPDATE jobs SET dispatched_at = $1, updated_at = $1, owner = $2, "  # noqa: S608
+                    f"lease_expires_at = {DB_NOW} + $3 WHERE id = $4 AND {_WAITING} RETURNING *",
+                    now,
+                    self._owner,
+                    self._lease,
+                    job.id,
+                )
+                if row is not None:  # else it was cancelled a moment ago: the next one
+                    return False, _job_from_row(row)
+            return contended, None
+
+    async def line(self, provider: str) -> list[Job]:
+        """Return the jobs waiting for the provider, in the order they will be taken, with their `place`."""
+        async with self._db.connection() as conn:
+            waiting, served = await self._line_of(conn, provider)
+        return [replace(job, place=place) for place, job in enumerate(take_order(waiting, served), start=1)]
+
+    @staticmethod
+    async def _line_of(conn: asyncpg.Connection, provider: str) -> tuple[list[Job], dict[int, float]]:
+        """Return the provider's waiting jobs, and when each of their members was last served by it."""
+        rows = await conn.fetch(
+            f"SELECT * FROM jobs WHERE provider = $1 AND {_WAITING} ORDER BY created_at, id",  # noqa: S608
+            provider,
+        )
+        if not rows:
+            return [], {}
+        served = await conn.fetch(_LAST_SERVED_SQL, provider)
+        return [_job_from_row(row) for row in rows], {int(r["user_id"]): float(r["last"]) for r in served}
+
+    async def cancel_waiting(self, job_id: str) -> Job | None:
+        """End a job that still waits in line as CANCELLED, atomically; None when it is no longer waiting.
+
+        The job is leased to this process with it (whichever process created it): this one shows its end
+        and closes it.
+        """
+        row = await self._db.fetchrow(
+            f"UPDATE jobs SET state = 'CANCELLED', updated_at = $1, owner = $2, "  # noqa: S608
+            f"lease_expires_at = {DB_NOW} + $3 WHERE id = $4 AND {_WAITING} RETURNING *",
+            self._clock(),
+            self._owner,
+            self._lease,
+            job_id,
+        )
+        return _job_from_row(row) if row is not None else None
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask the process that drives a job to cancel it; False when the job no longer runs."""
+        status = await self._db.execute(
+            f"UPDATE jobs SET cancel_requested_at = $1 WHERE id = $2 AND {_RUNNING}",  # noqa: S608
+            self._clock(),
+            job_id,
+        )
+        return _count(status) == 1
+
+    async def cancel_requested(self) -> set[str]:
+        """Return the ids of the unfinished jobs this process holds that a member asked to cancel."""
+        rows = await self._db.fetch(
+            "SELECT id FROM jobs WHERE owner = $1 AND finished_at IS NULL AND cancel_requested_at IS NOT NULL",
+            self._owner,
+        )
+        return {str(row["id"]) for row in rows}
+
+    async def tasks_of(self, user_id: int, guild_id: int | None = None) -> tuple[int, int]:
+        """Return how many of the member's tasks run at a provider, and how many wait in line."""
+        row = await self._db.fetchrow(
+            f"SELECT count(*) FILTER (WHERE {_RUNNING}) AS running, "  # noqa: S608
+            f"count(*) FILTER (WHERE {_WAITING}) AS waiting FROM jobs "
+            "WHERE user_id = $1 AND ($2::bigint IS NULL OR guild_id = $2) AND finished_at IS NULL",
+            user_id,
+            guild_id,
+        )
+        return (int(row["running"]), int(row["waiting"])) if row else (0, 0)
+
+    async def forget_member(self, guild_id: int, user_id: int) -> tuple[int, int, int]:
+        """Delete the member's tasks in this server, their images, and the cached prompts of images they sent.
+
+        Refuses (FORGET_WHILE_RUNNING) while any of those tasks runs or waits: its drive still needs it.
+        Returns (tasks, images, prompts) deleted. The member's jobs are locked first (FOR UPDATE), so a task
+        ending in another process at the same moment is either counted as unfinished or deleted ended.
+        """
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT id, finished_at FROM jobs WHERE guild_id = $1 AND user_id = $2 FOR UPDATE",
+                guild_id,
+                user_id,
+            )
+            unfinished = sum(1 for row in rows if row["finished_at"] is None)
+            if unfinished:
+                raise BadInput(Refusal.FORGET_WHILE_RUNNING, count=unfinished)
+            ids = [str(row["id"]) for row in rows]
+            images = await conn.execute("DELETE FROM job_images WHERE job_id = ANY($1::text[])", ids)
+            prompts = await conn.execute(
+                "DELETE FROM describe_cache WHERE image_hash IN (SELECT input_hash FROM jobs "
+                "WHERE id = ANY($1::text[]) AND kind = $2 AND input_hash IS NOT NULL)",
+                ids,
+                TaskKind.DESCRIBE.value,
+            )
+            tasks = await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", ids)
+            return _count(tasks), _count(images), _count(prompts)
+
     # --- leases ------------------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[Job]:
@@ -178,11 +386,12 @@ class PgJobRepository:
 
         Claimable: no owner (never leased, or given back at a graceful stop) or a lease that ran out
         (its process died, or lost the database for longer than a lease). Rows another process is
-        claiming at this moment are skipped, not waited for (SKIP LOCKED).
+        claiming at this moment are skipped, not waited for (SKIP LOCKED). A job waiting in line is not
+        handed out: it is dispatched (`next_in_line`) by whichever process sees an end, and leased then.
         """
         rows = await self._db.fetch(
             f"UPDATE jobs SET owner = $1, lease_expires_at = {DB_NOW} + $2 WHERE id IN ("  # noqa: S608
-            "SELECT id FROM jobs WHERE finished_at IS NULL "
+            f"SELECT id FROM jobs WHERE finished_at IS NULL AND NOT ({_WAITING}) "
             f"AND (owner IS NULL OR lease_expires_at < {DB_NOW}) "
             "ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *",
             self._owner,
@@ -203,10 +412,13 @@ class PgJobRepository:
         return {str(row["id"]) for row in rows}
 
     async def next_expiry(self) -> float | None:
-        """Return in how many seconds the earliest lease of another process runs out (None: none)."""
+        """Return in how many seconds the earliest lease of another process runs out (None: none).
+
+        Leases on jobs waiting in line do not count: nobody claims those (they leave the line by dispatch).
+        """
         value = await self._db.fetchval(
             f"SELECT min(lease_expires_at) - {DB_NOW} FROM jobs "  # noqa: S608
-            "WHERE finished_at IS NULL AND owner IS NOT NULL AND owner <> $1",
+            f"WHERE finished_at IS NULL AND owner IS NOT NULL AND owner <> $1 AND NOT ({_WAITING})",
             self._owner,
         )
         return None if value is None else float(value)
@@ -228,26 +440,33 @@ class PgJobRepository:
         )
         return [ImageBytes(data=bytes(row["data"]), mime=str(row["mime"])) for row in rows]
 
-    async def cached_prompt(self, image_hash: str, provider: str, max_age_days: int) -> str | None:
-        """Return a prompt this provider gave for the same image within the cache's lifetime."""
+    async def cached_suggestions(
+        self, image_hash: str, provider: str, variant: str, max_age_days: int
+    ) -> tuple[Suggestion, ...] | None:
+        """Return what this provider answered for the same image and request within the cache's lifetime."""
         if max_age_days <= 0:
             return None
         value = await self._db.fetchval(
-            "SELECT prompt FROM describe_cache WHERE image_hash = $1 AND provider = $2 AND created_at > $3",
+            "SELECT suggestions FROM describe_cache WHERE image_hash = $1 AND provider = $2 AND variant = $3 "
+            "AND created_at > $4",
             image_hash,
             provider,
+            variant,
             self._clock() - max_age_days * 86400,
         )
-        return None if value is None else str(value)
+        return None if value is None else suggestions_from_text(str(value))
 
-    async def cache_prompt(self, image_hash: str, provider: str, prompt: str) -> None:
+    async def cache_suggestions(
+        self, image_hash: str, provider: str, variant: str, suggestions: tuple[Suggestion, ...]
+    ) -> None:
         await self._db.execute(
-            "INSERT INTO describe_cache (image_hash, provider, prompt, created_at) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (image_hash, provider) DO UPDATE SET prompt = excluded.prompt, "
-            "created_at = excluded.created_at",
+            "INSERT INTO describe_cache (image_hash, provider, variant, suggestions, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (image_hash, provider, variant) DO UPDATE SET "
+            "suggestions = excluded.suggestions, created_at = excluded.created_at",
             image_hash,
             provider,
-            prompt,
+            variant,
+            suggestions_to_text(suggestions),
             self._clock(),
         )
 
@@ -265,7 +484,7 @@ class PgJobRepository:
             await conn.execute("DELETE FROM describe_cache WHERE created_at < $1", cutoff)
             await conn.execute("DELETE FROM webhook_inbox WHERE received_at < $1", now - _WEBHOOK_ROWS_TTL)
             await conn.execute("DELETE FROM webhook_seen WHERE seen_at < $1", now - _WEBHOOK_ROWS_TTL)
-        return int(status.rsplit(" ", 1)[-1])
+        return _count(status)
 
 
 async def _insert_images(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from bot.domain.errors import QuotaExceeded, TooManyInFlight
+from bot.domain.errors import LineFull, QuotaExceeded
+from bot.domain.privacy import FORGOTTEN, pseudonym
 from bot.domain.quota import (
     SCOPES,
     UNLIMITED,
@@ -31,6 +34,21 @@ from bot.store.postgres.database import PgDatabase
 _MEMBER_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':quota-user:' || $1::bigint, 0))"
 )
+# A reservation is held while its task may still run: a job carries it (in line or at the provider, however
+# long that takes), or it is recent (the process died between reserving and saving its job). `${n}` is the
+# oldest start that still counts as recent. The same rule as SQLite's and bot_reserve's (migration 0007).
+_HELD = (
+    "state = 'reserved' AND (started_at > ${n} OR EXISTS "
+    "(SELECT 1 FROM jobs WHERE jobs.usage_id = usage.id AND jobs.finished_at IS NULL))"
+)
+_PSEUDONYM_KEY = "pseudonym_key"
+
+
+@dataclass(frozen=True, slots=True)
+class _MemberIds:
+    guild_id: int
+    user_id: int
+    pseudonym: int  # the stand-in id of their rows of today, had they asked to be forgotten
 
 
 class PgQuotaLedger:
@@ -48,12 +66,15 @@ class PgQuotaLedger:
         max_inflight_per_user: int,
         max_inflight_per_provider: int,
         reservation_ttl: float,
+        max_queue_per_provider: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._defaults = dict(defaults)
         self._max_inflight_per_user = max_inflight_per_user
         self._max_inflight_per_provider = max_inflight_per_provider
+        self._max_queue_per_provider = max_queue_per_provider
+        self._secret: bytes | None = None  # the key of forgotten members' stand-in ids, read once
         # As in SQLite: a reservation older than this belongs to a task that can no longer be running.
         self._ttl = reservation_ttl
         self._clock = clock
@@ -65,53 +86,57 @@ class PgQuotaLedger:
     # --- the member's side -------------------------------------------------------------------
 
     async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
-        """Hold one task for the member, or raise QuotaExceeded or TooManyInFlight.
+        """Hold one task for the member, or raise QuotaExceeded or LineFull.
+
+        The task then runs or waits in its provider's line (the runner keeps the per-member running cap
+        when it dispatches); the provider's line is full once MAX_INFLIGHT_PER_PROVIDER +
+        MAX_QUEUE_PER_PROVIDER reservations are held for it.
 
         Exact across processes: the check and the write are one call of the `bot_reserve` function
-        (migration 0002), one transaction that first takes `pg_advisory_xact_lock` on the member (keyed
-        by the user id: the per-member in-flight cap spans servers, and the quota of every server of the
-        member sits under it), counts what the member used, was granted and is running, and only then
-        takes the provider's lock (for the per-provider in-flight cap), counts the provider's running
-        tasks and inserts. Every reservation takes the two in that order, so none deadlock, and holds
-        them until its commit: the next reservation of the same member (or provider) starts counting
-        only once this one's row is committed, and under READ COMMITTED each statement of the function
-        sees every row committed before it began. Two reservations can therefore never both count the
-        same last unit, in one process or in many. Grants and resets take the member's lock too
-        (`grant`, `reset_today`), so a reservation sees all of one or none of it; a settle only ever
-        lowers the counts, so it needs no lock (see `_settle`).
+        (migration 0007), one transaction that first takes `pg_advisory_xact_lock` on the member (keyed
+        by the user id: the quota of every server of the member sits under it), counts what the member
+        used and was granted (under their id, and today's also under their stand-in id once forgotten),
+        and only then takes the provider's lock, counts the reservations held for the provider and
+        inserts. Every reservation takes the two in that order, so none deadlock, and holds them until its
+        commit: the next reservation of the same member (or provider) starts counting only once this
+        one's row is committed, and under READ COMMITTED each statement of the function sees every row
+        committed before it began. Two reservations can therefore never both count the same last unit, or
+        the same last place in line, in one process or in many. Grants, resets and forgetting take the
+        member's lock too (`grant`, `reset_today`, `forget_member`), so a reservation sees all of one or
+        none of it; a settle only ever lowers the counts, so it needs no lock (see `_settle`).
 
         The limit is resolved before the call, outside the locks (an admin changing a limit at the same
         moment may apply to this reservation or the next: either order is one an admin could have
         made). The clock is read just before the call; the locks are held for microseconds, so a request
         counts against the day (and the in-flight window) it arrived in.
         """
+        ids = await self._ids(member)
         now = self._clock()
         day = utc_day(now)
-        limits = await self._limits(member.guild_id, kind)
-        limit, source = resolve_limit(limits, member, self._defaults[kind])
+        limit, source = resolve_limit(
+            await self._limits(member.guild_id, kind, ids), member, self._defaults[kind]
+        )
         row = await self._db.fetchrow(
             "SELECT * FROM bot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             member.guild_id,
             member.user_id,
+            ids.pseudonym,
             kind.value,
             provider,
             day,
             now,
             now - self._ttl,
             limit,
-            self._max_inflight_per_user,
-            self._max_inflight_per_provider,
+            self._max_inflight_per_provider + self._max_queue_per_provider,
         )
         assert row is not None
         if row["usage_id"] is not None:
             return Reservation(usage_id=int(row["usage_id"]))
-        # Refused: say why, in SQLite's order (the quota first: waiting for a running task would not help).
+        # Refused: say why, in SQLite's order (the quota first: waiting in line would not help).
         status = kind_status(kind, limit, source, int(row["used"]), int(row["granted"]), now)
-        if status.left == 0:
+        if status.left == 0 or row["held_provider"] is None:
             raise QuotaExceeded(kind, status.limit, status.renews_at)
-        if row["running_user"] >= self._max_inflight_per_user:
-            raise TooManyInFlight("user", self._max_inflight_per_user)
-        raise TooManyInFlight("provider", self._max_inflight_per_provider)  # running_provider was at the cap
+        raise LineFull(provider, self._max_queue_per_provider)  # held_provider was at the line's end
 
     async def commit(self, usage_id: int, *, outcome: str = "COMPLETED") -> bool:
         """Spend a reservation; False when it was already settled."""
@@ -147,20 +172,23 @@ class PgQuotaLedger:
 
     async def status(self, member: Member) -> list[KindStatus]:
         """Return each kind's limit, use and renewal for the member today (a read: no lock)."""
+        ids = await self._ids(member)
         now = self._clock()
         day = utc_day(now)
         rows = await self._db.fetch(
             "SELECT kind, scope, target_id, daily_limit FROM quota_limits WHERE guild_id = $1",
             member.guild_id,
         )
+        # One statement: one snapshot of the usage and the grants.
         totals = await self._db.fetch(
-            "SELECT 'used' AS what, kind, count(*) AS n FROM usage "
-            "WHERE guild_id = $1 AND user_id = $2 AND day = $3 AND forgiven = 0 "
-            "AND (state = 'committed' OR (state = 'reserved' AND started_at > $4)) GROUP BY kind "
+            "SELECT 'used' AS what, kind, count(*) AS n FROM usage "  # noqa: S608 (constants)
+            "WHERE guild_id = $1 AND user_id IN ($2, $3) AND day = $4 AND forgiven = 0 "
+            f"AND (state = 'committed' OR ({_HELD.format(n=5)})) GROUP BY kind "
             "UNION ALL SELECT 'granted', kind, sum(amount) FROM quota_grants "
-            "WHERE guild_id = $1 AND user_id = $2 AND day = $3 GROUP BY kind",
+            "WHERE guild_id = $1 AND user_id IN ($2, $3) AND day = $4 GROUP BY kind",
             member.guild_id,
             member.user_id,
+            ids.pseudonym,
             day,
             now - self._ttl,
         )
@@ -168,7 +196,7 @@ class PgQuotaLedger:
         statuses = []
         for kind in TaskKind:
             limits = [
-                (str(r["scope"]), int(r["target_id"]), int(r["daily_limit"]))
+                (str(r["scope"]), self._limit_target(r, ids), int(r["daily_limit"]))
                 for r in rows
                 if r["kind"] == kind.value
             ]
@@ -177,15 +205,6 @@ class PgQuotaLedger:
             granted = counted.get(("granted", kind.value), 0)
             statuses.append(kind_status(kind, limit, source, used, granted, now))
         return statuses
-
-    async def running(self, user_id: int) -> int:
-        """Return how many of the member's tasks are running."""
-        value = await self._db.fetchval(
-            "SELECT count(*) FROM usage WHERE state = 'reserved' AND user_id = $1 AND started_at > $2",
-            user_id,
-            self._clock() - self._ttl,
-        )
-        return int(value or 0)
 
     async def expire(self) -> int:
         """Refund reservations older than the task lifetime (their task cannot still be running).
@@ -219,7 +238,21 @@ class PgQuotaLedger:
             raise ValueError(f"unknown scope {scope!r}")
         if limit is not None and limit < UNLIMITED:
             raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+        # A forgotten member's limit was kept under their stand-in id: the new rule replaces it.
+        stand_in = (
+            (await self._ids(Member(guild_id=guild_id, user_id=target_id))).pseudonym
+            if scope == "user"
+            else None
+        )
         async with self._db.transaction() as conn:
+            if stand_in is not None:
+                await conn.execute(
+                    "DELETE FROM quota_limits WHERE guild_id = $1 AND scope = 'user' AND target_id = $2 "
+                    "AND kind = $3",
+                    guild_id,
+                    stand_in,
+                    kind.value,
+                )
             if limit is None:
                 await conn.execute(
                     "DELETE FROM quota_limits WHERE guild_id = $1 AND scope = $2 AND target_id = $3 AND kind = $4",
@@ -361,7 +394,67 @@ class PgQuotaLedger:
                 cutoff,
             )
             await conn.execute("DELETE FROM quota_grants WHERE day < $1", cutoff)
+            # A forgotten member's stand-in id is only needed while their day's quota runs.
+            today = utc_day(self._clock())
+            await conn.execute(
+                "UPDATE usage SET user_id = $1 WHERE user_id < 0 AND day < $2", FORGOTTEN, today
+            )
+            await conn.execute(
+                "UPDATE quota_grants SET user_id = $1 WHERE user_id < 0 AND day < $2", FORGOTTEN, today
+            )
             return _count(status)
+
+    async def forget_member(self, guild_id: int, user_id: int) -> int:
+        """Take the member's id off their usage rows, grants, limits and audit lines in this server.
+
+        Rows of today take the member's stand-in id, so today's use still counts toward today's quota (and
+        a limit an admin set for them still holds); older rows keep no id at all. Returns how many usage
+        rows changed. Under the member's lock, as a grant: a reservation beside it counts the rows under
+        one id or the other, never under neither.
+        """
+        stand_in = (await self._ids(Member(guild_id=guild_id, user_id=user_id))).pseudonym
+        async with self._db.transaction() as conn:
+            await conn.execute(_MEMBER_LOCK, user_id)
+            today = utc_day(self._clock())
+            changed = 0
+            for table in ("usage", "quota_grants"):
+                for condition, new_id in (("day = $4", stand_in), ("day <> $4", FORGOTTEN)):
+                    status = await conn.execute(
+                        f"UPDATE {table} SET user_id = $1 WHERE guild_id = $2 AND user_id = $3 AND {condition}",  # noqa: S608
+                        new_id,
+                        guild_id,
+                        user_id,
+                        today,
+                    )
+                    changed += _count(status) if table == "usage" else 0
+            await conn.execute(
+                "UPDATE quota_limits SET target_id = $1 WHERE guild_id = $2 AND scope = 'user' "
+                "AND target_id = $3",
+                stand_in,
+                guild_id,
+                user_id,
+            )
+            await conn.execute(
+                "UPDATE audit SET actor_id = $1 WHERE guild_id = $2 AND actor_id = $3",
+                stand_in,
+                guild_id,
+                user_id,
+            )
+            for row in await conn.fetch(
+                "SELECT id, detail FROM audit WHERE guild_id = $1 AND detail LIKE $2",
+                guild_id,
+                f"%{user_id}%",
+            ):
+                detail = json.loads(str(row["detail"]))
+                for key in ("user_id", "target_id"):
+                    if detail.get(key) == user_id:
+                        detail[key] = stand_in
+                await conn.execute(
+                    "UPDATE audit SET detail = $1 WHERE id = $2",
+                    json.dumps(detail, sort_keys=True),
+                    row["id"],
+                )
+            return changed
 
     async def audit_log(self, guild_id: int, limit: int = 50) -> list[dict[str, object]]:
         """Return the server's latest admin changes, newest first."""
@@ -392,13 +485,39 @@ class PgQuotaLedger:
         )
         return _count(status) == 1
 
-    async def _limits(self, guild_id: int, kind: TaskKind) -> list[tuple[str, int, int]]:
+    async def _limits(self, guild_id: int, kind: TaskKind, ids: _MemberIds) -> list[tuple[str, int, int]]:
         rows = await self._db.fetch(
             "SELECT scope, target_id, daily_limit FROM quota_limits WHERE guild_id = $1 AND kind = $2",
             guild_id,
             kind.value,
         )
-        return [(str(r["scope"]), int(r["target_id"]), int(r["daily_limit"])) for r in rows]
+        return [(str(r["scope"]), self._limit_target(r, ids), int(r["daily_limit"])) for r in rows]
+
+    @staticmethod
+    def _limit_target(row: asyncpg.Record, ids: _MemberIds) -> int:
+        """A limit set for a member who then asked to be forgotten is kept under their stand-in id."""
+        target = int(row["target_id"])
+        return ids.user_id if target == ids.pseudonym else target
+
+    async def _ids(self, member: Member) -> _MemberIds:
+        """Return the member's id and the stand-in id their rows took if they asked to be forgotten today.
+
+        The key is made once per database: the first process to need it inserts it, and every process
+        (that one included) then reads the one that is kept.
+        """
+        if self._secret is None:
+            await self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                _PSEUDONYM_KEY,
+                secrets.token_hex(32),
+            )
+            stored = await self._db.get_meta(_PSEUDONYM_KEY)
+            if stored is None:
+                raise RuntimeError("the database kept no pseudonym key")
+            self._secret = bytes.fromhex(stored)
+        return _MemberIds(
+            member.guild_id, member.user_id, pseudonym(self._secret, member.guild_id, member.user_id)
+        )
 
     async def _audit(
         self, conn: asyncpg.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]
