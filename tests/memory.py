@@ -408,6 +408,33 @@ class MemoryJobRepository:
 # --- quotas --------------------------------------------------------------------------------------------
 
 
+class SharedMemoryJobRepository(MemoryJobRepository):
+    """The memory repository as a store several processes share: nothing to claim (every job here is the
+    driving runner's), and a member's request to cancel a job kept for its driver's next renewal."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, journal: Journal | None = None) -> None:
+        super().__init__(clock=clock, journal=journal)
+        self.cancel_requests: set[str] = set()
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def claim(self, limit: int) -> list[Job]:
+        return []
+
+    async def request_cancel(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or not _running(job):
+            return False
+        self.cancel_requests.add(job_id)
+        self.changes.notify()
+        return True
+
+    async def cancel_requested(self) -> set[str]:
+        return {job_id for job_id in self.cancel_requests if self._jobs[job_id].finished_at is None}
+
+
 def _waiting(job: Job) -> bool:
     return job.finished_at is None and job.dispatched_at is None and job.state is JobState.QUEUED
 

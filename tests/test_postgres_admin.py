@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from bot.domain.quota import Member
-from bot.domain.tasks import TaskKind
 from bot.domain.rules import ChannelRule, SpoilerRule
+from bot.domain.tasks import TaskKind
 from bot.store.postgres.database import PgDatabase, migration_files
 from tests.conftest import Harness, png_bytes
 from tests.processes import BotProcess, Finished, process_env, run_command
@@ -102,7 +102,9 @@ async def test_check_knows_postgres_and_says_unreachable_in_one_line_without_the
     assert ok.code == 0, ok.output
     assert "ok: PostgreSQL at postgresql://postgres@127.0.0.1:5432/test?search_path=" in ok.output
     version = len(migration_files())
-    assert f"(DATABASE_URL) is reachable and writable, schema version {version}/{version} (current)" in ok.output
+    assert (
+        f"(DATABASE_URL) is reachable and writable, schema version {version}/{version} (current)" in ok.output
+    )
     assert not database.exists()  # the SQLite file is not touched with DATABASE_URL
 
     line = one_error_line(refused)
@@ -162,10 +164,14 @@ async def _a_real_sqlite_database(harness: Harness) -> Path:
     guild = harness.discord.guild_ids[0]
     await bot.core.quotas.set_limit(guild, "server", guild, TaskKind.DESCRIBE, 40, 99)
     await bot.core.quotas.grant(guild, harness.discord.default_user_id, TaskKind.IMAGINE, 2, 99)
-    await bot.core.rules.set_channel_rule(guild, ChannelRule(0, imagine=True, spoilers=SpoilerRule.ALWAYS), 99)
+    await bot.core.rules.set_channel_rule(
+        guild, ChannelRule(0, imagine=True, spoilers=SpoilerRule.ALWAYS), 99
+    )
     await bot.core.rules.add_blocked(guild, ["grim"], 99)
     # A member who asked to be forgotten today: their use counts under a stand-in id (and the key's in meta).
-    await harness.interact(bot, harness.describe_payload(png_bytes(colour=(7, 7, 7)), user_id=FORGOTTEN_MEMBER))
+    await harness.interact(
+        bot, harness.describe_payload(png_bytes(colour=(7, 7, 7)), user_id=FORGOTTEN_MEMBER)
+    )
     await bot.core.service.forget(Member(guild, FORGOTTEN_MEMBER))
     await harness.stop_bot(bot)  # what the poll schedule learned is saved (task_durations)
     # The harness keeps the bot's file open until the test ends: copy it as `backup` would.

@@ -21,7 +21,7 @@ from PIL import Image
 
 from bot.core.breaker import CircuitBreaker
 from bot.core.images import image_hash
-from bot.core.runner import JobRunner, RunnerConfig
+from bot.core.runner import Cancelled, JobRunner, RunnerConfig
 from bot.domain.errors import LineFull, ProviderError, QuotaExceeded, StorageFull
 from bot.domain.ports import (
     Describer,
@@ -61,6 +61,7 @@ from tests.memory import (
     MemoryJobRepository,
     MemoryQuotaLedger,
     RecordingReporter,
+    SharedMemoryJobRepository,
     Step,
     make_provider,
     snapshot,
@@ -135,10 +136,12 @@ async def make_rig() -> AsyncIterator[RigFactory]:
         config: RunnerConfig = FAST,
         webhooks: bool = False,
         breaker_threshold: int = 5,
+        shared: bool = False,
     ) -> Rig:
         clock = Clock()
         journal = Journal()
-        jobs = MemoryJobRepository(clock=clock, journal=journal)
+        store = SharedMemoryJobRepository if shared else MemoryJobRepository
+        jobs = store(clock=clock, journal=journal)
         quotas = MemoryQuotaLedger(clock=clock, jobs=jobs)
         reporter = RecordingReporter(journal=journal)
         breakers = {
@@ -932,6 +935,37 @@ async def test_the_breaker_opens_after_repeated_faults_and_answers_unavailable(m
     assert fourth.fault is Fault.BUSY
     assert len(describer.calls) == 3
     assert rig.breakers["alpha"].is_open
+
+
+async def test_a_cancel_reaches_the_process_that_drives_the_task(make_rig: RigFactory) -> None:
+    """On a shared store a task at its provider is cancelled by its driver, whichever process got the click."""
+    provider, _, _ = polled("alpha", snapshot("t-1", "CREATED"))
+    rig = make_rig(provider, config=replace(SLOW, lease_renewal=0.01), shared=True)
+    job = await rig.job()
+    await rig.runner.submit(job, [IMAGE])
+    await rig.reporter.reached(job.id, JobState.CREATED)
+    assert await rig.runner.resume() == 0  # it keeps its leases (and reads the requests) from now on
+    # Another process, on the same store, with its own reporter: it drives nothing.
+    elsewhere = JobRunner(
+        jobs=rig.jobs,
+        quotas=rig.quotas,
+        providers={"alpha": provider},
+        breakers={"alpha": CircuitBreaker("alpha")},
+        reporter=RecordingReporter(),
+        config=SLOW,
+        clock=rig.clock,
+    )
+    assert await elsewhere.cancel(job.id, spend=False) is Cancelled.NEEDS_CONSENT
+    assert isinstance(rig.jobs, SharedMemoryJobRepository)
+    assert rig.jobs.cancel_requests == set()
+    assert await elsewhere.cancel(job.id, spend=True) is Cancelled.SPENT
+
+    done = await rig.jobs.wait_finished(job.id)
+    assert done.state is JobState.CANCELLED
+    assert rig.reporter.states(job.id)[-1] is JobState.CANCELLED  # shown by the driver
+    assert rig.quotas.settles == [("commit", job.usage_id, "CANCELLED", True)]  # it had reached its provider
+    assert await elsewhere.cancel(job.id, spend=True) is Cancelled.ENDED
+    await elsewhere.shutdown(grace=1.0)
 
 
 # --- ends that were not shown, faults at the very end, and jobs that outlived their settings ----------------

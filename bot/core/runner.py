@@ -207,6 +207,13 @@ class JobRunner:
             return Cancelled.ENDED
         if not spend:
             return Cancelled.NEEDS_CONSENT
+        if self._jobs.shared:
+            # Driven by another process (or paused here), whose writes this one may not make: its driver
+            # finds the request at its next lease renewal, ends the job as CANCELLED and reports it.
+            if not await self._jobs.request_cancel(job_id):
+                return Cancelled.ENDED
+            log.info("job %s: its driver was asked to cancel it", job_id)
+            return Cancelled.SPENT
         # Not driven here (it paused when the database was full): end it where it stands.
         await self._settle_and_report(await self._jobs.update(job, state=JobState.CANCELLED))
         return Cancelled.SPENT
@@ -273,6 +280,7 @@ class JobRunner:
                 await self._carry_on_paused(held)
                 claimed, _ = await self._claim(verb="taking over")
                 await self._dispatch_all()  # the lines of a process that died move on here
+                await self._cancel_requested()
                 if claimed >= self._config.claim_batch:
                     wait = _NEXT_CLAIM_MARGIN  # more are waiting: take the next batch at once
                 else:
@@ -283,6 +291,21 @@ class JobRunner:
                 log.warning(
                     "could not renew this process's job leases (%s); trying again in %.0f s", exc, interval
                 )
+
+    async def _cancel_requested(self) -> None:
+        """Stop the drives whose members asked another process to cancel them, as a Cancel here would."""
+        requested = await self._jobs.cancel_requested()
+        if not requested:
+            return
+        await asyncio.sleep(0)  # every drive spawned so far has started (and can end itself as cancelled)
+        for job_id in requested:
+            task = self._running.get(job_id)
+            current = self._current.get(job_id)
+            if task is None or task.done() or current is None or current.finished:
+                continue  # not driven here, or its end is saved already (never undone)
+            log.info("job %s: cancelled by its member through another process", job_id)
+            self._cancelling.add(job_id)
+            task.cancel()
 
     def _lose(self, job_id: str) -> None:
         task = self._running.get(job_id)

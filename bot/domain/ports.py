@@ -115,6 +115,15 @@ class JobRepository(Protocol):
         """Give back every job this process holds (a graceful stop), for another process to carry on now."""
         ...
 
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask whichever process drives a job at its provider to cancel it (a shared store); False when the
+        job no longer runs, or when the store is not shared (this process drives every job itself)."""
+        ...
+
+    async def cancel_requested(self) -> set[str]:
+        """Return the ids of the unfinished jobs this process holds that another process asked to cancel."""
+        ...
+
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]: ...
 
     async def cached_suggestions(

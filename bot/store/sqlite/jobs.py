@@ -302,6 +302,14 @@ class SqliteJobRepository:
     async def release(self) -> None:
         """Nothing to give back: the next start carries every unfinished job on."""
 
+    async def request_cancel(self, job_id: str) -> bool:
+        """No other process drives a job here: the runner cancels its own drives itself."""
+        return False
+
+    async def cancel_requested(self) -> set[str]:
+        """Nobody else asks: see `request_cancel`."""
+        return set()
+
     async def images(self, job_id: str, role: ImageRole) -> list[ImageBytes]:
         rows = await self._db.fetchall(
             "SELECT mime, data FROM job_images WHERE job_id = ? AND role = ? ORDER BY position",
