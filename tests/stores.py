@@ -8,13 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.domain.ports import RulesRepository, TaskDurations
 from bot.domain.tasks import TaskKind
 from bot.store.postgres.database import PgDatabase
+from bot.store.postgres.durations import PgTaskDurations
 from bot.store.postgres.jobs import PgJobRepository
 from bot.store.postgres.quotas import PgQuotaLedger
+from bot.store.postgres.rules import PgRules
 from bot.store.sqlite.database import Database
+from bot.store.sqlite.durations import SqliteTaskDurations
 from bot.store.sqlite.jobs import SqliteJobRepository
 from bot.store.sqlite.quotas import SqliteQuotaLedger
+from bot.store.sqlite.rules import SqliteRules
 
 TTL = 900.0
 _MARK = re.compile(r"\?")
@@ -66,6 +71,17 @@ class Backend:
         if isinstance(database, Database):
             return SqliteJobRepository(database, clock=clock)
         return PgJobRepository(database, owner=owner, lease_seconds=lease, clock=clock)
+
+    def rules(self, clock: Callable[[], float]) -> RulesRepository:
+        if isinstance(self.db, Database):
+            return SqliteRules(self.db, clock=clock)
+        return PgRules(self.db, clock=clock)
+
+    def durations(self, db: Database | PgDatabase | None = None) -> TaskDurations:
+        database = db or self.db
+        if isinstance(database, Database):
+            return SqliteTaskDurations(database)
+        return PgTaskDurations(database)
 
     async def another_connection(self) -> Database | PgDatabase:
         """Open the same store again, as a second process would (closed with the backend)."""

@@ -15,6 +15,7 @@ from bot.domain.tasks import TaskDuration, TaskKind
 from bot.store.sqlite.database import Database
 from bot.store.sqlite.durations import SqliteTaskDurations
 from tests.conftest import Harness, png_bytes
+from tests.stores import Backend
 
 DESCRIBE = TaskKind.DESCRIBE
 CONFIG = PollingConfig(first_wait=2.0, max_wait=10.0, dither=0.0)
@@ -200,27 +201,22 @@ async def test_what_is_learned_survives_a_restart(tmp_path: Path) -> None:
         await db.close()
 
 
-async def test_storage_keeps_only_the_newest_tasks_by_start(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "bot.sqlite3")
-    try:
-        store = SqliteTaskDurations(db)
-        # A burst: the slowest tasks end last, but the window keeps the newest starts, whatever their length.
-        await store.record(
-            "freepik", DESCRIBE, [TaskDuration(float(i), 1.0, 100.0 - i) for i in range(10)], keep=4
-        )
-        assert [end.started_at for end in await store.recent("freepik", DESCRIBE, 10)] == [6.0, 7.0, 8.0, 9.0]
-        # A task that started before those is not among the newest; one that started after them is.
-        await store.record("freepik", DESCRIBE, [TaskDuration(3.5, 1.0, 2.0)], keep=4)
-        await store.record("freepik", DESCRIBE, [TaskDuration(10.0, 1.0, 2.0)], keep=4)
-        assert [end.started_at for end in await store.recent("freepik", DESCRIBE, 10)] == [
-            7.0,
-            8.0,
-            9.0,
-            10.0,
-        ]
-        assert await store.recent("freepik", TaskKind.IMAGINE, 10) == []
-    finally:
-        await db.close()
+async def test_storage_keeps_only_the_newest_tasks_by_start(backend: Backend) -> None:
+    store = backend.durations()
+    # A burst: the slowest tasks end last, but the window keeps the newest starts, whatever their length.
+    await store.record(
+        "freepik", DESCRIBE, [TaskDuration(float(i), 1.0, 100.0 - i) for i in range(10)], keep=4
+    )
+    assert [end.started_at for end in await store.recent("freepik", DESCRIBE, 10)] == [6.0, 7.0, 8.0, 9.0]
+    # A task that started before those is not among the newest; one that started after them is.
+    await store.record("freepik", DESCRIBE, [TaskDuration(3.5, 1.0, 2.0)], keep=4)
+    await store.record("freepik", DESCRIBE, [TaskDuration(10.0, 1.0, 2.0)], keep=4)
+    assert [end.started_at for end in await store.recent("freepik", DESCRIBE, 10)] == [7.0, 8.0, 9.0, 10.0]
+    assert await store.recent("freepik", TaskKind.IMAGINE, 10) == []
+    assert await store.recent("novita", DESCRIBE, 10) == []
+    # Another process on the same store reads the same ends (on PostgreSQL: what the others learned).
+    other = backend.durations(await backend.another_connection())
+    assert [end.started_at for end in await other.recent("freepik", DESCRIBE, 2)] == [9.0, 10.0]
 
 
 async def test_a_failed_poll_backs_off() -> None:

@@ -396,3 +396,83 @@ async def test_prune_keeps_what_jobs_and_running_tasks_still_need(backend: Backe
     remaining = await backend.rows("SELECT day FROM usage")
     assert [row["day"] for row in remaining] == ["2025-06-13"]
     assert await backend.value("SELECT COUNT(*) FROM quota_grants") == 0
+
+
+async def test_a_reservation_a_job_carries_is_held_however_long_it_waits(
+    backend: Backend, clock: Clock
+) -> None:
+    quotas = backend.ledger(clock, describe=5, per_provider=1, queue=1)
+    jobs = backend.jobs(clock)
+    for _ in range(2):  # one runs, one waits in line: the line is full
+        reservation = await quotas.reserve(ALICE, DESCRIBE, "freepik")
+        await jobs.create(
+            Job.new(
+                kind=DESCRIBE,
+                provider="freepik",
+                guild_id=GUILD,
+                user_id=ALICE.user_id,
+                route=Route(channel_id=None),
+                clock=clock,
+                usage_id=reservation.usage_id,
+            )
+        )
+    clock.advance(TTL + 1)  # a long line: past the reservations' lifetime, their jobs still carry them
+    with pytest.raises(LineFull):
+        await quotas.reserve(Member(GUILD, 2), DESCRIBE, "freepik")
+    assert (await status_of(quotas, ALICE)).used == 2
+    assert await quotas.expire() == 0
+
+
+# --- forgetting a member ---------------------------------------------------------------------------------
+
+FORGOTTEN_ID = 4_242_424_242  # distinctive: no other number in these rows contains it
+MEMBER = Member(GUILD, FORGOTTEN_ID)
+
+
+async def test_a_forgotten_member_keeps_no_id_in_any_row_and_today_still_counts(
+    backend: Backend, clock: Clock
+) -> None:
+    quotas = backend.ledger(clock, describe=5)
+    clock.advance(-86400)
+    await spend(quotas, MEMBER, 2)  # yesterday's
+    await quotas.grant(GUILD, FORGOTTEN_ID, DESCRIBE, 1, ADMIN)
+    clock.advance(86400)
+    await spend(quotas, MEMBER, 1)
+    running = await quotas.reserve(MEMBER, DESCRIBE, "freepik")
+    await quotas.record_cached(MEMBER, DESCRIBE, "freepik")
+    await quotas.grant(GUILD, FORGOTTEN_ID, DESCRIBE, 2, ADMIN)
+    await quotas.set_limit(GUILD, "user", FORGOTTEN_ID, DESCRIBE, 4, ADMIN)
+    await quotas.set_limit(GUILD, "user", 7, DESCRIBE, 9, FORGOTTEN_ID)  # the member as an admin
+    await spend(quotas, Member(OTHER_GUILD, FORGOTTEN_ID), 1)  # another server's rows are not asked about
+    before = await status_of(quotas, MEMBER)
+    assert (before.used, before.limit, before.granted, before.source) == (2, 6, 2, "user")
+
+    assert await quotas.forget_member(GUILD, FORGOTTEN_ID) == 5  # usage rows: 2 old, 3 of today
+
+    for table in ("usage", "quota_grants", "quota_limits", "audit"):
+        for row in await backend.rows(f"SELECT * FROM {table} WHERE guild_id = ?", GUILD):
+            assert not any(str(FORGOTTEN_ID) in str(value) for value in row.values()), (table, row)
+    assert await backend.value("SELECT COUNT(*) FROM usage WHERE guild_id = ? AND user_id = 0", GUILD) == 2
+    assert await backend.value("SELECT COUNT(*) FROM usage WHERE user_id = ?", FORGOTTEN_ID) == 1  # elsewhere
+
+    # Today's use, today's grant and the limit an admin set still hold for the member, in every process.
+    for ledger in (quotas, backend.ledger(clock, describe=5, db=await backend.another_connection())):
+        after = await status_of(ledger, MEMBER)
+        assert (after.used, after.limit, after.granted, after.source) == (2, 6, 2, "user")
+    assert await quotas.commit(running.usage_id)  # settled under the stand-in id
+    await spend(quotas, MEMBER, 4)
+    with pytest.raises(QuotaExceeded):
+        await quotas.reserve(MEMBER, DESCRIBE, "freepik")
+
+    # A new limit for the member replaces the one kept under the stand-in id.
+    await quotas.set_limit(GUILD, "user", FORGOTTEN_ID, DESCRIBE, 10, ADMIN)
+    limits = await backend.rows("SELECT target_id, daily_limit FROM quota_limits WHERE guild_id = ?", GUILD)
+    assert sorted((row["target_id"], row["daily_limit"]) for row in limits) == [(7, 9), (FORGOTTEN_ID, 10)]
+    assert (await status_of(quotas, MEMBER)).limit == 12  # 10 and the 2 granted today
+
+    # Once the day is over, the stand-in id goes too: nothing links those rows to anyone.
+    clock.advance(86400)
+    await quotas.prune(90)
+    assert await backend.value("SELECT COUNT(*) FROM usage WHERE user_id < 0") == 0
+    assert await backend.value("SELECT COUNT(*) FROM quota_grants WHERE user_id < 0") == 0
+    assert (await status_of(quotas, MEMBER)).used == 0

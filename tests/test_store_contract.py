@@ -1,16 +1,33 @@
-"""The job repository's contract, against SQLite and PostgreSQL alike; then what only a shared store does:
-leases (claim, renew, fence, release), migrations under a lock, the shared replay guard and webhook inbox."""
+"""The job repository's contract (jobs, the line, Cancel, /forget-me, the describe cache) and the rules', against
+SQLite and PostgreSQL alike; then what only a shared store does: leases (claim, renew, fence, release), the
+line dispatched by several processes at once, migrations under a lock, the shared replay guard and webhook
+inbox."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from bot.domain.errors import LeaseLost
-from bot.domain.tasks import ImageBytes, Job, JobState, Notice, NoticeCode, Route, Suggestion, TaskKind
+from bot.domain.errors import BadInput, LeaseLost, Refusal
+from bot.domain.rules import ChannelRule, SpoilerRule
+from bot.domain.tasks import (
+    DescribeStyle,
+    ImageBytes,
+    Job,
+    JobState,
+    Notice,
+    NoticeCode,
+    Route,
+    Suggestion,
+    TaskKind,
+)
 from bot.store.postgres.database import PgDatabase, migration_files
 from bot.store.postgres.jobs import PgJobRepository
 from bot.store.postgres.webhooks import PgDeliveryRelay, PgReplayGuard
@@ -124,6 +141,308 @@ async def test_the_describe_cache_answers_within_its_lifetime_and_prune_keeps_th
     assert await jobs.get(running.id) is not None
 
 
+async def test_every_field_of_a_job_comes_back_as_saved(backend: Backend) -> None:
+    clock = Clock()
+    jobs = backend.jobs(clock)
+    route = Route(
+        channel_id=42,
+        message_id=43,
+        application_id=7,
+        interaction_token="tok",
+        token_created_at=clock(),
+        via="channel",
+        member_locale="ja",
+        guild_locale="pt-BR",
+    )
+    job = Job.new(
+        kind=TaskKind.DESCRIBE,
+        provider="openai",
+        guild_id=10,
+        user_id=1,
+        route=route,
+        clock=clock,
+        style=DescribeStyle.TAGS,
+        suggestions_asked=3,
+        spoiler=True,
+        input_hash="h",
+    )
+    await jobs.create(job)
+    assert await jobs.get(job.id) == job
+    assert (job.place, job.dispatched_at, job.hidden) == (None, None, False)
+    suggestions = (Suggestion("a cat", "blurry"), Suggestion("a dog"), Suggestion("a fox"))
+    done = await jobs.update(
+        job, state=JobState.COMPLETED, suggestions=suggestions, hidden=True, dispatched_at=clock.now
+    )
+    stored = await jobs.get(job.id)
+    assert stored == done
+    assert stored is not None
+    assert (stored.suggestions, stored.result_text, stored.hidden, stored.spoiler) == (
+        suggestions,
+        "a cat",
+        True,
+        True,
+    )
+    assert (stored.route.member_locale, stored.route.guild_locale) == ("ja", "pt-BR")
+    assert await backend.value("SELECT result_text FROM jobs WHERE id = ?", job.id) == "a cat"
+
+
+# --- the line ----------------------------------------------------------------------------------------
+
+ALICE, BOB, CAROL, DAVE = 1, 2, 3, 4
+
+
+async def _in_line(
+    jobs: Any, clock: Clock, user_id: int, provider: str = "freepik", *, guild_id: int = 10, **extra: object
+) -> Job:
+    clock.now += 1
+    job = Job.new(
+        kind=TaskKind.DESCRIBE,
+        provider=provider,
+        guild_id=guild_id,
+        user_id=user_id,
+        route=Route(channel_id=42),
+        clock=clock,
+        **extra,
+    )
+    await jobs.create(job, [PNG])
+    return job
+
+
+async def _end(jobs: Any, job: Job) -> None:
+    """The task ended and its end was shown."""
+    stored = await jobs.get(job.id)
+    assert stored is not None
+    await jobs.finish(await jobs.update(stored, state=JobState.COMPLETED))
+
+
+async def test_members_take_turns_within_the_provider_and_member_caps(backend: Backend) -> None:
+    clock = Clock()
+    jobs = backend.jobs(clock)
+    # Bob was served by freepik an hour ago; Dave has a task running at novita.
+    clock.now -= 3600
+    served = await _in_line(jobs, clock, BOB)
+    served = await jobs.next_in_line("freepik", max_running=9, max_running_per_member=9)
+    assert served is not None
+    await _end(jobs, served)
+    elsewhere = await _in_line(jobs, clock, DAVE, "novita")
+    assert await jobs.next_in_line("novita", max_running=9, max_running_per_member=9) == replace(
+        elsewhere, dispatched_at=clock.now, updated_at=clock.now
+    )
+    clock.now += 3600
+    a1, a2, a3 = [await _in_line(jobs, clock, ALICE) for _ in range(3)]
+    b1 = await _in_line(jobs, clock, BOB)
+    c1 = await _in_line(jobs, clock, CAROL)
+    d1 = await _in_line(jobs, clock, DAVE)
+
+    # Never served first (oldest first between them), then whoever was served longest ago.
+    line = await jobs.line("freepik")
+    assert [(job.id, job.place) for job in line] == [
+        (a1.id, 1),
+        (c1.id, 2),
+        (d1.id, 3),
+        (b1.id, 4),
+        (a2.id, 5),
+        (a3.id, 6),
+    ]
+    assert line[0] == replace(a1, place=1)
+    assert await jobs.tasks_of(ALICE) == (0, 3)
+    assert await jobs.tasks_of(DAVE) == (1, 1)  # one running (at novita), one waiting
+
+    def take() -> Any:
+        return jobs.next_in_line("freepik", max_running=2, max_running_per_member=1)
+
+    clock.now += 1
+    first = await take()
+    assert first is not None
+    assert (first.id, first.dispatched_at, first.state) == (a1.id, clock.now, JobState.QUEUED)
+    assert not first.waiting
+    assert [job.id for job in await jobs.line("freepik")] == [c1.id, d1.id, b1.id, a2.id, a3.id]
+    second = await take()
+    assert second is not None
+    assert second.id == c1.id
+    assert await take() is None  # freepik runs two: its cap
+    assert await jobs.tasks_of(ALICE) == (1, 2)
+
+    await _end(jobs, first)
+    # Dave's next would be his turn, but his task at novita counts against his own cap: Bob's goes.
+    third = await take()
+    assert third is not None
+    assert third.id == b1.id
+    await _end(jobs, second)
+    await _end(jobs, third)
+    fourth = await take()
+    assert fourth is not None
+    assert fourth.id == a2.id
+    assert await take() is None  # Alice runs one (her cap), Dave one at novita: nobody under their cap
+    assert [(job.id, job.place) for job in await jobs.line("freepik")] == [(d1.id, 1), (a3.id, 2)]
+
+    await _end(jobs, await jobs.get(elsewhere.id))  # type: ignore[arg-type]
+    fifth = await take()
+    assert fifth is not None
+    assert fifth.id == d1.id
+    assert await take() is None  # freepik's cap again
+    await _end(jobs, fourth)
+    await _end(jobs, fifth)
+    last = await take()
+    assert last is not None
+    assert last.id == a3.id
+    assert await take() is None
+    assert await jobs.line("freepik") == []
+    assert await jobs.line("novita") == []
+
+
+async def test_a_task_cancelled_in_line_leaves_it_at_once_and_only_while_it_waits(backend: Backend) -> None:
+    clock = Clock()
+    jobs = backend.jobs(clock, owner="process-a")
+    other = backend.jobs(clock, owner="process-b")  # another process, where the member clicked Cancel
+    running = await _in_line(jobs, clock, ALICE)
+    assert await jobs.next_in_line("freepik", max_running=1, max_running_per_member=5) is not None
+    waiting = await _in_line(jobs, clock, ALICE)
+    behind = await _in_line(jobs, clock, BOB)
+    assert [job.place for job in await jobs.line("freepik")] == [1, 2]
+
+    clock.now += 5
+    cancelled = await other.cancel_waiting(waiting.id)
+    assert cancelled is not None
+    assert (cancelled.id, cancelled.state, cancelled.updated_at, cancelled.dispatched_at) == (
+        waiting.id,
+        JobState.CANCELLED,
+        clock.now,
+        None,
+    )
+    assert await other.cancel_waiting(waiting.id) is None  # once
+    assert await jobs.cancel_waiting(running.id) is None  # at its provider: not for cancel_waiting
+    assert [(job.id, job.place) for job in await jobs.line("freepik")] == [(behind.id, 1)]
+    assert await jobs.tasks_of(ALICE) == (1, 0)
+    # The process that cancelled it closes it (its end shown there), whoever created it.
+    await other.finish(cancelled)
+    stored = await jobs.get(waiting.id)
+    assert stored is not None
+    assert (stored.state, stored.finished_at) == (JobState.CANCELLED, clock.now)
+    assert await jobs.unfinished() == [await jobs.get(running.id), await jobs.get(behind.id)]
+
+
+async def test_a_members_tasks_are_counted_per_server_or_in_all(backend: Backend) -> None:
+    clock = Clock()
+    jobs = backend.jobs(clock)
+    await _in_line(jobs, clock, ALICE)
+    await _in_line(jobs, clock, ALICE, guild_id=11)
+    await _in_line(jobs, clock, BOB)
+    assert await jobs.next_in_line("freepik", max_running=5, max_running_per_member=5) is not None
+    ended = await _in_line(jobs, clock, ALICE, guild_id=11)
+    await _end(jobs, replace(ended, dispatched_at=clock.now))
+    assert await jobs.tasks_of(ALICE) == (1, 1)
+    assert await jobs.tasks_of(ALICE, 10) == (1, 0)
+    assert await jobs.tasks_of(ALICE, 11) == (0, 1)
+    assert await jobs.tasks_of(ALICE, 12) == (0, 0)
+    assert await jobs.tasks_of(CAROL) == (0, 0)
+
+
+async def test_forgetting_a_member_deletes_their_tasks_images_and_prompts(backend: Backend) -> None:
+    clock = Clock()
+    jobs = backend.jobs(clock)
+    mine = await _in_line(jobs, clock, ALICE, input_hash="alice-image")
+    await jobs.save_outputs(mine, [OUT])  # images of two roles
+    imagined = await _in_line(jobs, clock, ALICE, input_hash="not-a-describe")
+    imagined = await jobs.update(imagined, kind=TaskKind.IMAGINE)
+    elsewhere = await _in_line(jobs, clock, ALICE, guild_id=11, input_hash="alice-image-2")
+    bobs = await _in_line(jobs, clock, BOB, input_hash="bob-image")
+    for image_hash in ("alice-image", "alice-image-2", "bob-image", "not-a-describe"):
+        await jobs.cache_suggestions(image_hash, "freepik", "|detailed|1", (Suggestion("a prompt"),))
+    await jobs.cache_suggestions("alice-image", "novita", "|detailed|1", (Suggestion("another"),))
+
+    with pytest.raises(BadInput) as refused:
+        await jobs.forget_member(10, ALICE)
+    assert (refused.value.refusal, refused.value.params) == (Refusal.FORGET_WHILE_RUNNING, {"count": 2})
+    await _end(jobs, mine)
+    await _end(jobs, imagined)
+    assert await jobs.forget_member(10, ALICE) == (2, 3, 2)  # two tasks, three images, two prompts
+
+    assert await jobs.get(mine.id) is None
+    assert await jobs.images(mine.id, "output") == []
+    assert await jobs.cached_suggestions("alice-image", "freepik", "|detailed|1", 30) is None
+    assert await jobs.cached_suggestions("alice-image", "novita", "|detailed|1", 30) is None
+    # Another server's tasks, another member's, and a prompt no describe of theirs asked for stay.
+    assert await jobs.get(elsewhere.id) is not None
+    assert await jobs.get(bobs.id) is not None
+    assert await jobs.cached_suggestions("bob-image", "freepik", "|detailed|1", 30) is not None
+    assert await jobs.cached_suggestions("not-a-describe", "freepik", "|detailed|1", 30) is not None
+    assert await jobs.forget_member(10, ALICE) == (0, 0, 0)
+
+
+async def test_a_cancel_is_asked_of_the_driver_only_on_a_shared_store(backend: Backend) -> None:
+    clock = Clock()
+    driver = backend.jobs(clock, owner="process-a")
+    clicked = backend.jobs(clock, owner="process-b")
+    waiting = await _in_line(driver, clock, ALICE)
+    assert await clicked.request_cancel(waiting.id) is False  # in line: cancel_waiting's
+    running = await _in_line(driver, clock, ALICE)
+    await driver.cancel_waiting(waiting.id)
+    taken = await driver.next_in_line("freepik", max_running=5, max_running_per_member=5)
+    assert taken is not None
+    assert taken.id == running.id
+    asked = await clicked.request_cancel(running.id)
+    if backend.kind == "sqlite":
+        assert asked is False  # one process drives every job: it cancels its own drives
+        assert await driver.cancel_requested() == set()
+        return
+    assert asked is True
+    assert await driver.cancel_requested() == {running.id}  # the driver sees it at its next renewal
+    assert await clicked.cancel_requested() == set()  # not the clicking process's job
+    await _end(driver, running)
+    assert await driver.cancel_requested() == set()
+    assert await clicked.request_cancel(running.id) is False  # ended
+
+
+# --- rules and durations -----------------------------------------------------------------------------
+
+
+async def test_channel_rules_and_the_blocklist_are_kept_and_audited(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    rules = backend.rules(clock)
+    assert await rules.channel_rules(10) == {}
+    with caplog.at_level(logging.INFO):
+        await rules.set_channel_rule(10, ChannelRule(0, imagine=False), 99)
+        await rules.set_channel_rule(10, ChannelRule(5, spoilers=SpoilerRule.OUTSIDE_AGE_RESTRICTED), 99)
+        await rules.set_channel_rule(10, ChannelRule(5, describe=False, spoilers=SpoilerRule.ALWAYS), 98)
+        await rules.set_channel_rule(11, ChannelRule(0, describe=False), 99)
+        assert await rules.add_blocked(10, ["Grim", "grim", "  ", "Très  MÉCHANT"], 99) == (2, 2)
+        clock.now += 1
+        assert await rules.add_blocked(10, ["GRIM", "gore"], 99) == (1, 3)
+        assert await rules.remove_blocked(10, ["grim", "nothing", "..."], 99) == (1, 2)
+    assert await rules.channel_rules(10) == {
+        0: ChannelRule(0, imagine=False),
+        5: ChannelRule(5, describe=False, spoilers=SpoilerRule.ALWAYS),
+    }
+    assert await rules.channel_rules(11) == {0: ChannelRule(0, describe=False)}
+    assert await rules.blocklist(10) == [("tres mechant", "Très  MÉCHANT"), ("gore", "gore")]
+    assert await rules.blocklist(11) == []
+
+    audit = await backend.rows(
+        "SELECT actor_id, action, detail, at FROM audit WHERE guild_id = ? ORDER BY id", 10
+    )
+    assert [(row["actor_id"], row["action"]) for row in audit] == [
+        (99, "rules-channel"),
+        (99, "rules-channel"),
+        (98, "rules-channel"),
+        (99, "blocklist-add"),
+        (99, "blocklist-add"),
+        (99, "blocklist-remove"),
+    ]
+    assert audit[2]["detail"] == '{"channel_id": 5, "describe": false, "imagine": true, "spoilers": "always"}'
+    assert audit[3]["detail"] == '{"phrases": ["grim", "tres mechant"]}'
+    assert audit[5]["detail"] == '{"phrases": ["grim", "nothing"]}'
+    assert [row["at"] for row in audit][-2:] == [clock.now, clock.now]
+    changed = [record for record in caplog.records if record.getMessage() == "rules changed"]
+    assert len(changed) == 7
+    assert (changed[4].action, changed[4].detail) == (  # type: ignore[attr-defined]
+        "blocklist-add",
+        '{"phrases": ["grim", "tres mechant"]}',
+    )
+
+
 async def test_the_schema_is_the_same_in_both_stores(pg_backend: Backend) -> None:
     """Every SQLite table and column exists in PostgreSQL under the same name (copy-to-postgres relies on it)."""
     backend = pg_backend
@@ -232,6 +551,69 @@ async def test_processes_claiming_at_once_never_take_the_same_job(pg_backend: Ba
     assert sorted(everything) == sorted(ids)  # each job once, none twice, none left
     owners = await pg_backend.rows("SELECT DISTINCT owner FROM jobs")
     assert len(owners) > 1  # shared out, not all taken by the first
+
+
+async def test_a_waiting_job_is_never_claimed_and_the_process_that_dispatches_it_drives_it(
+    pg_backend: Backend,
+) -> None:
+    db = _postgres(pg_backend)
+    clock = Clock()
+    dead = pg_backend.jobs(clock, owner="process-a", lease=300.0)
+    alive = pg_backend.jobs(clock, owner="process-b")
+    first = await _in_line(dead, clock, ALICE)
+    second = await _in_line(dead, clock, BOB)
+    await db.execute("UPDATE jobs SET lease_expires_at = 0")  # process-a died with its line
+    assert await alive.claim(limit=10) == []  # in line: left to the line, not taken over
+    assert await alive.next_expiry() is None  # nothing to wake up for (no busy wait on the line)
+
+    taken = await alive.next_in_line("freepik", max_running=1, max_running_per_member=1)
+    assert taken is not None
+    assert taken.id == first.id
+    rows = await pg_backend.rows("SELECT owner, lease_expires_at FROM jobs WHERE id = ?", first.id)
+    assert rows[0]["owner"] == "process-b"
+    assert rows[0]["lease_expires_at"] > time.time()
+    assert await alive.renew() == {first.id}
+    await alive.update(taken, state=JobState.STARTING)  # its writes are fenced on its own lease
+    with pytest.raises(LeaseLost):
+        await dead.update(taken, state=JobState.FAILED)
+    assert [job.id for job in await alive.line("freepik")] == [second.id]
+
+
+async def test_processes_dispatching_at_once_never_pass_the_caps(pg_backend: Backend) -> None:
+    """Six processes (three connections) move two providers' lines at once, round after round."""
+    _postgres(pg_backend)
+    clock = Clock()
+    maker = pg_backend.jobs(clock, owner="maker", lease=300.0)
+    for user_id in range(10, 20):
+        for provider in ("freepik", "novita"):
+            for _ in range(3):
+                await _in_line(maker, clock, user_id, provider)
+    others = [await pg_backend.another_connection() for _ in range(3)]
+    processes = [pg_backend.jobs(clock, owner=f"process-{i}", db=others[i % 3]) for i in range(6)]
+    caps = {"max_running": 4, "max_running_per_member": 1}
+
+    async def running() -> tuple[dict[str, int], dict[int, int]]:
+        rows = await pg_backend.rows(
+            "SELECT provider, user_id FROM jobs WHERE dispatched_at IS NOT NULL AND finished_at IS NULL"
+        )
+        return dict(Counter(row["provider"] for row in rows)), dict(Counter(row["user_id"] for row in rows))
+
+    asks = [(repo, provider) for repo in processes for provider in ("freepik", "novita")]
+    dispatched: set[str] = set()
+    while len(dispatched) < 60:
+        taken = await asyncio.gather(*(repo.next_in_line(provider, **caps) for repo, provider in asks))
+        round_ = [(repo, job) for (repo, _), job in zip(asks, taken, strict=True) if job is not None]
+        assert round_, "a round with room dispatched nothing"
+        per_provider, per_member = await running()
+        assert max(per_provider.values()) <= 4, per_provider
+        assert max(per_member.values()) == 1, per_member  # one each, across both providers
+        ids = {job.id for _, job in round_}
+        assert len(ids) == len(round_)
+        assert not ids & dispatched  # no job dispatched twice
+        dispatched |= ids
+        for repo, job in round_:  # each task ends in the process that dispatched (and drives) it
+            await _end(repo, job)
+    assert await pg_backend.value("SELECT count(*) FROM jobs WHERE finished_at IS NULL") == 0
 
 
 async def test_two_processes_starting_together_migrate_once(pg_backend: Backend) -> None:
