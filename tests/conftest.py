@@ -109,6 +109,8 @@ class Harness:
         self.freepik = freepik
         self.novita = novita
         self.bots: list[ImageBot] = []
+        # Settings every bot of the test starts with (the `store` fixture puts them on PostgreSQL).
+        self.defaults: dict[str, Any] = {}
         self._resources: list[tuple[aiohttp.ClientSession, Database | PgDatabase]] = []
 
     def settings(self, **overrides: Any) -> Settings:
@@ -125,6 +127,7 @@ class Harness:
             "task_timeout_seconds": 5,
             "edit_coalesce_seconds": 0,
         }
+        values.update(self.defaults)
         values.update(overrides)
         return load_settings(values, env_file=None)
 
@@ -257,6 +260,21 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             yield store
         finally:
             await store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Each store in turn for a harness's bots, as settings: SQLite (the default), then a fresh PostgreSQL
+    schema. A module whose end-to-end tests run on both overrides `harness` to request this first (so the
+    bots are closed before the schema is dropped) and sets the harness's defaults to it."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    reason = await unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    async with fresh_schema() as url:
+        yield {"database_url": url}
 
 
 @pytest.fixture

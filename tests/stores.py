@@ -94,11 +94,7 @@ class Backend:
 
     async def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         """Run a read written with ? placeholders on either store; return plain dicts."""
-        if isinstance(self.db, Database):
-            return [dict(row) for row in await self.db.fetchall(sql, params)]
-        counter = iter(range(1, len(params) + 1))
-        numbered = _MARK.sub(lambda _: f"${next(counter)}", sql)
-        return [dict(row) for row in await self.db.fetch(numbered, *params)]
+        return await query(self.db, sql, *params)
 
     async def value(self, sql: str, *params: Any) -> Any:
         rows = await self.rows(sql, *params)
@@ -116,3 +112,21 @@ class Backend:
         for db in self._opened:
             await db.close()
         await self.db.close()
+
+
+async def query(db: Database | PgDatabase, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Run a read written with ? placeholders on either store (a bot's `core.db`); return plain dicts."""
+    if isinstance(db, Database):
+        return [dict(row) for row in await db.fetchall(sql, params)]
+    counter = iter(range(1, len(params) + 1))
+    numbered = _MARK.sub(lambda _: f"${next(counter)}", sql)
+    return [dict(row) for row in await db.fetch(numbered, *params)]
+
+
+async def table_names(db: Database | PgDatabase) -> list[str]:
+    """Return the names of every table of the bot's store (its own schema, on PostgreSQL)."""
+    if isinstance(db, Database):
+        rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        return [str(row["name"]) for row in rows]
+    rows = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1")
+    return [str(row["tablename"]) for row in rows]

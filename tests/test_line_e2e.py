@@ -1,4 +1,5 @@
-"""The line: tasks past MAX_INFLIGHT_PER_PROVIDER wait their turn, members take turns, and Cancel works."""
+"""The line: tasks past MAX_INFLIGHT_PER_PROVIDER wait their turn, members take turns, and Cancel works; on
+SQLite and on PostgreSQL alike."""
 
 from __future__ import annotations
 
@@ -7,13 +8,22 @@ import itertools
 from typing import Any
 
 import discord
+import pytest
 
 from bot.discord.client import ImageBot
 from bot.domain.line import shown_place
 from tests.conftest import Harness, eventually, png_bytes
+from tests.stores import query
 
 ALICE, BOB, CAROL = 501, 502, 503
 MANAGE_MESSAGES = discord.Permissions(manage_messages=True).value
+
+
+@pytest.fixture
+def harness(store: dict[str, Any], harness: Harness) -> Harness:
+    """The harness, its bots on each store in turn."""
+    harness.defaults.update(store)
+    return harness
 
 
 def _titles(harness: Harness, token: str) -> list[str]:
@@ -35,9 +45,8 @@ async def _ask(harness: Harness, user_id: int, number: int) -> str:
 
 
 async def _jobs_of(bot: ImageBot, user_id: int) -> int:
-    row = await bot.core.db.fetchone("SELECT COUNT(*) FROM jobs WHERE user_id = ?", (user_id,))
-    assert row is not None
-    return int(row[0])
+    rows = await query(bot.core.db, "SELECT COUNT(*) AS n FROM jobs WHERE user_id = ?", user_id)
+    return int(rows[0]["n"])
 
 
 async def _saved(bot: ImageBot, user_id: int, count: int) -> None:
@@ -98,7 +107,7 @@ async def test_a_line_of_30_takes_turns_shows_places_and_edits_only_on_change(ha
     harness.freepik.hold.set()
     await harness.settle(bot, timeout=60)
 
-    rows = await bot.core.db.fetchall("SELECT user_id, state FROM jobs ORDER BY dispatched_at")
+    rows = await query(bot.core.db, "SELECT user_id, state FROM jobs ORDER BY dispatched_at")
     assert {row["state"] for row in rows} == {"COMPLETED"}
     # Alice asked first and took both places; then each member in turn, until one has nothing waiting.
     expected = [ALICE, ALICE]
@@ -157,8 +166,8 @@ async def test_a_restart_keeps_the_line_and_its_order(harness: Harness) -> None:
     await eventually(lambda: all(_titles(harness, token) for token in waiting), "the places are shown")
     await harness.stop_bot(bot)
 
-    rows = await bot.core.db.fetchall(
-        "SELECT user_id FROM jobs WHERE dispatched_at IS NULL ORDER BY created_at"
+    rows = await query(
+        bot.core.db, "SELECT user_id FROM jobs WHERE dispatched_at IS NULL ORDER BY created_at"
     )
     assert [int(row["user_id"]) for row in rows] == [ALICE, BOB, ALICE]
 
@@ -169,7 +178,7 @@ async def test_a_restart_keeps_the_line_and_its_order(harness: Harness) -> None:
         lambda: all(_titles(harness, t)[-1:] == ["Image to prompt · Done"] for t in [running, *waiting]),
         "every task in the line is done",
     )
-    order = await restarted.core.db.fetchall("SELECT user_id FROM jobs ORDER BY dispatched_at")
+    order = await query(restarted.core.db, "SELECT user_id FROM jobs ORDER BY dispatched_at")
     assert [int(row["user_id"]) for row in order] == [ALICE, BOB, ALICE, ALICE]
     # Bob had not been served, so his task went ahead of Alice's second and third.
     assert _titles(harness, waiting[1])[0] == "Image to prompt · Queued · 1st in line"
@@ -234,15 +243,16 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     harness.freepik.seconds_per_state = 0
     after = await harness.interact(bot, harness.describe_payload(png_bytes(colour=(9, 9, 9)), user_id=ALICE))
     assert _titles(harness, after)[-1] == "Image to prompt · Done"
-    cancelled_task = await bot.core.db.fetchone(
-        "SELECT provider_task_id FROM jobs WHERE state = 'CANCELLED' AND provider_task_id IS NOT NULL"
+    (cancelled_task,) = await query(
+        bot.core.db,
+        "SELECT provider_task_id FROM jobs WHERE state = 'CANCELLED' AND provider_task_id IS NOT NULL",
     )
-    assert cancelled_task is not None
-    assert not [r for r in harness.freepik.requests[polls_before:] if cancelled_task[0] in r.path]
+    task_id = cancelled_task["provider_task_id"]
+    assert not [r for r in harness.freepik.requests[polls_before:] if task_id in r.path]
     assert _message(harness, running)["embeds"][0]["title"] == "Image to prompt · Cancelled"
 
-    usage = await bot.core.db.fetchall("SELECT state, outcome FROM usage ORDER BY id")
-    assert [tuple(row) for row in usage] == [
+    usage = await query(bot.core.db, "SELECT state, outcome FROM usage ORDER BY id")
+    assert [tuple(row.values()) for row in usage] == [
         ("committed", "CANCELLED"),
         ("refunded", "CANCELLED"),
         ("committed", "COMPLETED"),

@@ -1,11 +1,14 @@
 """Several real bot processes (`python -m bot`, each running its own shards) on one PostgreSQL and one fake
 Discord: members racing for their last units across 2 and 4 processes get exactly the limit; a process
 killed with SIGKILL mid-task has its task finished by the other on the original message (one create,
-the quota settled once); a webhook delivered to the process that does not drive the task completes it."""
+the quota settled once); a webhook delivered to the process that does not drive the task completes it;
+one provider's line shared by two processes keeps its cap and the members' turns; Cancel clicked in the
+process that does not drive a task reaches it, waiting in line (free) or at its provider (it counts)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import time
@@ -23,6 +26,8 @@ from tests.fakes.providers import DEFAULT_WEBHOOK_SECRET, FakeFreepik
 from tests.processes import BotProcess, process_env
 
 GUILD = 222222222222222222 & ~(3 << 22)  # on shard 0 of 2 and of 4: (guild_id >> 22) % count == 0
+OTHER_GUILD = GUILD | (1 << 22)  # on shard 1 of 2
+ALICE, BOB, CAROL = 501, 502, 503
 LEASE = 2.0
 DONE = "Image to prompt · Done"
 USED_UP = "You have used all 5 descriptions for today"
@@ -70,14 +75,15 @@ class Cluster:
         )
         return await BotProcess.start("run", env=env, cwd=folder)
 
-    def describe(self, colour: tuple[int, int, int]) -> dict[str, Any]:
+    def describe(self, colour: tuple[int, int, int], guild_id: int = GUILD, **kwargs: Any) -> dict[str, Any]:
         attachment = self.discord.add_attachment(png_bytes(colour=colour), "photo.png", "image/png")
         return self.discord.slash(
             "describe",
             None,
             attachments={"image": attachment},
-            guild_id=GUILD,
-            channel_id=self.discord.guild_channel_id(GUILD),
+            guild_id=guild_id,
+            channel_id=self.discord.guild_channel_id(guild_id),
+            **kwargs,
         )
 
     def answer(self, token: str) -> str:
@@ -102,7 +108,7 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, pg_url: str) -> AsyncIterator[Cluster]:
-    discord = FakeDiscord(guild_ids=(GUILD, GUILD | (1 << 22)))
+    discord = FakeDiscord(guild_ids=(GUILD, OTHER_GUILD))
     freepik = FakeFreepik(FREEPIK_KEY)
     await discord.start()
     await freepik.start()
@@ -262,3 +268,142 @@ async def test_a_webhook_delivered_to_the_process_that_does_not_drive_the_task_c
     assert [row["state"] for row in usage] == ["committed"]
     owners = await cluster.rows("SELECT owner FROM jobs")
     assert owners[0]["owner"] is None
+
+
+async def _saved(cluster: Cluster, count: int) -> None:
+    """Wait until `count` jobs are saved (whichever process saved them)."""
+    async with asyncio.timeout(15):
+        # Rows written by other processes announce nothing here: look often.
+        while len(await cluster.rows("SELECT id FROM jobs")) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def _buttons(message: dict[str, Any] | None) -> dict[str, str]:
+    assert message is not None
+    return {b["label"]: b["custom_id"] for row in message.get("components", []) for b in row["components"]}
+
+
+async def test_a_line_shared_by_two_processes_keeps_the_provider_cap_and_the_members_turns(
+    cluster: Cluster,
+) -> None:
+    first, second = await cluster.start(
+        2, MAX_INFLIGHT_PER_PROVIDER="2", MAX_INFLIGHT_PER_USER="10", QUOTA_DESCRIBE_PER_DAY="20"
+    )
+    cluster.freepik.seconds_per_state = 0.1
+    cluster.freepik.hold = asyncio.Event()  # nothing Freepik is sent is answered yet
+    # Bob's first task starts in the second process, Alice's in the first; everything after waits in the
+    # one line of Freepik, saved by either process (Bob's server is on shard 1, Alice's and Carol's on 0).
+    asks = [(BOB, OTHER_GUILD)] + [(ALICE, GUILD)] * 4 + [(BOB, OTHER_GUILD)] * 2 + [(CAROL, GUILD)] * 3
+    tokens = []
+    for number, (user_id, guild_id) in enumerate(asks, start=1):
+        payload = cluster.describe((20 * number, 250 - 20 * number, user_id % 256), guild_id, user_id=user_id)
+        tokens.append(str(payload["token"]))
+        await cluster.discord.send_interaction(payload)
+        await _saved(cluster, number)  # one at a time: the line's order is the order asked in
+    # Carol's first goes ahead of everyone (she was never served), then Bob's (served before Alice).
+    places = dict(zip(tokens[2:], [3, 6, 8, 2, 5, 1, 4, 7], strict=True))
+    ordinal = {1: "1st", 2: "2nd", 3: "3rd"}
+    shown = {
+        token: f"Image to prompt · Queued · {ordinal.get(n, f'{n}th')} in line" for token, n in places.items()
+    }
+    try:
+        await eventually(
+            lambda: all(cluster.answer(t) == shown[t] for t in shown), "every waiting task's place"
+        )
+    except AssertionError:
+        raise AssertionError([cluster.answer(t) for t in shown]) from None
+
+    cluster.freepik.hold.set()
+    try:
+        await eventually(
+            lambda: all(cluster.answer(t) == DONE for t in tokens), "every task done", timeout=30
+        )
+    except AssertionError:
+        raise AssertionError(f"{[cluster.answer(t) for t in tokens]}\n{cluster.outputs()}") from None
+
+    # Never more than two at Freepik at once, whichever process dispatched them.
+    assert len(cluster.freepik.running_at_create) == len(asks)
+    assert max(cluster.freepik.running_at_create) == 2, cluster.freepik.running_at_create
+    rows = await cluster.rows("SELECT user_id, state, finished_at FROM jobs ORDER BY dispatched_at")
+    # Turns: Bob and Alice first (each asked when there was room), then Carol (never served), Bob (served
+    # longest ago), Alice, and round again until Alice, who asked most, has the line to herself.
+    assert [row["user_id"] for row in rows] == [
+        BOB,
+        ALICE,
+        CAROL,
+        BOB,
+        ALICE,
+        CAROL,
+        BOB,
+        ALICE,
+        CAROL,
+        ALICE,
+    ]
+    assert {(row["state"], row["finished_at"] is not None) for row in rows} == {("COMPLETED", True)}
+    usage = await cluster.rows("SELECT state FROM usage")
+    assert [row["state"] for row in usage] == ["committed"] * len(asks)
+    finished_in = [len(re.findall(r"task finished", p.output)) for p in (first, second)]
+    print(f"a line of {len(asks)} on two processes, cap 2: tasks finished by each process {finished_in}")
+    assert sum(finished_in) == len(asks)
+
+
+async def test_cancel_clicked_in_the_other_process_reaches_a_waiting_task_and_a_running_one(
+    cluster: Cluster,
+) -> None:
+    driver, other = await cluster.start(2, MAX_INFLIGHT_PER_PROVIDER="1")
+    cluster.freepik.seconds_per_state = 3600  # the running task stays at Freepik
+    running = cluster.describe((200, 30, 30))  # Alice's server is on shard 0: the first process drives it
+    await cluster.discord.send_interaction(running)
+    await _saved(cluster, 1)
+    waiting = cluster.describe((30, 200, 30))
+    await cluster.discord.send_interaction(waiting)
+    await eventually(lambda: "in line" in cluster.answer(str(waiting["token"])), "the waiting task's place")
+    created = "Image to prompt · Task created, waiting for the provider"
+    await eventually(lambda: cluster.answer(str(running["token"])) == created, "the task at Freepik")
+
+    # Cancel of the waiting task, clicked where the other process receives it: free.
+    message = cluster.discord.original_message(str(waiting["token"]))
+    click = cluster.discord.button_click(_buttons(message)["Cancel"], message, guild_id=GUILD)
+    await cluster.discord.send_interaction(click, shard=1)
+    await eventually(
+        lambda: cluster.answer(str(click["token"])) == "Cancelled; it did not count against the quota.",
+        "the waiting task's Cancel answered",
+    )
+    await eventually(
+        lambda: cluster.answer(str(waiting["token"])) == "Image to prompt · Cancelled",
+        "the waiting one cancelled",
+    )
+
+    # Cancel of the task the first process drives, clicked in the second: it asks first, then asks the driver.
+    message = cluster.discord.original_message(str(running["token"]))
+    click = cluster.discord.button_click(_buttons(message)["Cancel"], message, guild_id=GUILD)
+    await cluster.discord.send_interaction(click, shard=1)
+    await eventually(lambda: "Cancel it anyway?" in cluster.answer(str(click["token"])), "the question")
+    question = cluster.discord.original_message(str(click["token"]))
+    sure = cluster.discord.button_click(_buttons(question)["Cancel anyway"], question, guild_id=GUILD)
+    await cluster.discord.send_interaction(sure, shard=1)
+    await eventually(
+        lambda: (
+            cluster.answer(str(click["token"]))
+            == "Cancelled; it counted against the quota, since Freepik had already taken it."
+        ),
+        "the answer to Cancel anyway",
+    )
+    (line,) = await driver.wait_for_lines(
+        r"cancelled by its member through another process", timeout=LEASE * 2
+    )
+    await eventually(
+        lambda: cluster.answer(str(running["token"])) == "Image to prompt · Cancelled",
+        "the driver showing the task cancelled",
+    )
+    print(f"the driver: {line}")
+
+    jobs = await cluster.rows("SELECT state, finished_at, owner FROM jobs ORDER BY created_at")
+    assert [(row["state"], row["finished_at"] is not None, row["owner"]) for row in jobs] == [
+        ("CANCELLED", True, None),
+        ("CANCELLED", True, None),
+    ]
+    usage = await cluster.rows("SELECT state, outcome FROM usage ORDER BY id")
+    assert [tuple(row.values()) for row in usage] == [("committed", "CANCELLED"), ("refunded", "CANCELLED")]
+    assert "cancelled by its member" not in other.output  # the second process only asked
+    assert cluster.freepik.count("POST") == 1

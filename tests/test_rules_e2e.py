@@ -1,7 +1,9 @@
-"""A server's rules end to end: channel switches, spoilers, the prompt blocklist, and /forget-me."""
+"""A server's rules end to end: channel switches, spoilers, the prompt blocklist, and /forget-me; on SQLite and
+on PostgreSQL alike."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import discord
@@ -10,10 +12,18 @@ import pytest
 from bot.discord.client import ImageBot
 from tests.conftest import Harness
 from tests.fakes.providers import GEMINI
+from tests.stores import query, table_names
 
 MANAGE_SERVER = discord.Permissions(manage_guild=True).value
 ADMIN = 601
 MEMBER = 602
+
+
+@pytest.fixture
+def harness(store: dict[str, Any], harness: Harness) -> Harness:
+    """The harness, its bots on each store in turn."""
+    harness.defaults.update(store)
+    return harness
 
 
 async def _answer(harness: Harness, bot: ImageBot, payload: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +50,8 @@ def _buttons(message: dict[str, Any]) -> dict[str, str]:
 
 
 async def _usage_rows(bot: ImageBot) -> int:
-    row = await bot.core.db.fetchone("SELECT COUNT(*) FROM usage")
-    assert row is not None
-    return int(row[0])
+    rows = await query(bot.core.db, "SELECT COUNT(*) AS n FROM usage")
+    return int(rows[0]["n"])
 
 
 async def test_channel_switches_refuse_and_say_where_the_command_works(harness: Harness) -> None:
@@ -208,7 +217,7 @@ async def test_rules_need_manage_server_and_each_change_is_audited(harness: Harn
     )
     await _rules(harness, bot, "blocklist-add", words="Grim, grim")
     await _rules(harness, bot, "channel", imagine=False)
-    rows = await bot.core.db.fetchall("SELECT actor_id, action, detail FROM audit ORDER BY id")
+    rows = await query(bot.core.db, "SELECT actor_id, action, detail FROM audit ORDER BY id")
     assert [(row["actor_id"], row["action"], row["detail"]) for row in rows] == [
         (ADMIN, "blocklist-add", '{"phrases": ["grim"]}'),
         (ADMIN, "rules-channel", '{"channel_id": 0, "describe": true, "imagine": false, "spoilers": "off"}'),
@@ -237,14 +246,14 @@ async def test_forget_me_deletes_the_members_rows_and_keeps_todays_use_counted(h
         "Done. Deleted: tasks 2, stored images 2, cached prompts 1. Usage rows that no longer carry your user id: 2."
     )
 
-    # No row anywhere holds the member's id.
-    tables = [
-        row[0] for row in await bot.core.db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-    ]
-    for table in tables:
-        for row in await bot.core.db.fetchall(f"SELECT * FROM {table}"):
-            assert str(MEMBER) not in [str(value) for value in tuple(row)], (table, tuple(row))
-            assert not any(str(MEMBER) in str(value) for value in tuple(row) if isinstance(value, str)), table
+    # No row anywhere holds the member's id (as a value, or as a number inside a text such as JSON). The
+    # bot's own settings (meta: a random key) and its migrations hold nothing of a member.
+    as_number = re.compile(rf"(?<!\d){MEMBER}(?!\d)")
+    for table in set(await table_names(bot.core.db)) - {"meta", "schema_migrations"}:
+        for row in await query(bot.core.db, f"SELECT * FROM {table}"):
+            assert str(MEMBER) not in [str(value) for value in row.values()], (table, row)
+            assert not any(as_number.search(value) for value in row.values() if isinstance(value, str)), table
+    assert set(await table_names(bot.core.db)) >= {"audit", "jobs", "quota_grants", "quota_limits", "usage"}
 
     # Today's use still counts: three a day, one granted, one spent before forgetting.
     quota = await _answer(harness, bot, harness.discord.slash("quota", {}, user_id=MEMBER))

@@ -536,6 +536,10 @@ class FakeFreepik(_FakeServer):
         self.result_status = 200
         self.tasks: dict[str, FakeTask] = {}
         self.deliveries: list[WebhookDelivery] = []
+        # At each create: how many tasks the bot has running here, the new one included (created, and
+        # their end not yet told to the bot by a poll or a delivery). The bot's own count is never lower.
+        self.running_at_create: list[int] = []
+        self._ends_told: set[str] = set()
         self._by_kind: dict[str, dict[str, FakeTask]] = {kind: {} for kind in FREEPIK_KINDS}
         # Unfinished tasks with a webhook: the only ones the ticker must look at.
         self._watched: dict[str, FakeTask] = {}
@@ -707,6 +711,7 @@ class FakeFreepik(_FakeServer):
         )
         self.tasks[task.task_id] = task
         self._by_kind[kind][task.task_id] = task
+        self.running_at_create.append(len(self.tasks) - len(self._ends_told))
         if webhook_url:
             self._watched[task.task_id] = task
         return web.json_response({"data": task.snapshot()})
@@ -727,6 +732,8 @@ class FakeFreepik(_FakeServer):
         if task is None:
             return web.json_response({"message": "Not found"}, status=404)
         self._advance(task, polled=True)
+        if task.status in FINAL_STATUSES:
+            self._ends_told.add(task.task_id)
         return web.json_response({"data": task.snapshot()})
 
     async def _file(self, request: web.Request) -> web.Response:
@@ -841,6 +848,8 @@ class FakeFreepik(_FakeServer):
         """POST one signed delivery and record it."""
         if self._session is None:
             raise RuntimeError("FakeFreepik is not started")
+        if status in FINAL_STATUSES:
+            self._ends_told.add(task.task_id)
         msg_id = webhook_id or f"msg_{uuid.uuid4().hex}"
         stamp = str(int(time.time()) if timestamp is None else timestamp)
         sig = signature or sign_webhook(
