@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fakes import BenchDiscord, TimedFreepik
+from benchmarks.fakes import BenchDiscord, TimedFreepik, Workload
 from benchmarks.machine import describe_machine
 from benchmarks.quota import SHARED_LIMIT, SHARED_MEMBER, QuotaResult, run_quota
 from bot.domain.errors import QuotaExceeded
@@ -162,7 +162,7 @@ async def run_takeover(lease: float, tasks: int, seconds_per_state: float = 1.0)
     discord = BenchDiscord(
         guild_ids=(GUILD_ON_SHARD_0, GUILD_ON_SHARD_0 | (1 << 22)), validate_requests=False
     )
-    freepik = TimedFreepik(seconds_per_state=seconds_per_state, jitter=0)
+    freepik = TimedFreepik(workload=Workload.steady(seconds_per_state, jitter=0))
     await discord.start()
     await freepik.start()
     processes: list[BotProcess] = []
