@@ -28,6 +28,7 @@ from bot.domain.tasks import (
     Suggestion,
     TaskKind,
 )
+from bot.store.postgres import jobs as pg_jobs
 from bot.store.postgres.database import PgDatabase, migration_files
 from bot.store.postgres.jobs import PgJobRepository
 from bot.store.postgres.webhooks import PgDeliveryRelay, PgReplayGuard
@@ -577,6 +578,28 @@ async def test_a_waiting_job_is_never_claimed_and_the_process_that_dispatches_it
     with pytest.raises(LeaseLost):
         await dead.update(taken, state=JobState.FAILED)
     assert [job.id for job in await alive.line("freepik")] == [second.id]
+
+
+async def test_a_member_another_dispatch_is_weighing_is_not_passed_over(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another process's dispatch (of another provider) decides on the member whose turn it is, no one
+    behind them goes first: this dispatch waits for it (here: gives up at once, as after its last try)."""
+    db = _postgres(pg_backend)
+    clock = Clock()
+    jobs = pg_backend.jobs(clock)
+    alices = await _in_line(jobs, clock, ALICE)
+    await _in_line(jobs, clock, BOB)
+    monkeypatch.setattr(pg_jobs, "_CONTENDED_TRIES", 1)
+    async with db.transaction() as other_dispatch:
+        await other_dispatch.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':line-member:' || $1::bigint, 0))",
+            ALICE,
+        )
+        assert await jobs.next_in_line("freepik", max_running=5, max_running_per_member=5) is None
+    taken = await jobs.next_in_line("freepik", max_running=5, max_running_per_member=5)
+    assert taken is not None
+    assert taken.id == alices.id
 
 
 async def test_processes_dispatching_at_once_never_pass_the_caps(pg_backend: Backend) -> None:

@@ -23,6 +23,7 @@ driver finds it at its next renewal (`cancel_requested`).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
@@ -67,10 +68,10 @@ _LINE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || 
 _LINE_MEMBER_LOCK = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || ':line-member:' || $1::bigint, 0))"
 )
-# A dispatch that found a member's lock held by another dispatch (of another provider) tries again this
-# often, after this long each time: the other one decides within milliseconds.
+# A dispatch that found a member's lock held by another dispatch (of another provider) tries again up to
+# this many times, after a wait between these bounds (seconds): the other one decides within milliseconds.
 _CONTENDED_TRIES = 50
-_CONTENDED_WAIT = 0.01
+_CONTENDED_WAIT = (0.002, 0.02)
 # Deliveries parked for another process and seen webhook ids live this long at most.
 _WEBHOOK_ROWS_TTL = 86400.0
 
@@ -233,21 +234,22 @@ class PgJobRepository:
         the one before it committed, so no two ever dispatch past MAX_INFLIGHT_PER_PROVIDER. A member's
         running tasks count at every provider, so dispatches of two providers may weigh the same member at
         once: the member's count is read under the member's own lock, taken without waiting (two dispatches
-        waiting for each other's members could deadlock). A member whose lock another dispatch holds is
-        passed over, and if that left the job to take undecided, the whole step is tried again once the
-        other one has committed (milliseconds later).
+        waiting for each other's members could deadlock). When another dispatch holds it, this member's turn
+        cannot be decided yet and no one behind them may go first: the step ends without a job and is
+        tried again a few milliseconds later (after a random wait, so two dispatches that hold each other's
+        members do not meet again), once the other one has committed.
         """
         for _ in range(_CONTENDED_TRIES):
             contended, job = await self._dispatch_one(provider, max_running, max_running_per_member)
             if not contended:
                 return job
-            await asyncio.sleep(_CONTENDED_WAIT)
+            await asyncio.sleep(random.uniform(*_CONTENDED_WAIT))  # noqa: S311 (a wait, not a secret)
         return None  # the next end, submit or renewal moves the line on
 
     async def _dispatch_one(
         self, provider: str, max_running: int, max_running_per_member: int
     ) -> tuple[bool, Job | None]:
-        """Return (whether a member's lock was held elsewhere and nothing was taken, the job taken)."""
+        """Return (whether a member's lock was held by another dispatch, the job taken)."""
         async with self._db.transaction() as conn:
             await conn.execute(_LINE_LOCK, provider)
             at_provider = await conn.fetchval(
@@ -257,18 +259,15 @@ class PgJobRepository:
             if int(at_provider) >= max_running:
                 return False, None
             waiting, served = await self._line_of(conn, provider)
-            passed_over: set[int] = set()
+            passed_over: set[int] = set()  # members at their cap
             weighed: set[int] = set()
-            contended = False
             for job in take_order(waiting, served):
                 member = job.user_id
                 if member in passed_over:
                     continue
                 if member not in weighed:
                     if not await conn.fetchval(_LINE_MEMBER_LOCK, member):
-                        contended = True  # another dispatch is deciding on this member right now
-                        passed_over.add(member)
-                        continue
+                        return True, None  # another dispatch is deciding on this member right now
                     weighed.add(member)
                     running = await conn.fetchval(
                         f"SELECT count(*) FROM jobs WHERE user_id = $1 AND {_RUNNING}",  # noqa: S608
@@ -288,7 +287,7 @@ class PgJobRepository:
                 )
                 if row is not None:  # else it was cancelled a moment ago: the next one
                     return False, _job_from_row(row)
-            return contended, None
+            return False, None
 
     async def line(self, provider: str) -> list[Job]:
         """Return the jobs waiting for the provider, in the order they will be taken, with their `place`."""
