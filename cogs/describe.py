@@ -3,6 +3,7 @@ buttons under a description (Imagine this, Show as text)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -32,9 +33,11 @@ from bot.domain.tasks import MAX_SUGGESTIONS, DescribeRequest, DescribeStyle, Jo
 from bot.providers.registry import PROVIDERS
 from bot.ui.views import IMAGINE_ACTIONS, ImagePicker, job_button, job_button_template, suggestion_index
 from bot.ui.words import NEGATIVE_PROMPT, PICK_IMAGE, STYLE_NAMES, Words
+from bot.wiring import Core
 
 log = logging.getLogger(__name__)
 
+# Every provider the bot knows; each bot offers only those it has configured (offer_configured_providers).
 PROVIDER_CHOICES = [app_commands.Choice(name=spec.title, value=spec.name) for spec in PROVIDERS]
 # Choice names are the English templates; the command translator says them in each member's language.
 STYLE_CHOICES = [
@@ -122,11 +125,28 @@ async def _show_as_text(bot: ImageBot, interaction: discord.Interaction, job_id:
         )
 
 
+def offer_configured_providers(command: app_commands.Command[Any, ..., Any], core: Core) -> None:
+    """Make /describe's `provider` a choice among the providers this bot has, by the names members see.
+
+    The decorator runs before the settings are known. discord.py copies a cog's commands for each cog but
+    shares their parameters, so the parameter is replaced rather than changed: another bot keeps its own.
+    """
+    offered: list[app_commands.Choice[str | int | float]] = [
+        # A locale_str, as discord.py makes of the decorator's names: "OpenAI-compatible" is translated.
+        app_commands.Choice(name=locale_str(core.labels[spec.name]), value=spec.name)
+        for spec in PROVIDERS
+        if (provider := core.providers.get(spec.name)) is not None and provider.describer is not None
+    ]
+    parameter = command._params["provider"]
+    command._params["provider"] = dataclasses.replace(parameter, choices=offered)
+
+
 class DescribeCog(commands.Cog):
     """Image to prompt."""
 
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
+        offer_configured_providers(self.describe, bot.core)
         # Context menus cannot be decorators inside a cog: build it here, remove it on unload.
         self.describe_menu = app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
         self.bot.tree.add_command(self.describe_menu)
@@ -154,7 +174,9 @@ class DescribeCog(commands.Cog):
         interaction: discord.Interaction,
         image: discord.Attachment | None = None,
         url: app_commands.Range[str, 1, 2000] | None = None,
-        provider: app_commands.Choice[str] | None = None,
+        # A plain value, not a Choice: a member whose client still shows a provider this bot no longer has
+        # gets the service's sentence for it rather than discord.py's conversion error.
+        provider: str | None = None,
         style: app_commands.Choice[str] | None = None,
         suggestions: app_commands.Range[int, 1, MAX_SUGGESTIONS] | None = None,
     ) -> None:
@@ -169,7 +191,7 @@ class DescribeCog(commands.Cog):
         request = DescribeRequest(
             DescribeStyle(style.value) if style else DescribeStyle.DETAILED, suggestions or 1
         )
-        provider_name = service.describe_provider(provider.value if provider else None, request)
+        provider_name = service.describe_provider(provider, request)
         if image is not None and image.size > service.max_image_bytes:
             raise BadInput(Refusal.IMAGE_TOO_LARGE, max_bytes=service.max_image_bytes)
         link = checked_link(url) if url is not None else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from discord import app_commands
 
 from bot.__main__ import main
 from bot.discord.client import ImageBot
@@ -167,6 +168,39 @@ async def test_a_style_asked_of_freepik_says_which_provider_can(
         "in the provider option."
     )
     assert harness.freepik.count() == 0
+    assert vision.completions() == []
+
+
+async def test_the_provider_option_offers_the_configured_providers_by_the_names_members_see(
+    harness: Harness, vision: FakeOpenAICompatible
+) -> None:
+    # Two bots in one process with different providers: each offers its own (the choices are not shared).
+    both = await harness.start_bot(openai_base_url=vision.base_url, openai_model=DEFAULT_MODEL)
+    local = await harness.start_bot(**only_a_vision_model(harness, vision))
+    offered = {}
+    for bot in (both, local):
+        command = bot.tree.get_command("describe")
+        assert isinstance(command, app_commands.Command)
+        (provider,) = [parameter for parameter in command.parameters if parameter.name == "provider"]
+        offered[bot] = [(str(choice.name), choice.value) for choice in provider.choices]
+    assert offered[both] == [("Freepik", "freepik"), ("Novita", "novita"), ("OpenAI-compatible", "openai")]
+    assert offered[local] == [("Ollama", "openai")]
+    synced = next(c for c in harness.discord.synced_commands() if c["name"] == "describe")
+    (option,) = [option for option in synced["options"] if option["name"] == "provider"]
+    assert [(choice["name"], choice["value"]) for choice in option["choices"]] == [("Ollama", "openai")]
+
+
+async def test_a_provider_the_bot_no_longer_has_gets_one_sentence(
+    harness: Harness, vision: FakeOpenAICompatible
+) -> None:
+    # A member's client may still show a choice from before the admin removed a key (until it reloads).
+    bot = await harness.start_bot(**only_a_vision_model(harness, vision))
+    token = await harness.interact(bot, harness.describe_payload(options={"provider": "freepik"}))
+    (answer,) = [call.json for call in harness.calls_for(token) if call.method == "POST"]
+    assert answer["data"]["content"] == (
+        "Freepik is not set up on this bot; leave the provider option empty to use Ollama."
+    )
+    assert answer["data"]["flags"] & 64  # only the member sees it
     assert vision.completions() == []
 
 

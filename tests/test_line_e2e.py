@@ -119,7 +119,7 @@ async def test_a_line_of_30_takes_turns_shows_places_and_edits_only_on_change(ha
                 waiting[user_id] -= 1
     assert [int(row["user_id"]) for row in rows] == expected
 
-    arriving = moving = 0
+    arriving = moving = place_edits = 0
     for token in everyone:
         titles = _titles(harness, token)
         assert titles[-1] == "Image to prompt · Done"
@@ -134,6 +134,7 @@ async def test_a_line_of_30_takes_turns_shows_places_and_edits_only_on_change(ha
         # Once no one new joins, a place only moves forward, and is edited once per shown place it
         # passes (exact near the front, rounded further back), then once per state at the provider.
         places = [_place(title) for title in after if "in line" in title]
+        place_edits += len(places)
         assert places == sorted(places, reverse=True), titles
         at_release = _place(titles[len(titles) - len(after) - 1]) if len(titles) > len(after) else 0
         assert len(places) <= len({shown_place(p) for p in range(1, at_release + 1)}), titles
@@ -144,7 +145,8 @@ async def test_a_line_of_30_takes_turns_shows_places_and_edits_only_on_change(ha
     )
     print(
         f"line of 30, cap 2, no coalescing: {arriving} edits while the line formed, {moving} while it "
-        f"moved ({arriving + moving} in all; one per place change would be {28 * 29 // 2} for the moving alone)"
+        f"moved ({arriving + moving} in all); of those while it moved, {place_edits} showed a new place, where "
+        f"one edit per place passed would be {28 * 29 // 2}, and the rest the states at the provider"
     )
 
 

@@ -398,6 +398,11 @@ async def test_cancel_clicked_in_the_other_process_reaches_a_waiting_task_and_a_
     )
     print(f"the driver: {line}")
 
+    # The end is shown before the job is closed (settled, lease given back): wait for that write too.
+    async with asyncio.timeout(15):
+        # Rows written by other processes announce nothing here: look often.
+        while await cluster.rows("SELECT id FROM jobs WHERE finished_at IS NULL"):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     jobs = await cluster.rows("SELECT state, finished_at, owner FROM jobs ORDER BY created_at")
     assert [(row["state"], row["finished_at"] is not None, row["owner"]) for row in jobs] == [
         ("CANCELLED", True, None),

@@ -127,7 +127,7 @@ class PrometheusMetrics:
         )
         self._finished = Counter(
             f"{PREFIX}_tasks_finished",
-            "Tasks ended, by kind, provider, outcome (completed, cached, failed: charged, refunded) and fault",
+            "Tasks ended, by kind, provider, outcome (completed, cached, failed, refunded, cancelled) and fault",
             ["kind", "provider", "outcome", "fault"],
             registry=registry,
         )
