@@ -18,6 +18,7 @@ import pytest
 
 from bot.store.sqlite.database import migration_files
 from bot.store.sqlite.file_access import in_container
+from bot.store.sqlite.use_lock import lock_path
 from tests.fakes.discord import FakeDiscord
 from tests.processes import (
     IS_ROOT,
@@ -112,6 +113,54 @@ async def test_a_database_file_the_bot_cannot_write_is_one_line_with_the_owner_a
         f"(mode {mode:o}) and the bot runs as uid {the_bot_uid()}; fix it with {fix_for(database)}"
     )
     assert digest(database) == before
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root can leave a lock file of another user")
+@pytest.mark.parametrize("command", ["check", "backup"])
+async def test_a_lock_file_left_by_root_does_not_keep_the_bot_out(tmp_path: Path, command: str) -> None:
+    """E.g. `backup` or `restore` run as root on the host before the bot's first start in its container."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    give_to_bot_user(folder)
+    database = folder / "bot.sqlite3"
+    sqlite3.connect(database).close()
+    give_to_bot_user(database)
+    lock = lock_path(database)
+    lock.touch(mode=0o644)  # as a root `backup` makes it: root's, readable by all
+    (tmp_path / "backups").mkdir()
+    give_to_bot_user(tmp_path / "backups")
+    result = await run_as_admin_would(command, database, tmp_path, as_bot_user=True)
+    assert result.code == 0, result.output
+    assert "Traceback" not in result.output, result.output
+
+
+@pytest.mark.skipif(
+    IS_ROOT, reason="the tests' bot user may read every file (it needs to, to run this interpreter)"
+)
+@OPENING_COMMANDS
+async def test_a_lock_file_the_bot_cannot_read_is_one_line_with_the_owner_and_the_fix(
+    tmp_path: Path, command: str
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    give_to_bot_user(folder)
+    database = folder / "bot.sqlite3"
+    sqlite3.connect(database).close()
+    give_to_bot_user(database)
+    lock = lock_path(database)
+    lock.touch(mode=0o200)  # unreadable to its owner, as another user's private file is to the bot
+    if command == "backup":
+        (tmp_path / "backups").mkdir()
+        give_to_bot_user(tmp_path / "backups")
+    try:
+        result = await run_as_admin_would(command, database, tmp_path, as_bot_user=True)
+    finally:
+        lock.chmod(0o600)
+    line = one_error_line(result)
+    assert line == (
+        f"error: DATABASE_PATH {database} cannot be written: the file {lock} belongs to uid {lock.stat().st_uid} "
+        f"(mode 200) and the bot runs as uid {the_bot_uid()}; fix it with {fix_for(lock)}"
+    )
 
 
 @CREATING_COMMANDS

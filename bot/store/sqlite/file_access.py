@@ -8,6 +8,8 @@ from pathlib import Path
 
 # SQLite writes two files beside the database in WAL mode; the bot must be able to create and write them.
 SIDE_FILE_SUFFIXES = ("-wal", "-shm")
+# The bot's own lock file beside the database (use_lock.py).
+LOCK_SUFFIX = ".lock"
 
 
 def running_as() -> tuple[int, int]:
@@ -36,6 +38,10 @@ def storage_problem(path: Path, *, setting: str = "DATABASE_PATH") -> str | None
     for candidate in (path, *(path.with_name(path.name + suffix) for suffix in SIDE_FILE_SUFFIXES)):
         if candidate.exists() and not _may(candidate, os.R_OK | os.W_OK):
             return _cannot_write(setting, path, candidate)
+    # The lock file that tells a restore the database is in use (use_lock.py): reading it is enough.
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    if lock.exists() and not _may(lock, os.R_OK):
+        return _cannot_write(setting, path, lock)
     return None
 
 

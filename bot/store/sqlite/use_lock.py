@@ -12,13 +12,15 @@ import fcntl
 import os
 from pathlib import Path
 
+from bot.store.sqlite.file_access import LOCK_SUFFIX
+
 
 class DatabaseBusy(Exception):
     """Another process holds the lock in a way that excludes this use; the text is one line."""
 
 
 def lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+    return database.with_name(database.name + LOCK_SUFFIX)
 
 
 class UseLock:
@@ -48,7 +50,12 @@ class UseLock:
     @classmethod
     def _take(cls, database: Path, mode: int, refusal: str) -> UseLock:
         path = lock_path(database)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:
+            # Made by another user (a `backup` or `restore` run as root before the bot's first start):
+            # flock needs only an open file, so reading it is enough.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
