@@ -277,7 +277,9 @@ def _terminal_fault(settings: Settings, provider: str, fault: Fault, words: Word
     """Say what went wrong for the admin at the terminal: the setting to look at, where there is one."""
     spec = BY_NAME[provider]
     if fault is Fault.UNREACHABLE:
-        address = getattr(settings.providers[provider], "base_url", "")
+        section = settings.providers[provider]
+        # The section's field behind the setting named in the spec (FREEPIK_BASE_URL -> base_url).
+        address = getattr(section, spec.address_setting.removeprefix(spec.env_prefix).lower(), "")
         return f"{provider} could not be reached at {address}: check the network and {spec.address_setting}"
     return _admin_line(spec, fault) or words.fault(provider, fault)
 

@@ -216,6 +216,19 @@ def test_truncated_png_is_refused_even_with_no_iend() -> None:
     assert refusal(whole[: whole.rindex(b"IDAT") + 8]) == sentence(Refusal.IMAGE_DAMAGED)
 
 
+@pytest.mark.parametrize("where", ["before the pixels", "after the pixels"])
+def test_a_png_whose_text_chunk_inflates_past_pillows_cap_is_refused_as_such(where: str) -> None:
+    """A valid PNG carrying a compressed text chunk of 100 MB (100 KB on the wire): not "damaged"."""
+    whole = encode(Image.new("RGB", (50, 50), "white"), "PNG")
+    data = b"Comment\x00\x00" + zlib.compress(b" " * 100_000_000, 9)
+    chunk = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    at = whole.index(b"IDAT") - 4 if where == "before the pixels" else whole.index(b"IEND") - 4
+    bomb = whole[:at] + chunk + whole[at:]
+    assert len(bomb) < 200_000
+
+    assert refusal(bomb) == sentence(Refusal.IMAGE_METADATA_TOO_LARGE)
+
+
 @pytest.fixture
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any pixel data is decoded."""
