@@ -232,7 +232,8 @@ async def describe(
     db = await Database.open(":memory:")
     try:
         async with aiohttp.ClientSession() as session:
-            core = build_core(terminal, session, db, reporter_for=lambda needs: reporter)
+            # One provider is tried, the one asked for (or the default): its fault is what the admin needs.
+            core = build_core(terminal, session, db, reporter_for=lambda needs: reporter, fall_back=False)
             try:
                 image = await _read_source(core.service.fetch_url, core.service.check_bytes, source)
                 name = core.service.describe_provider(provider_name, request)

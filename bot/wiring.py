@@ -102,6 +102,7 @@ def build_core(
     clock: Callable[[], float] = time.time,
     metrics: Metrics = NO_METRICS,
     owner: str | None = None,
+    fall_back: bool = True,
 ) -> Core:
     """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's.
 
@@ -189,6 +190,7 @@ def build_core(
             max_running_per_provider=settings.max_inflight_per_provider,
             max_running_per_member=settings.max_inflight_per_user,
             lease_renewal=settings.job_lease_seconds / 3,
+            fall_back=fall_back,
         ),
         webhook_url_for=webhook_url_for,
         moderation=moderation,

@@ -263,18 +263,21 @@ async def test_the_terminal_says_where_it_could_not_reach_a_provider(
     image.write_bytes(png_bytes((64, 48)))
     closed = "http://127.0.0.1:9/v1"  # nothing listens there: the connection is refused, no answer comes
     setting = {"novita": "NOVITA_BASE_URL", "openai": "OPENAI_BASE_URL"}[provider]
-    env.setenv(setting, closed)
-    # Only the provider under test: no fallback to another one (whose real address is the internet).
-    if provider == "novita":
-        env.setenv("NOVITA_API_KEY", "test-novita-key")
-    else:
-        env.setenv("OPENAI_MODEL", DEFAULT_MODEL)
+    # Both configured, at addresses where nothing listens: the terminal tries the one asked for, and only it
+    # (a fallback to the other would hide the fault the admin is looking for).
+    env.setenv("NOVITA_BASE_URL", closed)
+    env.setenv("NOVITA_API_KEY", "test-novita-key")
+    env.setenv("OPENAI_BASE_URL", closed)
+    env.setenv("OPENAI_MODEL", DEFAULT_MODEL)
     code = await asyncio.to_thread(main, ["describe", str(image), "--provider", provider])
     captured = capsys.readouterr()
     assert code != 0
     assert f"{provider} could not be reached at {closed}: check the network and {setting}" in captured.err
     assert "busy" not in captured.err
     assert "503" not in captured.err
+    assert "falling back" not in captured.err
+    other = {"novita": "openai", "openai": "novita"}[provider]
+    assert f"{other} could not be reached" not in captured.err
 
 
 async def test_check_live_finds_the_model(

@@ -102,6 +102,9 @@ class RunnerConfig:
     # and how many jobs it takes over at a time.
     lease_renewal: float = 10.0
     claim_batch: int = 50
+    # A describe whose provider is down is tried at another that can answer it; the terminal's describe,
+    # which is there to try one provider, turns this off (a fallback would hide that provider's fault).
+    fall_back: bool = True
 
     def polling(self) -> PollingConfig:
         return PollingConfig(first_wait=self.poll_interval, max_wait=self.poll_max_interval)
@@ -634,6 +637,8 @@ class JobRunner:
             raise
 
     def _fallback_for(self, job: Job, fault: Fault) -> str | None:
+        if not self._config.fall_back:
+            return None
         if job.kind is not TaskKind.DESCRIBE or fault not in _FALLBACK_FAULTS or job.notice is not None:
             return None
         for name, provider in self._providers.items():
