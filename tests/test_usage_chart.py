@@ -269,6 +269,19 @@ def test_the_example_in_docs_is_the_fixtures_chart() -> None:
     )
 
 
+def test_the_themes_sheet_in_docs_is_the_fixtures_chart_on_both_backgrounds() -> None:
+    """docs/usage-chart-on-discord-themes.png (linked from the README) is today's chart on dark and light."""
+    from tests.usage_fixture import example_chart, on_discord_themes
+
+    committed = Image.open(Path(__file__).parent.parent / "docs" / "usage-chart-on-discord-themes.png")
+    drawn = Image.open(io.BytesIO(on_discord_themes(example_chart())))
+    assert committed.size == drawn.size
+    assert committed.convert("RGB").tobytes() == drawn.convert("RGB").tobytes(), (
+        "regenerate it: python -m tests.usage_fixture docs/usage-chart-example.png "
+        "docs/usage-chart-on-discord-themes.png"
+    )
+
+
 async def test_a_language_the_font_cannot_write_gets_the_chart_in_english(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
