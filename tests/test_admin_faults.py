@@ -86,6 +86,16 @@ def fix_for(culprit: Path) -> str:
     return f"`chmod u+rwX {culprit}`{where}"
 
 
+def cannot_write_line(database: Path, culprit: Path, mode: int) -> str:
+    """The line for a file or folder the bot cannot write: its owner and mode, the bot's uid, the fix."""
+    what = "folder" if culprit.is_dir() else "file"
+    return (
+        f"error: DATABASE_PATH {database} cannot be written: the {what} {culprit} belongs to uid "
+        f"{culprit.stat().st_uid} (mode {mode:o}) and the bot runs as uid {the_bot_uid()}; fix it with "
+        f"{fix_for(culprit)}"
+    )
+
+
 # --- the database file and its folder ---------------------------------------------------------------
 
 
@@ -106,29 +116,30 @@ async def test_a_database_file_the_bot_cannot_write_is_one_line_with_the_owner_a
     before = digest(database)
     result = await run_as_admin_would(command, database, tmp_path, as_bot_user=True)
     line = one_error_line(result)
-    owner = database.stat().st_uid
-    mode = stat.S_IMODE(database.stat().st_mode)
-    assert line == (
-        f"error: DATABASE_PATH {database} cannot be written: the file {database} belongs to uid {owner} "
-        f"(mode {mode:o}) and the bot runs as uid {the_bot_uid()}; fix it with {fix_for(database)}"
-    )
+    assert line == cannot_write_line(database, database, stat.S_IMODE(database.stat().st_mode))
     assert digest(database) == before
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="only root can leave a lock file of another user")
-@pytest.mark.parametrize("command", ["check", "backup"])
-async def test_a_lock_file_left_by_root_does_not_keep_the_bot_out(tmp_path: Path, command: str) -> None:
-    """E.g. `backup` or `restore` run as root on the host before the bot's first start in its container."""
+def _bot_users_database_with_a_lock_file(tmp_path: Path, mode: int) -> tuple[Path, Path]:
+    """A database and a backups folder of the bot's user, and a lock file of this process's user."""
     folder = tmp_path / "data"
     folder.mkdir()
     give_to_bot_user(folder)
     database = folder / "bot.sqlite3"
     sqlite3.connect(database).close()
     give_to_bot_user(database)
-    lock = lock_path(database)
-    lock.touch(mode=0o644)  # as a root `backup` makes it: root's, readable by all
     (tmp_path / "backups").mkdir()
     give_to_bot_user(tmp_path / "backups")
+    lock = lock_path(database)
+    lock.touch(mode=mode)
+    return database, lock
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root can leave a lock file of another user")
+@pytest.mark.parametrize("command", ["check", "backup"])
+async def test_a_lock_file_left_by_root_does_not_keep_the_bot_out(tmp_path: Path, command: str) -> None:
+    """E.g. `backup` or `restore` run as root on the host before the bot's first start in its container."""
+    database, _ = _bot_users_database_with_a_lock_file(tmp_path, 0o644)  # as a root `backup` makes it
     result = await run_as_admin_would(command, database, tmp_path, as_bot_user=True)
     assert result.code == 0, result.output
     assert "Traceback" not in result.output, result.output
@@ -141,26 +152,14 @@ async def test_a_lock_file_left_by_root_does_not_keep_the_bot_out(tmp_path: Path
 async def test_a_lock_file_the_bot_cannot_read_is_one_line_with_the_owner_and_the_fix(
     tmp_path: Path, command: str
 ) -> None:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    give_to_bot_user(folder)
-    database = folder / "bot.sqlite3"
-    sqlite3.connect(database).close()
-    give_to_bot_user(database)
-    lock = lock_path(database)
-    lock.touch(mode=0o200)  # unreadable to its owner, as another user's private file is to the bot
-    if command == "backup":
-        (tmp_path / "backups").mkdir()
-        give_to_bot_user(tmp_path / "backups")
+    # Unreadable to its owner, as another user's private file is to the bot.
+    database, lock = _bot_users_database_with_a_lock_file(tmp_path, 0o200)
     try:
         result = await run_as_admin_would(command, database, tmp_path, as_bot_user=True)
     finally:
         lock.chmod(0o600)
     line = one_error_line(result)
-    assert line == (
-        f"error: DATABASE_PATH {database} cannot be written: the file {lock} belongs to uid {lock.stat().st_uid} "
-        f"(mode 200) and the bot runs as uid {the_bot_uid()}; fix it with {fix_for(lock)}"
-    )
+    assert line == cannot_write_line(database, lock, 0o200)
 
 
 @CREATING_COMMANDS
@@ -177,11 +176,7 @@ async def test_a_folder_not_owned_by_the_bot_is_one_line_with_the_owner_and_the_
     finally:
         folder.chmod(0o755)
     line = one_error_line(result)
-    assert line == (
-        f"error: DATABASE_PATH {database} cannot be written: the folder {folder} belongs to uid "
-        f"{folder.stat().st_uid} (mode {0o755 if IS_ROOT else 0o555:o}) and the bot runs as uid {the_bot_uid()}; "
-        f"fix it with {fix_for(folder)}"
-    )
+    assert line == cannot_write_line(database, folder, 0o755 if IS_ROOT else 0o555)
     assert not database.exists()
 
 
