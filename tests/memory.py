@@ -37,8 +37,6 @@ from bot.domain.line import take_order
 from bot.domain.ports import ImageRole, Provider, WebhookDelivery
 from bot.domain.privacy import FORGOTTEN, pseudonym
 from bot.domain.quota import (
-    SCOPES,
-    UNLIMITED,
     USAGE_COLUMNS,
     KindStatus,
     LimitScope,
@@ -46,6 +44,7 @@ from bot.domain.quota import (
     Reservation,
     UsageLine,
     UsageReport,
+    check_limit,
     kind_status,
     resolve_limit,
     utc_day,
@@ -587,10 +586,7 @@ class MemoryQuotaLedger:
         limit: int | None,
         actor_id: int,
     ) -> None:
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}")
-        if limit is not None and limit < UNLIMITED:
-            raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+        check_limit(scope, limit)
         key = (guild_id, scope, target_id, kind)
         if limit is None:
             self._limits.pop(key, None)

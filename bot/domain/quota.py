@@ -13,6 +13,16 @@ UNLIMITED = -1
 LimitScope = Literal["server", "role", "user"]
 # A scope's precedence: a user override beats any role, a role beats the server's limit.
 SCOPES: tuple[LimitScope, ...] = ("user", "role", "server")
+
+
+def check_limit(scope: str, limit: int | None) -> None:
+    """Refuse a limit rule no store may keep: an unknown scope, or a limit below UNLIMITED (None removes one)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+    if limit is not None and limit < UNLIMITED:
+        raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+
+
 # The columns of a usage report's rows (and of its CSV), in order.
 USAGE_COLUMNS = (
     "id",

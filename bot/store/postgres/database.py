@@ -20,21 +20,19 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from importlib import resources
 from typing import Any, cast
 
 import asyncpg
 
 from bot.domain.errors import StorageFull, StoreUnavailable
+from bot.store.migration_files import packaged_migrations
 from bot.store.postgres.url import redact
 
 log = logging.getLogger(__name__)
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # How long opening a connection may take before the server counts as unreachable: a firewall that drops
 # packets must not hang a start, a check or a copy.
 CONNECT_TIMEOUT = 10.0
@@ -69,17 +67,7 @@ class DatabaseUnusable(Exception):
 
 def migration_files() -> list[tuple[int, str, str]]:
     """Return (number, name, sql) of every packaged PostgreSQL migration, in order."""
-    folder = resources.files("bot.store.postgres") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    numbers = [number for number, _, _ in found]
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise RuntimeError(f"migrations must be numbered 0001 upwards without gaps, found {numbers}")
-    return found
+    return packaged_migrations("bot.store.postgres")
 
 
 def one_line(error: BaseException) -> str:

@@ -26,7 +26,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -34,33 +34,22 @@ import asyncpg
 from bot.domain.errors import BadInput, LeaseLost, Refusal
 from bot.domain.line import take_order
 from bot.domain.ports import ImageRole
-from bot.domain.tasks import DescribeStyle, Fault, ImageBytes, Job, JobState, Route, Suggestion, TaskKind
+from bot.domain.tasks import ImageBytes, Job, Route, Suggestion, TaskKind
 from bot.store.postgres.database import DB_NOW, PgDatabase
-from bot.store.sqlite.jobs import notice_from_text, notice_to_text, suggestions_from_text, suggestions_to_text
-
-# The job's own columns; its route is kept in the columns below (the same names as in SQLite), and its
-# place in line is not kept.
-_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name not in ("route", "place"))
-_ROUTE_COLUMNS = {
-    "channel_id": "channel_id",
-    "message_id": "message_id",
-    "application_id": "application_id",
-    "interaction_token": "interaction_token",
-    "token_created_at": "token_created_at",
-    "via": "report_via",
-    "member_locale": "member_locale",
-    "guild_locale": "guild_locale",
-}
-# A job waits in line until it is dispatched; from then until its end is known it runs at its provider
-# (the same conditions as SQLite's).
-_WAITING = "finished_at IS NULL AND dispatched_at IS NULL AND state = 'QUEUED'"
-_RUNNING = (
-    "finished_at IS NULL AND dispatched_at IS NOT NULL AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+from bot.store.rows import (
+    RUNNING,
+    WAITING,
+    column_values,
+    job_from_row,
+    route_values,
+    suggestions_from_text,
+    suggestions_to_text,
 )
+
 # When each member waiting for a provider last had a task leave its line.
 _LAST_SERVED_SQL = (
     "SELECT user_id, max(dispatched_at) AS last FROM jobs WHERE provider = $1 AND dispatched_at IS NOT NULL "  # noqa: S608
-    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = $1 AND {_WAITING}) GROUP BY user_id"
+    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = $1 AND {WAITING}) GROUP BY user_id"
 )
 # One dispatcher at a time per provider, whatever the process; a member's running tasks (counted at every
 # provider) are decided under the member's own lock, taken without waiting (see `next_in_line`).
@@ -74,36 +63,6 @@ _CONTENDED_TRIES = 50
 _CONTENDED_WAIT = (0.002, 0.02)
 # Deliveries parked for another process and seen webhook ids live this long at most.
 _WEBHOOK_ROWS_TTL = 86400.0
-
-
-def _job_from_row(row: asyncpg.Record) -> Job:
-    values = {name: row[name] for name in _JOB_COLUMNS}
-    values["kind"] = TaskKind(values["kind"])
-    values["state"] = JobState(values["state"])
-    values["reported_state"] = JobState(values["reported_state"]) if values["reported_state"] else None
-    values["fault"] = Fault(values["fault"]) if values["fault"] else None
-    values["notice"] = notice_from_text(values["notice"])
-    values["style"] = DescribeStyle(values["style"]) if values["style"] else None
-    values["spoiler"] = bool(values["spoiler"])
-    values["hidden"] = bool(values["hidden"])
-    if values["suggestions"]:
-        values["suggestions"] = suggestions_from_text(values["suggestions"])
-    else:  # a job saved before suggestions existed kept its one prompt in result_text
-        values["suggestions"] = (Suggestion(row["result_text"]),) if row["result_text"] else ()
-    route = Route(**{field: row[column] for field, column in _ROUTE_COLUMNS.items()})
-    return Job(route=route, **values)
-
-
-def _column_values(job: Job) -> dict[str, Any]:
-    values = {name: getattr(job, name) for name in _JOB_COLUMNS}
-    values["notice"] = notice_to_text(job.notice)
-    values["suggestions"] = suggestions_to_text(job.suggestions) if job.suggestions else None
-    # The first prompt is kept on its own too, as in SQLite.
-    values["result_text"] = job.result_text
-    values["spoiler"] = int(job.spoiler)
-    values["hidden"] = int(job.hidden)
-    values |= {column: getattr(job.route, field) for field, column in _ROUTE_COLUMNS.items()}
-    return values
 
 
 def _count(status: str) -> int:
@@ -138,7 +97,7 @@ class PgJobRepository:
 
     async def create(self, job: Job, inputs: Sequence[ImageBytes] = ()) -> None:
         """Save a new job (leased to this process) and its input images in one transaction."""
-        row = _column_values(job)
+        row = column_values(job)
         columns = ", ".join([*row, "owner", "lease_expires_at"])
         marks = ", ".join(f"${i}" for i in range(1, len(row) + 2))
         lease = f"{DB_NOW} + ${len(row) + 2}"
@@ -179,7 +138,7 @@ class PgJobRepository:
         return replace(job, finished_at=now, updated_at=now, route=replace(job.route, interaction_token=None))
 
     async def save_route(self, job_id: str, route: Route) -> None:
-        values = {column: getattr(route, field) for field, column in _ROUTE_COLUMNS.items()}
+        values = route_values(route)
         assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=1))
         n = len(values)
         await self._db.execute(
@@ -194,7 +153,7 @@ class PgJobRepository:
             raise ValueError("a job's route is saved with save_route")
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
-        stored = _column_values(updated)
+        stored = column_values(updated)
         columns = list(changes) + (["result_text"] if "suggestions" in changes else [])
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=1))
         n = len(columns)
@@ -209,18 +168,18 @@ class PgJobRepository:
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
-        return _job_from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def find_by_task(self, provider: str, task_id: str) -> Job | None:
         row = await self._db.fetchrow(
             "SELECT * FROM jobs WHERE provider = $1 AND provider_task_id = $2", provider, task_id
         )
-        return _job_from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def unfinished(self) -> list[Job]:
         """Return every job whose end has not been reported yet, oldest first (whoever drives it)."""
         rows = await self._db.fetch("SELECT * FROM jobs WHERE finished_at IS NULL ORDER BY created_at, id")
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     # --- the line ----------------------------------------------------------------------------------
 
@@ -253,7 +212,7 @@ class PgJobRepository:
         async with self._db.transaction() as conn:
             await conn.execute(_LINE_LOCK, provider)
             at_provider = await conn.fetchval(
-                f"SELECT count(*) FROM jobs WHERE provider = $1 AND {_RUNNING}",  # noqa: S608
+                f"SELECT count(*) FROM jobs WHERE provider = $1 AND {RUNNING}",  # noqa: S608
                 provider,
             )
             if int(at_provider) >= max_running:
@@ -270,7 +229,7 @@ class PgJobRepository:
                         return True, None  # another dispatch is deciding on this member right now
                     weighed.add(member)
                     running = await conn.fetchval(
-                        f"SELECT count(*) FROM jobs WHERE user_id = $1 AND {_RUNNING}",  # noqa: S608
+                        f"SELECT count(*) FROM jobs WHERE user_id = $1 AND {RUNNING}",  # noqa: S608
                         member,
                     )
                     if int(running) >= max_running_per_member:
@@ -279,14 +238,14 @@ class PgJobRepository:
                 now = self._clock()
                 row = await conn.fetchrow(
                     f"UPDATE jobs SET dispatched_at = $1, updated_at = $1, owner = $2, "  # noqa: S608
-                    f"lease_expires_at = {DB_NOW} + $3 WHERE id = $4 AND {_WAITING} RETURNING *",
+                    f"lease_expires_at = {DB_NOW} + $3 WHERE id = $4 AND {WAITING} RETURNING *",
                     now,
                     self._owner,
                     self._lease,
                     job.id,
                 )
                 if row is not None:  # else it was cancelled a moment ago: the next one
-                    return False, _job_from_row(row)
+                    return False, job_from_row(row)
             return False, None
 
     async def line(self, provider: str) -> list[Job]:
@@ -299,13 +258,13 @@ class PgJobRepository:
     async def _line_of(conn: asyncpg.Connection, provider: str) -> tuple[list[Job], dict[int, float]]:
         """Return the provider's waiting jobs, and when each of their members was last served by it."""
         rows = await conn.fetch(
-            f"SELECT * FROM jobs WHERE provider = $1 AND {_WAITING} ORDER BY created_at, id",  # noqa: S608
+            f"SELECT * FROM jobs WHERE provider = $1 AND {WAITING} ORDER BY created_at, id",  # noqa: S608
             provider,
         )
         if not rows:
             return [], {}
         served = await conn.fetch(_LAST_SERVED_SQL, provider)
-        return [_job_from_row(row) for row in rows], {int(r["user_id"]): float(r["last"]) for r in served}
+        return [job_from_row(row) for row in rows], {int(r["user_id"]): float(r["last"]) for r in served}
 
     async def cancel_waiting(self, job_id: str) -> Job | None:
         """End a job that still waits in line as CANCELLED, atomically; None when it is no longer waiting.
@@ -315,18 +274,18 @@ class PgJobRepository:
         """
         row = await self._db.fetchrow(
             f"UPDATE jobs SET state = 'CANCELLED', updated_at = $1, owner = $2, "  # noqa: S608
-            f"lease_expires_at = {DB_NOW} + $3 WHERE id = $4 AND {_WAITING} RETURNING *",
+            f"lease_expires_at = {DB_NOW} + $3 WHERE id = $4 AND {WAITING} RETURNING *",
             self._clock(),
             self._owner,
             self._lease,
             job_id,
         )
-        return _job_from_row(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     async def request_cancel(self, job_id: str) -> bool:
         """Ask the process that drives a job to cancel it; False when the job no longer runs."""
         status = await self._db.execute(
-            f"UPDATE jobs SET cancel_requested_at = $1 WHERE id = $2 AND {_RUNNING}",  # noqa: S608
+            f"UPDATE jobs SET cancel_requested_at = $1 WHERE id = $2 AND {RUNNING}",  # noqa: S608
             self._clock(),
             job_id,
         )
@@ -343,8 +302,8 @@ class PgJobRepository:
     async def tasks_of(self, user_id: int, guild_id: int | None = None) -> tuple[int, int]:
         """Return how many of the member's tasks run at a provider, and how many wait in line."""
         row = await self._db.fetchrow(
-            f"SELECT count(*) FILTER (WHERE {_RUNNING}) AS running, "  # noqa: S608
-            f"count(*) FILTER (WHERE {_WAITING}) AS waiting FROM jobs "
+            f"SELECT count(*) FILTER (WHERE {RUNNING}) AS running, "  # noqa: S608
+            f"count(*) FILTER (WHERE {WAITING}) AS waiting FROM jobs "
             "WHERE user_id = $1 AND ($2::bigint IS NULL OR guild_id = $2) AND finished_at IS NULL",
             user_id,
             guild_id,
@@ -390,14 +349,14 @@ class PgJobRepository:
         """
         rows = await self._db.fetch(
             f"UPDATE jobs SET owner = $1, lease_expires_at = {DB_NOW} + $2 WHERE id IN ("  # noqa: S608
-            f"SELECT id FROM jobs WHERE finished_at IS NULL AND NOT ({_WAITING}) "
+            f"SELECT id FROM jobs WHERE finished_at IS NULL AND NOT ({WAITING}) "
             f"AND (owner IS NULL OR lease_expires_at < {DB_NOW}) "
             "ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *",
             self._owner,
             self._lease,
             limit,
         )
-        jobs = [_job_from_row(row) for row in rows]
+        jobs = [job_from_row(row) for row in rows]
         return sorted(jobs, key=lambda job: (job.created_at, job.id))
 
     async def renew(self) -> set[str]:
@@ -417,7 +376,7 @@ class PgJobRepository:
         """
         value = await self._db.fetchval(
             f"SELECT min(lease_expires_at) - {DB_NOW} FROM jobs "  # noqa: S608
-            f"WHERE finished_at IS NULL AND owner IS NOT NULL AND owner <> $1 AND NOT ({_WAITING})",
+            f"WHERE finished_at IS NULL AND owner IS NOT NULL AND owner <> $1 AND NOT ({WAITING})",
             self._owner,
         )
         return None if value is None else float(value)

@@ -14,21 +14,20 @@ import asyncpg
 from bot.domain.errors import LineFull, QuotaExceeded
 from bot.domain.privacy import FORGOTTEN, pseudonym
 from bot.domain.quota import (
-    SCOPES,
-    UNLIMITED,
     USAGE_COLUMNS,
     KindStatus,
     LimitScope,
     Member,
     Reservation,
-    UsageLine,
     UsageReport,
+    check_limit,
     kind_status,
     resolve_limit,
     utc_day,
 )
 from bot.domain.tasks import TaskKind
 from bot.store.postgres.database import PgDatabase
+from bot.store.rows import usage_line_from_row
 
 # Taken by everything that changes what a member may still reserve; the same key bot_reserve takes first.
 _MEMBER_LOCK = (
@@ -234,10 +233,7 @@ class PgQuotaLedger:
         actor_id: int,
     ) -> None:
         """Set (or with None remove) a daily limit for a server, a role or a user."""
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}")
-        if limit is not None and limit < UNLIMITED:
-            raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+        check_limit(scope, limit)
         # A forgotten member's limit was kept under their stand-in id: the new rule replaces it.
         stand_in = (
             (await self._ids(Member(guild_id=guild_id, user_id=target_id))).pseudonym
@@ -365,18 +361,7 @@ class PgQuotaLedger:
                 "WHERE guild_id = $1 AND day >= $2 ORDER BY id",
                 *params,
             )
-        lines = [
-            UsageLine(
-                str(row["kind"]),
-                str(row["provider"]),
-                int(row["completed"]),
-                int(row["failed"]),
-                int(row["refunded"]),
-                int(row["cached"]),
-                int(row["running"]),
-            )
-            for row in summary
-        ]
+        lines = [usage_line_from_row(row) for row in summary]
         top_members = [(int(row["user_id"]), int(row["spent"])) for row in spenders]
         return UsageReport(guild_id, since, until, lines, top_members, [dict(row) for row in rows])
 
@@ -522,14 +507,21 @@ class PgQuotaLedger:
     async def _audit(
         self, conn: asyncpg.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]
     ) -> None:
-        await conn.execute(
-            "INSERT INTO audit (guild_id, actor_id, action, detail, at) VALUES ($1, $2, $3, $4, $5)",
-            guild_id,
-            actor_id,
-            action,
-            json.dumps(detail, sort_keys=True),
-            self._clock(),
-        )
+        await write_audit(conn, guild_id, actor_id, action, detail, self._clock())
+
+
+async def write_audit(
+    conn: asyncpg.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object], at: float
+) -> None:
+    """Add one row to the audit table (quota and rules changes alike), inside the change's transaction."""
+    await conn.execute(
+        "INSERT INTO audit (guild_id, actor_id, action, detail, at) VALUES ($1, $2, $3, $4, $5)",
+        guild_id,
+        actor_id,
+        action,
+        json.dumps(detail, sort_keys=True),
+        at,
+    )
 
 
 def _count(status: str) -> int:

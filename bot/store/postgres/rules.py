@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Callable, Sequence
 
 import asyncpg
 
 from bot.domain.blocklist import phrase_key
-from bot.domain.rules import ChannelRule, SpoilerRule
+from bot.domain.rules import ChannelRule
 from bot.store.postgres.database import PgDatabase
-
-log = logging.getLogger(__name__)
+from bot.store.postgres.quotas import write_audit
+from bot.store.rows import channel_rule_detail, channel_rule_from_row, log_rules_change
 
 
 class PgRules:
@@ -28,15 +26,7 @@ class PgRules:
             "SELECT channel_id, describe, imagine, spoilers FROM channel_rules WHERE guild_id = $1",
             guild_id,
         )
-        return {
-            int(row["channel_id"]): ChannelRule(
-                int(row["channel_id"]),
-                bool(row["describe"]),
-                bool(row["imagine"]),
-                SpoilerRule(row["spoilers"]),
-            )
-            for row in rows
-        }
+        return {int(row["channel_id"]): channel_rule_from_row(row) for row in rows}
 
     async def set_channel_rule(self, guild_id: int, rule: ChannelRule, actor_id: int) -> None:
         async with self._db.transaction() as conn:
@@ -55,12 +45,7 @@ class PgRules:
                 guild_id,
                 actor_id,
                 "rules-channel",
-                {
-                    "channel_id": rule.channel_id,
-                    "describe": rule.describe,
-                    "imagine": rule.imagine,
-                    "spoilers": rule.spoilers.value,
-                },
+                channel_rule_detail(rule),
             )
 
     async def blocklist(self, guild_id: int) -> list[tuple[str, str]]:
@@ -101,23 +86,8 @@ class PgRules:
     async def _audit(
         self, conn: asyncpg.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]
     ) -> None:
-        await conn.execute(
-            "INSERT INTO audit (guild_id, actor_id, action, detail, at) VALUES ($1, $2, $3, $4, $5)",
-            guild_id,
-            actor_id,
-            action,
-            json.dumps(detail, sort_keys=True),
-            self._clock(),
-        )
-        log.info(
-            "rules changed",
-            extra={
-                "guild_id": guild_id,
-                "actor_id": actor_id,
-                "action": action,
-                "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False),
-            },
-        )
+        await write_audit(conn, guild_id, actor_id, action, detail, self._clock())
+        log_rules_change(guild_id, actor_id, action, detail)
 
 
 async def _blocked(conn: asyncpg.Connection, guild_id: int) -> int:

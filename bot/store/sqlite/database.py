@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from bot.domain.errors import StorageFull
+from bot.store.migration_files import packaged_migrations
 from bot.store.sqlite.file_access import storage_problem
 from bot.store.sqlite.use_lock import DatabaseBusy, UseLock
 
 log = logging.getLogger(__name__)
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # SQLite's result codes for a write that found no room (SQLITE_FULL) and a failed disk write (SQLITE_IOERR).
 _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
@@ -62,17 +60,7 @@ def newer_than_bot(path: Path, version: int, known: int) -> str:
 
 def migration_files() -> list[tuple[int, str, str]]:
     """Return (number, name, sql) of every packaged migration, in order."""
-    folder = resources.files("bot.store.sqlite") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    numbers = [number for number, _, _ in found]
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise RuntimeError(f"migrations must be numbered 0001 upwards without gaps, found {numbers}")
-    return found
+    return packaged_migrations("bot.store.sqlite")
 
 
 class Database:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import aiosqlite
@@ -14,95 +13,30 @@ from bot.domain.errors import BadInput, Refusal
 from bot.domain.line import take_order
 from bot.domain.ports import ImageRole
 from bot.domain.tasks import (
-    DescribeStyle,
-    Fault,
     ImageBytes,
     Job,
-    JobState,
-    Notice,
-    NoticeCode,
     Route,
     Suggestion,
     TaskKind,
 )
+from bot.store.rows import (
+    RUNNING,
+    WAITING,
+    column_values,
+    job_from_row,
+    route_values,
+    suggestions_from_text,
+    suggestions_to_text,
+)
 from bot.store.sqlite.database import Database
 
-# The job's own columns; its route is kept in the columns below, and its place in line is not kept.
-_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name not in ("route", "place"))
-# A job waits in line until it is dispatched; from then until its end is known it runs at its provider.
-_WAITING = "finished_at IS NULL AND dispatched_at IS NULL AND state = 'QUEUED'"
-_RUNNING = (
-    "finished_at IS NULL AND dispatched_at IS NOT NULL AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-)
 # When each member waiting for a provider last had a task leave its line.
 _LAST_SERVED_SQL = (
     "SELECT user_id, MAX(dispatched_at) AS last FROM jobs WHERE provider = ? AND dispatched_at IS NOT NULL "  # noqa: S608
-    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = ? AND {_WAITING}) GROUP BY user_id"
+    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = ? AND {WAITING}) GROUP BY user_id"
 )
 # How rows are read: the database's own reads, or a connection's inside a transaction.
 _Fetch = Callable[[str, tuple[Any, ...]], Awaitable[Iterable[aiosqlite.Row]]]
-_ROUTE_COLUMNS = {
-    "channel_id": "channel_id",
-    "message_id": "message_id",
-    "application_id": "application_id",
-    "interaction_token": "interaction_token",
-    "token_created_at": "token_created_at",
-    "via": "report_via",
-    "member_locale": "member_locale",
-    "guild_locale": "guild_locale",
-}
-
-
-def notice_to_text(notice: Notice | None) -> str | None:
-    """Store a notice as its code and parameters (JSON), never as a sentence."""
-    if notice is None:
-        return None
-    return json.dumps({"code": notice.code.value, **notice.params}, sort_keys=True)
-
-
-def notice_from_text(text: str | None) -> Notice | None:
-    if not text:
-        return None
-    data = json.loads(text)
-    code = NoticeCode(data.pop("code"))
-    return Notice(code, data)
-
-
-def suggestions_to_text(suggestions: Sequence[Suggestion]) -> str:
-    """Store described prompts as JSON: [{"prompt": ..., "negative": ...}, ...]."""
-    return json.dumps([{"prompt": s.prompt, "negative": s.negative} for s in suggestions])
-
-
-def suggestions_from_text(text: str) -> tuple[Suggestion, ...]:
-    return tuple(Suggestion(str(item["prompt"]), item.get("negative")) for item in json.loads(text))
-
-
-def _job_from_row(row: aiosqlite.Row) -> Job:
-    values = {name: row[name] for name in _JOB_COLUMNS}
-    values["kind"] = TaskKind(values["kind"])
-    values["state"] = JobState(values["state"])
-    values["reported_state"] = JobState(values["reported_state"]) if values["reported_state"] else None
-    values["fault"] = Fault(values["fault"]) if values["fault"] else None
-    values["notice"] = notice_from_text(values["notice"])
-    values["style"] = DescribeStyle(values["style"]) if values["style"] else None
-    values["spoiler"] = bool(values["spoiler"])
-    values["hidden"] = bool(values["hidden"])
-    if values["suggestions"]:
-        values["suggestions"] = suggestions_from_text(values["suggestions"])
-    else:  # a job saved before suggestions existed kept its one prompt in result_text
-        values["suggestions"] = (Suggestion(row["result_text"]),) if row["result_text"] else ()
-    route = Route(**{field: row[column] for field, column in _ROUTE_COLUMNS.items()})
-    return Job(route=route, **values)
-
-
-def _column_values(job: Job) -> dict[str, Any]:
-    values = {name: getattr(job, name) for name in _JOB_COLUMNS}
-    values["notice"] = notice_to_text(job.notice)
-    values["suggestions"] = suggestions_to_text(job.suggestions) if job.suggestions else None
-    # The first prompt is kept on its own too: it is what "Imagine this" and "Show as text" used before.
-    values["result_text"] = job.result_text
-    values |= {column: getattr(job.route, field) for field, column in _ROUTE_COLUMNS.items()}
-    return values
 
 
 class SqliteJobRepository:
@@ -114,7 +48,7 @@ class SqliteJobRepository:
 
     async def create(self, job: Job, inputs: Sequence[ImageBytes] = ()) -> None:
         """Save a new job and its input images in one transaction."""
-        row = _column_values(job)
+        row = column_values(job)
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))
         async with self._db.transaction() as conn:
@@ -145,7 +79,7 @@ class SqliteJobRepository:
         return replace(job, finished_at=now, updated_at=now, route=replace(job.route, interaction_token=None))
 
     async def save_route(self, job_id: str, route: Route) -> None:
-        values = {column: getattr(route, field) for field, column in _ROUTE_COLUMNS.items()}
+        values = route_values(route)
         assignments = ", ".join(f"{column} = ?" for column in values)
         await self._db.execute(
             f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608 (our own column names)
@@ -157,7 +91,7 @@ class SqliteJobRepository:
             raise ValueError("a job's route is saved with save_route")
         changes["updated_at"] = self._clock()
         updated = replace(job, **changes)
-        stored = _column_values(updated)
+        stored = column_values(updated)
         columns = list(changes) + (["result_text"] if "suggestions" in changes else [])
         assignments = ", ".join(f"{name} = ?" for name in columns)
         sql = f"UPDATE jobs SET {assignments} WHERE id = ?"  # noqa: S608 (column names are our own fields)
@@ -165,18 +99,18 @@ class SqliteJobRepository:
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return _job_from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def find_by_task(self, provider: str, task_id: str) -> Job | None:
         row = await self._db.fetchone(
             "SELECT * FROM jobs WHERE provider = ? AND provider_task_id = ?", (provider, task_id)
         )
-        return _job_from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def unfinished(self) -> list[Job]:
         """Return every job whose end has not been reported yet, oldest first."""
         rows = await self._db.fetchall("SELECT * FROM jobs WHERE finished_at IS NULL ORDER BY created_at")
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def next_in_line(
         self, provider: str, *, max_running: int, max_running_per_member: int
@@ -187,13 +121,13 @@ class SqliteJobRepository:
             per_member = {
                 int(row["user_id"]): int(row["n"])
                 for row in await conn.execute_fetchall(
-                    f"SELECT user_id, COUNT(*) AS n FROM jobs WHERE {_RUNNING} GROUP BY user_id"  # noqa: S608
+                    f"SELECT user_id, COUNT(*) AS n FROM jobs WHERE {RUNNING} GROUP BY user_id"  # noqa: S608
                 )
             }
             (at_provider,) = next(
                 iter(
                     await conn.execute_fetchall(
-                        f"SELECT COUNT(*) FROM jobs WHERE provider = ? AND {_RUNNING}",  # noqa: S608
+                        f"SELECT COUNT(*) FROM jobs WHERE provider = ? AND {RUNNING}",  # noqa: S608
                         (provider,),
                     )
                 )
@@ -220,19 +154,19 @@ class SqliteJobRepository:
         """Return the provider's waiting jobs, and when each of their members was last served by it."""
         rows = list(
             await fetch(
-                f"SELECT * FROM jobs WHERE provider = ? AND {_WAITING} ORDER BY created_at",  # noqa: S608
+                f"SELECT * FROM jobs WHERE provider = ? AND {WAITING} ORDER BY created_at",  # noqa: S608
                 (provider,),
             )
         )
         if not rows:
             return [], {}
         served = await fetch(_LAST_SERVED_SQL, (provider, provider))
-        return [_job_from_row(row) for row in rows], {int(r["user_id"]): float(r["last"]) for r in served}
+        return [job_from_row(row) for row in rows], {int(r["user_id"]): float(r["last"]) for r in served}
 
     async def cancel_waiting(self, job_id: str) -> Job | None:
         now = self._clock()
         changed = await self._db.update(
-            f"UPDATE jobs SET state = 'CANCELLED', updated_at = ? WHERE id = ? AND {_WAITING}",  # noqa: S608
+            f"UPDATE jobs SET state = 'CANCELLED', updated_at = ? WHERE id = ? AND {WAITING}",  # noqa: S608
             (now, job_id),
         )
         return await self.get(job_id) if changed else None
@@ -244,7 +178,7 @@ class SqliteJobRepository:
             else ("user_id = ? AND guild_id = ?", (user_id, guild_id))
         )
         row = await self._db.fetchone(
-            f"SELECT SUM({_RUNNING}) AS running, SUM({_WAITING}) AS waiting FROM jobs "  # noqa: S608
+            f"SELECT SUM({RUNNING}) AS running, SUM({WAITING}) AS waiting FROM jobs "  # noqa: S608
             f"WHERE {where} AND finished_at IS NULL",
             params,
         )

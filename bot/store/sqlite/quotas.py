@@ -14,20 +14,19 @@ import aiosqlite
 from bot.domain.errors import LineFull, QuotaExceeded
 from bot.domain.privacy import FORGOTTEN, pseudonym
 from bot.domain.quota import (
-    SCOPES,
-    UNLIMITED,
     USAGE_COLUMNS,
     KindStatus,
     LimitScope,
     Member,
     Reservation,
-    UsageLine,
     UsageReport,
+    check_limit,
     kind_status,
     resolve_limit,
     utc_day,
 )
 from bot.domain.tasks import TaskKind
+from bot.store.rows import usage_line_from_row
 from bot.store.sqlite.database import Database
 
 
@@ -172,10 +171,7 @@ class SqliteQuotaLedger:
         actor_id: int,
     ) -> None:
         """Set (or with None remove) a daily limit for a server, a role or a user."""
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}")
-        if limit is not None and limit < UNLIMITED:
-            raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+        check_limit(scope, limit)
         # A forgotten member's limit was kept under their stand-in id: the new rule replaces it.
         stand_in = (
             (await self._ids(Member(guild_id=guild_id, user_id=target_id))).pseudonym
@@ -257,15 +253,7 @@ class SqliteQuotaLedger:
             since = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC)
             params = (guild_id, first_day.isoformat())
             lines = [
-                UsageLine(
-                    str(row["kind"]),
-                    str(row["provider"]),
-                    int(row["completed"]),
-                    int(row["failed"]),
-                    int(row["refunded"]),
-                    int(row["cached"]),
-                    int(row["running"]),
-                )
+                usage_line_from_row(row)
                 for row in await conn.execute_fetchall(
                     "SELECT kind, provider, "
                     "SUM(state = 'committed' AND outcome = 'COMPLETED') AS completed, "
@@ -422,10 +410,22 @@ class SqliteQuotaLedger:
     async def _audit(
         self, conn: aiosqlite.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]
     ) -> None:
-        await conn.execute(
-            "INSERT INTO audit (guild_id, actor_id, action, detail, at) VALUES (?, ?, ?, ?, ?)",
-            (guild_id, actor_id, action, json.dumps(detail, sort_keys=True), self._clock()),
-        )
+        await write_audit(conn, guild_id, actor_id, action, detail, self._clock())
+
+
+async def write_audit(
+    conn: aiosqlite.Connection,
+    guild_id: int,
+    actor_id: int,
+    action: str,
+    detail: dict[str, object],
+    at: float,
+) -> None:
+    """Add one row to the audit table (quota and rules changes alike), inside the change's transaction."""
+    await conn.execute(
+        "INSERT INTO audit (guild_id, actor_id, action, detail, at) VALUES (?, ?, ?, ?, ?)",
+        (guild_id, actor_id, action, json.dumps(detail, sort_keys=True), at),
+    )
 
 
 # What counts against today's quota: spent tasks not forgiven by a reset, and running ones. A reservation
