@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import re
 from typing import Any, cast
 
 import discord
@@ -31,7 +30,13 @@ from bot.discord.interactions import (
 from bot.domain.errors import BadInput, BotError, Refusal
 from bot.domain.tasks import MAX_SUGGESTIONS, DescribeRequest, DescribeStyle, Job, JobState, TaskKind
 from bot.providers.registry import PROVIDERS
-from bot.ui.views import IMAGINE_ACTIONS, ImagePicker, job_button, job_button_template, suggestion_index
+from bot.ui.views import (
+    IMAGINE_ACTIONS,
+    ImagePicker,
+    JobButton,
+    job_button_template,
+    suggestion_index,
+)
 from bot.ui.words import NEGATIVE_PROMPT, PICK_IMAGE, STYLE_NAMES, Words
 from bot.wiring import Core
 
@@ -61,21 +66,8 @@ def queued_embed(words: Words) -> discord.Embed:
     return discord.Embed(title=title, colour=discord.Colour.blurple())
 
 
-class DescribeResultButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=job_button_template(*IMAGINE_ACTIONS, "text")
-):
+class DescribeResultButton(JobButton, template=job_button_template(*IMAGINE_ACTIONS, "text")):
     """Imagine this (or Imagine N) / Show as text, under a description; found again after any restart."""
-
-    def __init__(self, action: str, job_id: str) -> None:
-        super().__init__(job_button(action, job_id))
-        self.action = action
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> DescribeResultButton:
-        return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = cast("ImageBot", interaction.client)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any, cast
+from typing import cast
 
 import discord
 from discord import app_commands
@@ -17,26 +16,13 @@ from bot.discord.inputs import load_attachment, load_source, message_images
 from bot.discord.interactions import answering_errors, member_of, missing_channel_permissions, route_of
 from bot.domain.errors import BadInput, Refusal
 from bot.domain.tasks import Notice, NoticeCode, TaskKind
-from bot.ui.views import PromptModal, job_button, job_button_template
+from bot.ui.views import JobButton, PromptModal, job_button_template
 
 log = logging.getLogger(__name__)
 
 
-class ImagineResultButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=job_button_template("again", "edit")
-):
+class ImagineResultButton(JobButton, template=job_button_template("again", "edit")):
     """Run again / Edit this, under a generated image; found again by its custom id after any restart."""
-
-    def __init__(self, action: str, job_id: str) -> None:
-        super().__init__(job_button(action, job_id))
-        self.action = action
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> ImagineResultButton:
-        return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = cast("ImageBot", interaction.client)

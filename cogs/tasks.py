@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, cast
+from typing import cast
 
 import discord
 from discord.ext import commands
@@ -11,25 +10,12 @@ from discord.ext import commands
 from bot.core.runner import Cancelled
 from bot.discord.client import ImageBot
 from bot.discord.interactions import answering_errors, member_of
-from bot.ui.views import cancel_anyway_view, job_button, job_button_template
+from bot.ui.views import JobButton, cancel_anyway_view, job_button_template
 from bot.ui.words import CANCEL_WILL_COUNT, CANCELLED_FREE, CANCELLED_SPENT
 
 
-class CancelButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=job_button_template("cancel", "cancelsure")
-):
+class CancelButton(JobButton, template=job_button_template("cancel", "cancelsure")):
     """Cancel (on the task's message) and Cancel anyway (on the private confirmation); work after restarts."""
-
-    def __init__(self, action: str, job_id: str) -> None:
-        super().__init__(job_button(action, job_id))
-        self.action = action
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> CancelButton:
-        return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = cast("ImageBot", interaction.client)

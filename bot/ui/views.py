@@ -6,7 +6,9 @@ any restart; the cog that owns an action registers a DynamicItem for its pattern
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Self
 
 import discord
 
@@ -49,6 +51,27 @@ _JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 def job_button_template(*actions: str) -> str:
     """Return the custom id pattern of the given result actions (for a DynamicItem's template)."""
     return rf"job:(?P<action>{'|'.join(actions)}):{_JOB_ID}"
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=job_button_template(*JOB_ACTIONS, *IMAGINE_ACTIONS),
+):
+    """A result button found again by its custom id after any restart: its action and its job.
+
+    Each cog subclasses it with the template of its own actions and says in `callback` what a click does.
+    """
+
+    def __init__(self, action: str, job_id: str) -> None:
+        super().__init__(job_button(action, job_id))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        return cls(match["action"], match["job_id"])
 
 
 def job_custom_id(action: str, job_id: str) -> str:
