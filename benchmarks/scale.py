@@ -28,14 +28,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmarks.fakes import BenchDiscord, TimedFreepik, Workload
 from benchmarks.machine import describe_machine
-from benchmarks.quota import SHARED_LIMIT, SHARED_MEMBER, QuotaResult, run_quota
-from bot.domain.errors import QuotaExceeded
-from bot.domain.quota import Member
-from bot.domain.tasks import TaskKind
+from benchmarks.quota import (
+    SHARED_LIMIT,
+    QuotaResult,
+    combined,
+    ledger_settings,
+    race_then_burst,
+    run_quota,
+    run_workers,
+    worker_arguments,
+)
 from bot.store.postgres.database import PgDatabase
 from bot.store.postgres.quotas import PgQuotaLedger
 from tests.conftest import png_bytes
@@ -59,13 +64,7 @@ def database_url() -> str:
 
 
 def _ledger(db: PgDatabase, limit: int) -> PgQuotaLedger:
-    return PgQuotaLedger(
-        db,
-        defaults={TaskKind.DESCRIBE: limit, TaskKind.IMAGINE: limit},
-        max_inflight_per_user=1_000_000,
-        max_inflight_per_provider=1_000_000,
-        reservation_ttl=3600.0,
-    )
+    return PgQuotaLedger(db, **ledger_settings(limit))
 
 
 async def _reserve_all(
@@ -74,72 +73,28 @@ async def _reserve_all(
     """One process's share, as benchmarks.quota does it on SQLite: the race first, then the burst."""
     db = await PgDatabase.open(url, migrate=False)
     try:
-        store, shared = _ledger(db, -1), _ledger(db, SHARED_LIMIT)
-        everyone = [Member(guild_id=1, user_id=first_user + index) for index in range(members)]
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        raced = await asyncio.gather(
-            *(
-                shared.reserve(Member(guild_id=1, user_id=SHARED_MEMBER), TaskKind.DESCRIBE, "freepik")
-                for _ in range(shared_attempts)
-            ),
-            return_exceptions=True,
+        return await race_then_burst(
+            _ledger(db, -1),
+            _ledger(db, SHARED_LIMIT),
+            members,
+            per_member,
+            first_user,
+            start_at,
+            shared_attempts,
         )
-        started = time.time()
-        outcomes = await asyncio.gather(
-            *(store.reserve(member, TaskKind.DESCRIBE, "freepik") for member in everyone * per_member),
-            return_exceptions=True,
-        )
-        ended = time.time()
     finally:
         await db.close()
-    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-    unexpected = [o for o in raced if isinstance(o, BaseException) and not isinstance(o, QuotaExceeded)]
-    return {
-        "reserved": len(outcomes) - len(errors),
-        "errors": len(errors) + len(unexpected),
-        "started": started,
-        "ended": ended,
-        "shared_granted": sum(1 for outcome in raced if not isinstance(outcome, BaseException)),
-    }
 
 
 async def run_pg_quota(members: int, per_member: int, processes: int) -> QuotaResult:
     """Reserve members x per_member units in total, split over `processes` processes on one database."""
-    async with fresh_schema_at(database_url()) as url:
+    async with fresh_schema(database_url()) as url:
         await (await PgDatabase.open(url)).close()  # migrate once, before the race
         start_at = time.time() + 1.0 + 0.5 * processes
-        share = members // processes
-        workers = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "benchmarks.scale",
-                "reserve",
-                url,
-                f"--members={share}",
-                f"--per-member={per_member}",
-                f"--first-user={1000 + index * share}",
-                f"--start-at={start_at}",
-                f"--shared-attempts={2 * SHARED_LIMIT}",
-                stdout=asyncio.subprocess.PIPE,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-            for index in range(processes)
-        ]
-        outputs = [await asyncio.wait_for(worker.communicate(), 300) for worker in workers]
-        reports = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
-    return QuotaResult(
-        processes=processes,
-        reservations=int(sum(report["reserved"] for report in reports)),
-        seconds=max(r["ended"] for r in reports) - min(r["started"] for r in reports),
-        errors=int(sum(report["errors"] for report in reports)),
-        shared_granted=int(sum(report["shared_granted"] for report in reports)),
-    )
-
-
-def fresh_schema_at(url: str) -> Any:
-    return fresh_schema(url)
+        reports = await run_workers(
+            ["benchmarks.scale", "reserve", url], members, per_member, processes, start_at
+        )
+    return combined(reports, processes)
 
 
 # --- takeover after kill -9 -------------------------------------------------------------------------------
@@ -167,7 +122,7 @@ async def run_takeover(lease: float, tasks: int, seconds_per_state: float = 1.0)
     await freepik.start()
     processes: list[BotProcess] = []
     try:
-        async with fresh_schema_at(database_url()) as url, _workdir() as folder:
+        async with fresh_schema(database_url()) as url, _workdir() as folder:
             for shard in (0, 1):
                 workdir = folder / f"bot-{shard}"
                 workdir.mkdir()
@@ -405,12 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 def _worker(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="one process of the PostgreSQL quota benchmark")
     parser.add_argument("url")
-    parser.add_argument("--members", type=int, required=True)
-    parser.add_argument("--per-member", type=int, required=True)
-    parser.add_argument("--first-user", type=int, required=True)
-    parser.add_argument("--start-at", type=float, required=True)
-    parser.add_argument("--shared-attempts", type=int, required=True)
-    args = parser.parse_args(argv)
+    args = worker_arguments(parser).parse_args(argv)
     report = asyncio.run(
         _reserve_all(
             args.url, args.members, args.per_member, args.first_user, args.start_at, args.shared_attempts
