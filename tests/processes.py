@@ -34,6 +34,22 @@ def process_env(**settings: str) -> dict[str, str]:
     return env
 
 
+# Nothing listens here: a regression that tried to reach Discord or a provider would get nowhere.
+CLOSED_PORT_URL = "http://127.0.0.1:9"
+
+
+def bot_env(database: Path, **more: str) -> dict[str, str]:
+    """The settings of a bot on `database` whose Discord and provider cannot be reached, plus `more`."""
+    settings = {
+        "DISCORD_TOKEN": "fake-token",
+        "NOVITA_API_KEY": "test-novita-key",
+        "NOVITA_BASE_URL": CLOSED_PORT_URL,
+        "DATABASE_PATH": str(database),
+        "FAKE_DISCORD_URL": CLOSED_PORT_URL,
+    }
+    return process_env(**(settings | more))
+
+
 def bot_user_prefix() -> list[str]:
     """Return the command prefix that runs a process as the bot's unprivileged user (only as root)."""
     if not IS_ROOT:
@@ -72,6 +88,14 @@ class Finished:
     @property
     def errors(self) -> list[str]:
         return [line for line in self.lines if line.startswith("error:")]
+
+
+def single_error_line(result: Finished, *, code: int = 2) -> str:
+    """Assert the process ended with `code`, printed exactly one error line and no traceback; return it."""
+    assert "Traceback" not in result.output, result.output
+    assert result.code == code, result.output
+    assert len(result.errors) == 1, result.output
+    return result.errors[0]
 
 
 class BotProcess:

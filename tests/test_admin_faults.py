@@ -24,26 +24,14 @@ from tests.processes import (
     IS_ROOT,
     BotProcess,
     Finished,
+    bot_env,
     give_to_bot_user,
-    process_env,
     run_command,
+    single_error_line,
     the_bot_uid,
 )
 
-# Nothing listens here: a regression that tried to reach Discord or a provider would get nowhere.
-CLOSED_PORT_URL = "http://127.0.0.1:9"
 SIGTERM_BUDGET = 10.0
-
-
-def bot_env(database: Path, **more: str) -> dict[str, str]:
-    settings = {
-        "DISCORD_TOKEN": "fake-token",
-        "NOVITA_API_KEY": "test-novita-key",
-        "NOVITA_BASE_URL": CLOSED_PORT_URL,
-        "DATABASE_PATH": str(database),
-        "FAKE_DISCORD_URL": CLOSED_PORT_URL,
-    }
-    return process_env(**(settings | more))
 
 
 def digest(path: Path) -> str:
@@ -52,11 +40,9 @@ def digest(path: Path) -> str:
 
 def one_error_line(result: Finished, *, code: int = 2) -> str:
     """Assert the process ended with `code` within 10 s, printed exactly one error line and no traceback."""
-    assert "Traceback" not in result.output, result.output
-    assert result.code == code, result.output
+    line = single_error_line(result, code=code)
     assert result.seconds < SIGTERM_BUDGET, result.seconds
-    assert len(result.errors) == 1, result.output
-    return result.errors[0]
+    return line
 
 
 async def run_as_admin_would(

@@ -19,11 +19,16 @@ from bot.domain.rules import ChannelRule, SpoilerRule
 from bot.domain.tasks import TaskKind
 from bot.store.postgres.database import CONNECT_TIMEOUT, PgDatabase, migration_files
 from tests.conftest import Harness, eventually, png_bytes
-from tests.processes import BotProcess, Finished, process_env, run_command
+from tests.processes import (
+    BotProcess,
+    Finished,
+    bot_env,
+    run_command,
+    single_error_line,
+)
 
 PASSWORD = "hunter2-very-secret"
 SIGTERM_BUDGET = 10.0
-CLOSED_PORT_URL = "http://127.0.0.1:9"
 TABLES = (
     "meta",
     "usage",
@@ -40,23 +45,10 @@ TABLES = (
 FORGOTTEN_MEMBER = 777
 
 
-def env_for(database: Path, **more: str) -> dict[str, str]:
-    settings = {
-        "DISCORD_TOKEN": "fake-token",
-        "NOVITA_API_KEY": "test-novita-key",
-        "NOVITA_BASE_URL": CLOSED_PORT_URL,
-        "DATABASE_PATH": str(database),
-        "FAKE_DISCORD_URL": CLOSED_PORT_URL,
-    }
-    return process_env(**(settings | more))
-
-
 def one_error_line(result: Finished, *, code: int = 2) -> str:
-    assert "Traceback" not in result.output, result.output
-    assert result.code == code, result.output
-    assert len(result.errors) == 1, result.output
+    line = single_error_line(result, code=code)
     assert PASSWORD not in result.output
-    return result.errors[0]
+    return line
 
 
 @dataclass
@@ -98,22 +90,22 @@ async def test_check_knows_postgres_and_says_unreachable_in_one_line_without_the
 ) -> None:
     database = tmp_path / "bot.sqlite3"
     ok, refused, hanging, missing = await asyncio.gather(
-        run_command("check", env=env_for(database, DATABASE_URL=pg_url), cwd=tmp_path),
+        run_command("check", env=bot_env(database, DATABASE_URL=pg_url), cwd=tmp_path),
         run_command(
             "check",
-            env=env_for(database, DATABASE_URL=f"postgresql://bot:{PASSWORD}@127.0.0.1:9/bot"),
+            env=bot_env(database, DATABASE_URL=f"postgresql://bot:{PASSWORD}@127.0.0.1:9/bot"),
             cwd=tmp_path,
         ),
         run_command(
             "check",
-            env=env_for(
+            env=bot_env(
                 database, DATABASE_URL=f"postgresql://bot:{PASSWORD}@127.0.0.1:{silent_server.port}/bot"
             ),
             cwd=tmp_path,
         ),
         run_command(
             "check",
-            env=env_for(database, DATABASE_URL=pg_url.replace("/test?", "/no_such_database_here?")),
+            env=bot_env(database, DATABASE_URL=pg_url.replace("/test?", "/no_such_database_here?")),
             cwd=tmp_path,
         ),
     )
@@ -140,7 +132,7 @@ async def test_check_knows_postgres_and_says_unreachable_in_one_line_without_the
 
 
 async def test_backup_and_restore_with_postgres_point_at_pg_dump_and_pg_restore(tmp_path: Path) -> None:
-    env = env_for(tmp_path / "bot.sqlite3", DATABASE_URL=f"postgresql://bot:{PASSWORD}@db:5432/bot")
+    env = bot_env(tmp_path / "bot.sqlite3", DATABASE_URL=f"postgresql://bot:{PASSWORD}@db:5432/bot")
     backup, restore = await asyncio.gather(
         run_command("backup", str(tmp_path / "backups") + "/", env=env, cwd=tmp_path),
         run_command("restore", str(tmp_path / "x.sqlite3"), env=env, cwd=tmp_path),
@@ -153,7 +145,7 @@ async def test_backup_and_restore_with_postgres_point_at_pg_dump_and_pg_restore(
 async def test_postgres_unreachable_at_start_is_retried_one_line_per_attempt_and_sigterm_obeyed(
     tmp_path: Path,
 ) -> None:
-    env = env_for(tmp_path / "bot.sqlite3", DATABASE_URL=f"postgresql://bot:{PASSWORD}@127.0.0.1:9/bot")
+    env = bot_env(tmp_path / "bot.sqlite3", DATABASE_URL=f"postgresql://bot:{PASSWORD}@127.0.0.1:9/bot")
     process = await BotProcess.start("run", env=env, cwd=tmp_path)
     try:
         warnings = await process.wait_for_lines(r"WARNING .*DATABASE_URL", count=2, timeout=30)
@@ -211,7 +203,7 @@ async def test_copy_to_postgres_copies_every_table_and_refuses_a_database_that_i
     source = await _a_real_sqlite_database(harness)
     counts = _sqlite_counts(source)
     assert all(counts.values()), counts  # every table has something to copy
-    env = env_for(source)
+    env = bot_env(source)
     copied = await run_command("copy-to-postgres", pg_url, env=env, cwd=harness.tmp_path)
     assert copied.code == 0, copied.output
     print(copied.output)
@@ -259,7 +251,7 @@ async def test_copy_to_postgres_copies_every_table_and_refuses_a_database_that_i
 
 async def test_copy_to_postgres_says_in_one_line_what_it_cannot_do(tmp_path: Path, pg_url: str) -> None:
     source = tmp_path / "bot.sqlite3"
-    env = env_for(source)
+    env = bot_env(source)
     none_yet, not_postgres = await asyncio.gather(
         run_command("copy-to-postgres", pg_url, env=env, cwd=tmp_path),
         run_command("copy-to-postgres", f"mysql://bot:{PASSWORD}@db/bot", env=env, cwd=tmp_path),
@@ -281,7 +273,7 @@ async def test_copy_to_postgres_says_in_one_line_what_it_cannot_do(tmp_path: Pat
         run_command(
             "copy-to-postgres", f"postgresql://bot:{PASSWORD}@127.0.0.1:9/bot", env=env, cwd=tmp_path
         ),
-        run_command("copy-to-postgres", pg_url, env=env_for(other), cwd=tmp_path),
+        run_command("copy-to-postgres", pg_url, env=bot_env(other), cwd=tmp_path),
     )
     assert "DATABASE_URL postgresql://bot:***@127.0.0.1:9/bot cannot be reached" in one_error_line(
         unreachable
