@@ -12,7 +12,7 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord.client import ImageBot
-from bot.discord.interactions import member_of
+from bot.discord.interactions import managed_server, member_of
 from bot.domain.errors import BadInput, Refusal
 from bot.domain.quota import UNLIMITED, LimitScope, Member
 from bot.domain.tasks import TaskKind
@@ -54,18 +54,6 @@ class QuotaCog(commands.Cog):
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    @staticmethod
-    def _require_manage_server(interaction: discord.Interaction) -> int:
-        """Return the server's id, or refuse a member without Manage Server (or a DM)."""
-        # Discord hides /quota-admin from members without Manage Server, but a server can change who
-        # sees it in its integration settings: the bot checks again itself.
-        if interaction.guild_id is None:
-            raise BadInput(Refusal.SERVERS_ONLY)
-        permissions = interaction.permissions
-        if not (permissions.manage_guild or permissions.administrator):
-            raise BadInput(Refusal.NEEDS_MANAGE_SERVER)
-        return interaction.guild_id
-
     @admin.command(name="set", description=locale_str("Set a daily limit for the server, a role or a member"))
     @app_commands.describe(
         scope=locale_str("Who the limit is for"),
@@ -86,7 +74,7 @@ class QuotaCog(commands.Cog):
         user: discord.User | None = None,
         clear: bool = False,
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER)
         if limit is None and not clear:
             raise BadInput(Refusal.NEEDS_LIMIT)
         target_id = _target_for(scope, guild_id, role, user)
@@ -114,7 +102,7 @@ class QuotaCog(commands.Cog):
         kind: app_commands.Choice[str],
         amount: app_commands.Range[int, 1, 10_000],
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER)
         task_kind = TaskKind(kind.value)
         await self.bot.core.quotas.grant(guild_id, user.id, task_kind, amount, interaction.user.id)
         statuses = await self.bot.core.quotas.status(_member_from(guild_id, user))
@@ -133,7 +121,7 @@ class QuotaCog(commands.Cog):
         user: discord.User,
         kind: app_commands.Choice[str] | None = None,
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER)
         task_kind = TaskKind(kind.value) if kind else None
         forgiven = await self.bot.core.quotas.reset_today(guild_id, user.id, task_kind, interaction.user.id)
         await interaction.response.send_message(
@@ -148,7 +136,7 @@ class QuotaCog(commands.Cog):
     async def usage(
         self, interaction: discord.Interaction, period: Literal["today", "7 days", "30 days"] = "today"
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER)
         # A 30-day report of a busy server can take a moment: acknowledge first.
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await self.bot.core.quotas.usage_report(guild_id, PERIODS[period])

@@ -8,6 +8,7 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.discord.client import ImageBot
+from bot.discord.interactions import managed_server
 from bot.domain.blocklist import split_phrases
 from bot.domain.errors import BadInput, Refusal
 from bot.domain.rules import SERVER_DEFAULT, ChannelRule, SpoilerRule, rule_for
@@ -90,17 +91,6 @@ class RulesCog(commands.Cog):
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
 
-    @staticmethod
-    def _require_manage_server(interaction: discord.Interaction) -> int:
-        # Discord hides /rules from members without Manage Server, but a server can change who sees it in
-        # its integration settings: the bot checks again itself.
-        if interaction.guild_id is None:
-            raise BadInput(Refusal.SERVERS_ONLY)
-        permissions = interaction.permissions
-        if not (permissions.manage_guild or permissions.administrator):
-            raise BadInput(Refusal.NEEDS_MANAGE_SERVER_RULES)
-        return interaction.guild_id
-
     @rules.command(
         name="channel", description=locale_str("Switch commands on or off in a channel, and set its spoilers")
     )
@@ -119,7 +109,7 @@ class RulesCog(commands.Cog):
         imagine: bool | None = None,
         spoilers: app_commands.Choice[str] | None = None,
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER_RULES)
         await interaction.response.defer(ephemeral=True, thinking=True)
         store = self.bot.core.rules
         channel_id = channel.id if channel is not None else SERVER_DEFAULT
@@ -141,7 +131,7 @@ class RulesCog(commands.Cog):
     async def blocklist_add(
         self, interaction: discord.Interaction, words: app_commands.Range[str, 1, _WORDS_LIMIT]
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER_RULES)
         phrases = _phrases(words)
         await interaction.response.defer(ephemeral=True, thinking=True)
         added, total = await self.bot.core.rules.add_blocked(guild_id, phrases, interaction.user.id)
@@ -155,7 +145,7 @@ class RulesCog(commands.Cog):
     async def blocklist_remove(
         self, interaction: discord.Interaction, words: app_commands.Range[str, 1, _WORDS_LIMIT]
     ) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER_RULES)
         phrases = _phrases(words)
         await interaction.response.defer(ephemeral=True, thinking=True)
         removed, total = await self.bot.core.rules.remove_blocked(guild_id, phrases, interaction.user.id)
@@ -164,7 +154,7 @@ class RulesCog(commands.Cog):
 
     @rules.command(name="show", description=locale_str("Show this server's channel rules and blocklist"))
     async def show(self, interaction: discord.Interaction) -> None:
-        guild_id = self._require_manage_server(interaction)
+        guild_id = managed_server(interaction, Refusal.NEEDS_MANAGE_SERVER_RULES)
         await interaction.response.defer(ephemeral=True, thinking=True)
         store = self.bot.core.rules
         words = self.bot.words_for(interaction)

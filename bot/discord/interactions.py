@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Mapping
 
 import discord
 
-from bot.domain.errors import BotError
+from bot.domain.errors import BadInput, BotError, Refusal
 from bot.domain.quota import Member
 from bot.domain.tasks import Route
 from bot.ui.catalogues import first_spoken
@@ -25,6 +25,20 @@ RESULT_PERMISSIONS = discord.Permissions(embed_links=True, attach_files=True)
 def missing_channel_permissions(interaction: discord.Interaction) -> bool:
     """Tell whether the bot cannot show a result where this interaction happened."""
     return not RESULT_PERMISSIONS.is_subset(interaction.app_permissions)
+
+
+def managed_server(interaction: discord.Interaction, refusal: Refusal) -> int:
+    """Return the server's id, or refuse (with `refusal`) a member without Manage Server, or a DM.
+
+    Discord hides the admin commands from members without Manage Server, but a server can change who sees
+    them in its integration settings: the bot checks again itself.
+    """
+    if interaction.guild_id is None:
+        raise BadInput(Refusal.SERVERS_ONLY)
+    permissions = interaction.permissions
+    if not (permissions.manage_guild or permissions.administrator):
+        raise BadInput(refusal)
+    return interaction.guild_id
 
 
 def member_of(interaction: discord.Interaction) -> Member:
