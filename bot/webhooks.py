@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
+from bot.app_server import AppServer
 from bot.domain.errors import ProviderError
 from bot.domain.metrics import NO_METRICS, Metrics, WebhookResult
 
@@ -234,8 +235,7 @@ class WebhookListener:
             # An empty HMAC key is no key: anyone could sign deliveries.
             raise ValueError("webhook secret must not be empty")
         self._secret = secret
-        self._host = host
-        self._port = port
+        self._server = AppServer("webhook listener", host, port, shutdown_timeout=5.0)
         self._providers = frozenset(providers)
         self._on_delivery = on_delivery
         self._health = health
@@ -252,19 +252,15 @@ class WebhookListener:
         self._replays: ReplayStore = replays or _LocalReplays(ReplayGuard(window=self._replay_window))
         self._rejections = _RejectionLog()
         self._metrics = metrics
-        self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
         # Never show the secret, even in a debugger or a stray log of the object.
-        return f"WebhookListener(host={self._host!r}, port={self._port!r}, prefix={self._prefix!r})"
+        return f"WebhookListener(host={self._server.host!r}, port={self._server.port!r}, prefix={self._prefix!r})"
 
     @property
     def bound_port(self) -> int:
         """Return the port actually listened on (useful with port=0)."""
-        if self._runner is None or not self._runner.addresses:
-            raise RuntimeError("webhook listener is not running")
-        port: int = self._runner.addresses[0][1]
-        return port
+        return self._server.bound_port
 
     def _make_app(self) -> web.Application:
         """Build the aiohttp application with the body-size cap and routes."""
@@ -275,24 +271,12 @@ class WebhookListener:
 
     async def start(self) -> None:
         """Start listening."""
-        if self._runner is not None:
-            raise RuntimeError("webhook listener already started")
-        # No access log: health probes every few seconds would drown the bot's own logging.
-        runner = web.AppRunner(self._make_app(), access_log=None, shutdown_timeout=5.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        log.info("webhook listener on %s:%d%s/<provider>", self._host, self.bound_port, self._prefix)
+        await self._server.start(self._make_app())
+        log.info("webhook listener on %s:%d%s/<provider>", self._server.host, self.bound_port, self._prefix)
 
     async def stop(self) -> None:
         """Stop listening; safe to call when not started."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        await self._server.stop()
 
     def _reject(self, status: int, reason: str, webhook_id: str, result: WebhookResult) -> web.Response:
         """Count and log the rejection (the log rate-limited) and answer with the status."""
