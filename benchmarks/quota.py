@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.domain.errors import QuotaExceeded
-from bot.domain.quota import Member
+from bot.domain.quota import LedgerSettings, Member
 from bot.domain.tasks import TaskKind
 from bot.store.sqlite.database import Database
 from bot.store.sqlite.quotas import SqliteQuotaLedger
@@ -51,14 +51,14 @@ def _store(db: Database, limit: int) -> SqliteQuotaLedger:
     return SqliteQuotaLedger(db, **ledger_settings(limit))
 
 
-def ledger_settings(limit: int) -> dict[str, Any]:
+def ledger_settings(limit: int) -> LedgerSettings:
     """A ledger's settings in these benchmarks: `limit` a day for everyone, and no in-flight cap in the way."""
-    return {
-        "defaults": {TaskKind.DESCRIBE: limit, TaskKind.IMAGINE: limit},
-        "max_inflight_per_user": 1_000_000,
-        "max_inflight_per_provider": 1_000_000,
-        "reservation_ttl": 3600.0,
-    }
+    return LedgerSettings(
+        defaults={TaskKind.DESCRIBE: limit, TaskKind.IMAGINE: limit},
+        max_inflight_per_user=1_000_000,
+        max_inflight_per_provider=1_000_000,
+        reservation_ttl=3600.0,
+    )
 
 
 async def race_then_burst(

@@ -31,6 +31,7 @@ from bot.domain.ports import (
     RulesRepository,
     TaskDurations,
 )
+from bot.domain.quota import LedgerSettings
 from bot.domain.tasks import TaskKind
 from bot.providers import registry
 from bot.providers.spec import BuildContext
@@ -111,11 +112,16 @@ def build_core(
     providers = registry.build_providers(
         settings.providers, BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
     )
-    defaults = {
-        TaskKind.DESCRIBE: settings.quota_describe_per_day,
-        TaskKind.IMAGINE: settings.quota_imagine_per_day,
-    }
-    reservation_ttl = settings.task_timeout_seconds + RESERVATION_MARGIN
+    ledger_settings = LedgerSettings(
+        defaults={
+            TaskKind.DESCRIBE: settings.quota_describe_per_day,
+            TaskKind.IMAGINE: settings.quota_imagine_per_day,
+        },
+        max_inflight_per_user=settings.max_inflight_per_user,
+        max_inflight_per_provider=settings.max_inflight_per_provider,
+        max_queue_per_provider=settings.max_queue_per_provider,
+        reservation_ttl=settings.task_timeout_seconds + RESERVATION_MARGIN,
+    )
     jobs: SqliteJobRepository | PgJobRepository
     quotas: SqliteQuotaLedger | PgQuotaLedger
     rules: RulesRepository
@@ -124,15 +130,7 @@ def build_core(
     replays: ReplayStore | None = None
     if isinstance(db, Database):
         jobs = SqliteJobRepository(db, clock=clock)
-        quotas = SqliteQuotaLedger(
-            db,
-            defaults=defaults,
-            max_inflight_per_user=settings.max_inflight_per_user,
-            max_inflight_per_provider=settings.max_inflight_per_provider,
-            max_queue_per_provider=settings.max_queue_per_provider,
-            reservation_ttl=reservation_ttl,
-            clock=clock,
-        )
+        quotas = SqliteQuotaLedger(db, **ledger_settings, clock=clock)
         rules = SqliteRules(db, clock=clock)
         durations = SqliteTaskDurations(db)
     else:
@@ -145,15 +143,7 @@ def build_core(
         jobs = PgJobRepository(
             db, owner=owner or process_name(), lease_seconds=settings.job_lease_seconds, clock=clock
         )
-        quotas = PgQuotaLedger(
-            db,
-            defaults=defaults,
-            max_inflight_per_user=settings.max_inflight_per_user,
-            max_inflight_per_provider=settings.max_inflight_per_provider,
-            max_queue_per_provider=settings.max_queue_per_provider,
-            reservation_ttl=reservation_ttl,
-            clock=clock,
-        )
+        quotas = PgQuotaLedger(db, **ledger_settings, clock=clock)
         rules = PgRules(db, clock=clock)
         durations = PgTaskDurations(db)
         if settings.webhooks_enabled:

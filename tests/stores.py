@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.domain.ports import RulesRepository, TaskDurations
+from bot.domain.quota import LedgerSettings
 from bot.domain.tasks import TaskKind
 from bot.store.postgres.database import PgDatabase
 from bot.store.postgres.durations import PgTaskDurations
@@ -47,17 +48,16 @@ class Backend:
         db: Database | PgDatabase | None = None,
     ) -> SqliteQuotaLedger | PgQuotaLedger:
         database = db or self.db
-        options: dict[str, Any] = {
-            "defaults": {TaskKind.DESCRIBE: describe, TaskKind.IMAGINE: imagine},
-            "max_inflight_per_user": per_user,
-            "max_inflight_per_provider": per_provider,
-            "max_queue_per_provider": queue,
-            "reservation_ttl": ttl,
-            "clock": clock,
-        }
+        settings = LedgerSettings(
+            defaults={TaskKind.DESCRIBE: describe, TaskKind.IMAGINE: imagine},
+            max_inflight_per_user=per_user,
+            max_inflight_per_provider=per_provider,
+            max_queue_per_provider=queue,
+            reservation_ttl=ttl,
+        )
         if isinstance(database, Database):
-            return SqliteQuotaLedger(database, **options)
-        return PgQuotaLedger(database, **options)
+            return SqliteQuotaLedger(database, **settings, clock=clock)
+        return PgQuotaLedger(database, **settings, clock=clock)
 
     def jobs(
         self,

@@ -34,7 +34,7 @@ from bot.domain.ports import (
     TaskPoller,
     WebhookReader,
 )
-from bot.domain.quota import Member
+from bot.domain.quota import LedgerSettings, Member
 from bot.domain.tasks import (
     Fault,
     ImageBytes,
@@ -347,13 +347,13 @@ async def test_the_memory_ledger_answers_as_the_sqlite_ledger_does(tmp_path: Pat
     from bot.store.sqlite.jobs import SqliteJobRepository
     from bot.store.sqlite.quotas import SqliteQuotaLedger
 
-    settings: dict[str, Any] = {
-        "defaults": {TaskKind.DESCRIBE: 4, TaskKind.IMAGINE: 2},
-        "max_inflight_per_user": 2,
-        "max_inflight_per_provider": 3,
-        "max_queue_per_provider": 1,
-        "reservation_ttl": 3600.0,
-    }
+    settings = LedgerSettings(
+        defaults={TaskKind.DESCRIBE: 4, TaskKind.IMAGINE: 2},
+        max_inflight_per_user=2,
+        max_inflight_per_provider=3,
+        max_queue_per_provider=1,
+        reservation_ttl=3600.0,
+    )
     memory_clock = Clock()
     memory_jobs = MemoryJobRepository(clock=memory_clock)
     memory = MemoryQuotaLedger(clock=memory_clock, jobs=memory_jobs, **settings)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, NotRequired, TypedDict
 
 from bot.domain.tasks import TaskKind
 
@@ -21,6 +21,16 @@ def check_limit(scope: str, limit: int | None) -> None:
         raise ValueError(f"unknown scope {scope!r}")
     if limit is not None and limit < UNLIMITED:
         raise ValueError(f"a daily limit is {UNLIMITED} (unlimited) or more, not {limit}")
+
+
+class LedgerSettings(TypedDict):
+    """What a quota ledger enforces, whichever store keeps it: every ledger takes these as keyword arguments."""
+
+    defaults: Mapping[TaskKind, int]  # the daily limit of each kind where no rule sets one
+    max_inflight_per_user: int
+    max_inflight_per_provider: int
+    reservation_ttl: float  # a reservation older than this belongs to a task that can no longer be running
+    max_queue_per_provider: NotRequired[int]  # 0 (the default): past the in-flight cap a task is refused
 
 
 # The columns of a usage report's rows (and of its CSV), in order.
