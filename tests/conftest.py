@@ -230,13 +230,31 @@ POSTGRES_FIXTURES = frozenset({"pg_url", "pg_backend"})
 _TALLY = PostgresTally(url=server_url())
 
 
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    """A DATABASE_URL pointed at a fresh, empty schema of the test server (skips when none answers)."""
+@contextlib.asynccontextmanager
+async def _fresh_schema_or_skip() -> AsyncIterator[str]:
+    """A DATABASE_URL pointed at a fresh, empty schema of the test server; skips, saying why, when none answers."""
     reason = await unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     async with fresh_schema() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _pg_store() -> AsyncIterator[Backend]:
+    """The PostgreSQL store in a fresh schema, migrated, closed before its schema is dropped."""
+    async with _fresh_schema_or_skip() as url:
+        store = Backend("postgres", await PgDatabase.open(url), url)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A DATABASE_URL pointed at a fresh, empty schema of the test server (skips when none answers)."""
+    async with _fresh_schema_or_skip() as url:
         yield url
 
 
@@ -251,15 +269,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         finally:
             await store.close()
         return
-    reason = await unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    async with fresh_schema() as url:
-        store = Backend("postgres", await PgDatabase.open(url), url)
-        try:
-            yield store
-        finally:
-            await store.close()
+    async with _pg_store() as store:
+        yield store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -270,25 +281,15 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]
     if request.param == "sqlite":
         yield {}
         return
-    reason = await unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    async with fresh_schema() as url:
+    async with _fresh_schema_or_skip() as url:
         yield {"database_url": url}
 
 
 @pytest.fixture
 async def pg_backend() -> AsyncIterator[Backend]:
     """The PostgreSQL store alone, fresh and migrated (for what only a shared store does)."""
-    reason = await unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    async with fresh_schema() as url:
-        store = Backend("postgres", await PgDatabase.open(url), url)
-        try:
-            yield store
-        finally:
-            await store.close()
+    async with _pg_store() as store:
+        yield store
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
