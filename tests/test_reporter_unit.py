@@ -88,6 +88,20 @@ class Scene:
         await self.jobs.create(job, [IMAGE])
         return replace(job, state=state)
 
+    async def created_and_shown(self) -> tuple[str, Route, Job]:
+        """Defer a command and show its job's CREATED state; return the token, the route and the job."""
+        token, route = await self.deferred_interaction()
+        created = await self.job(route)
+        await self.reporter.report(created)
+        await self.shown(created)
+        return token, route, created
+
+    def original(self, token: str) -> dict[str, Any]:
+        """The message the interaction's reply made (it must exist)."""
+        message = self.fake.original_message(token)
+        assert message is not None
+        return message
+
     async def shown(self, job: Job) -> None:
         """Wait until the reporter has shown `job`'s state and saved that it did."""
         await self.jobs.wait_until(
@@ -142,11 +156,8 @@ async def scene() -> AsyncIterator[Scene]:
 
 
 async def test_each_new_state_edits_the_original_message_once(scene: Scene) -> None:
-    token, route = await scene.deferred_interaction()
-    created = await scene.job(route)
+    token, route, created = await scene.created_and_shown()
 
-    await scene.reporter.report(created)
-    await scene.shown(created)
     await scene.reporter.report(created)  # the same state again: nothing to show
     scene.monotonic.advance(COALESCE + 1)
     in_progress = replace(created, state=JobState.IN_PROGRESS)
@@ -161,8 +172,7 @@ async def test_each_new_state_edits_the_original_message_once(scene: Scene) -> N
         TITLES[s] for s in (created.state, in_progress.state, done.state)
     ]
     assert [name for name, _, _ in edits[-1].files] == ["input.png"]
-    original = scene.fake.original_message(token)
-    assert original is not None
+    original = scene.original(token)
     assert "a red square" in original["embeds"][0]["description"]
     assert buttons(original) == ["imagine", "text"]
     # The message's id was learnt from the first edit and saved, once.
@@ -174,10 +184,7 @@ async def test_each_new_state_edits_the_original_message_once(scene: Scene) -> N
 
 
 async def test_a_state_within_the_window_waits_and_the_end_is_never_held_back(scene: Scene) -> None:
-    token, route = await scene.deferred_interaction()
-    created = await scene.job(route)
-    await scene.reporter.report(created)
-    await scene.shown(created)
+    token, _, created = await scene.created_and_shown()
 
     # Within the coalescing window (the monotonic clock stands still) IN_PROGRESS waits its turn...
     reads = scene.monotonic.reads
@@ -216,12 +223,8 @@ async def test_states_within_the_window_show_only_the_latest_once_it_is_over(sce
 
 
 async def test_past_fourteen_minutes_the_bot_reports_with_its_own_token(scene: Scene) -> None:
-    token, route = await scene.deferred_interaction()
-    created = await scene.job(route)
-    await scene.reporter.report(created)
-    await scene.shown(created)
-    original = scene.fake.original_message(token)
-    assert original is not None
+    token, route, created = await scene.created_and_shown()
+    original = scene.original(token)
     message_id = int(original["id"])
 
     scene.clock.advance(INTERACTION_TOKEN_LIFETIME + 1)
@@ -252,12 +255,8 @@ async def test_past_fourteen_minutes_the_bot_reports_with_its_own_token(scene: S
 
 
 async def test_a_deleted_message_gets_the_end_posted_anew_mentioning_the_member(scene: Scene) -> None:
-    token, route = await scene.deferred_interaction()
-    created = await scene.job(route)
-    await scene.reporter.report(created)
-    await scene.shown(created)
-    original = scene.fake.original_message(token)
-    assert original is not None
+    token, route, created = await scene.created_and_shown()
+    original = scene.original(token)
     scene.fake.delete_message(int(original["id"]))
 
     # The runner's jobs keep the route they were submitted with; the reporter goes where it learnt to.
@@ -289,12 +288,8 @@ async def test_a_deleted_message_gets_the_end_posted_anew_mentioning_the_member(
 
 
 async def test_the_reporter_keeps_the_route_it_learnt_whatever_route_the_job_carries(scene: Scene) -> None:
-    token, route = await scene.deferred_interaction()
-    created = await scene.job(route)
-    await scene.reporter.report(created)
-    await scene.shown(created)
-    original = scene.fake.original_message(token)
-    assert original is not None
+    token, route, created = await scene.created_and_shown()
+    original = scene.original(token)
 
     # Discord refuses the token early (it is not 14 minutes old): the reporter moves to the channel.
     scene.fake.fail_next("PATCH", r"/webhooks/.*/messages/@original", status=401, code=50027)
@@ -348,12 +343,8 @@ async def test_a_full_disk_when_noting_what_was_shown_does_not_stop_the_report(
 async def test_an_end_discord_answers_5xx_to_is_reported_as_not_shown_then_shown(scene: Scene) -> None:
     """Worth offering again: the runner does. Through the bot's own token, where discord.py does not retry
     a 503 by itself (on the interaction's webhook it retries any 5xx for about 25 s first)."""
-    token, route = await scene.deferred_interaction()
-    created = await scene.job(route)
-    await scene.reporter.report(created)
-    await scene.shown(created)
-    original = scene.fake.original_message(token)
-    assert original is not None
+    token, _, created = await scene.created_and_shown()
+    scene.original(token)  # the reply was made: the edits below go to it
     scene.clock.advance(INTERACTION_TOKEN_LIFETIME + 1)
     scene.monotonic.advance(COALESCE + 1)
     done = replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("a fox"),))
