@@ -79,6 +79,17 @@ def _buttons(message: dict[str, Any]) -> dict[str, str]:
     }
 
 
+async def _one_running_one_waiting(harness: Harness, bot: ImageBot) -> tuple[str, dict[str, Any]]:
+    """On a bot that runs one task per provider: ALICE's first task is held at the provider and her second
+    waits in line; return the second's token and message once its place is shown."""
+    harness.freepik.seconds_per_state = 3600
+    await _ask(harness, ALICE, 1)
+    await _saved(bot, ALICE, 1)
+    waiting = await _ask(harness, ALICE, 2)
+    await eventually(lambda: bool(_titles(harness, waiting)), "the place is shown")
+    return waiting, _message(harness, waiting)
+
+
 async def test_a_line_of_30_takes_turns_shows_places_and_edits_only_on_change(harness: Harness) -> None:
     bot = await harness.start_bot(
         describe_provider="freepik",
@@ -201,8 +212,7 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     token = await _click(
         harness, harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     )
-    answer = harness.discord.original_message(token)
-    assert answer is not None
+    answer = _message(harness, token)
     assert answer["content"] == "Cancelled; it did not count against the quota."
     cancelled = _message(harness, waiting)
     assert cancelled["embeds"][0]["title"] == "Image to prompt · Cancelled"
@@ -217,8 +227,7 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     token = await _click(
         harness, harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     )
-    confirmation = harness.discord.original_message(token)
-    assert confirmation is not None
+    confirmation = _message(harness, token)
     assert confirmation["content"] == (
         "Freepik is already working on this task and charges for it, so it still counts against the quota "
         "if you cancel it now. Cancel it anyway?"
@@ -227,8 +236,7 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     sure = harness.discord.button_click(_buttons(confirmation)["Cancel anyway"], confirmation, user_id=ALICE)
     await _click(harness, sure)
     polls_before = len(harness.freepik.requests)  # the drive has ended: nothing asks for the task after this
-    confirmation = harness.discord.original_message(token)
-    assert confirmation is not None
+    confirmation = _message(harness, token)
     assert (
         confirmation["content"]
         == "Cancelled; it counted against the quota, since Freepik had already taken it."
@@ -263,17 +271,11 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
 
 async def test_only_the_member_or_a_moderator_may_cancel(harness: Harness) -> None:
     bot = await harness.start_bot(describe_provider="freepik", max_inflight_per_provider=1)
-    harness.freepik.seconds_per_state = 3600
-    await _ask(harness, ALICE, 1)
-    await _saved(bot, ALICE, 1)
-    waiting = await _ask(harness, ALICE, 2)
-    await eventually(lambda: bool(_titles(harness, waiting)), "the place is shown")
-    message = _message(harness, waiting)
+    waiting, message = await _one_running_one_waiting(harness, bot)
 
     click = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=BOB)
     token = await _click(harness, click)
-    answer = harness.discord.original_message(token)
-    assert answer is not None
+    answer = _message(harness, token)
     assert answer["content"] == (
         "Only the member who asked, or a member who may manage messages, can cancel this task."
     )
@@ -287,8 +289,7 @@ async def test_only_the_member_or_a_moderator_may_cancel(harness: Harness) -> No
 
     again = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     token = await _click(harness, again)
-    answer = harness.discord.original_message(token)
-    assert answer is not None
+    answer = _message(harness, token)
     assert answer["content"] == "This task has already ended; there is nothing to cancel."
     harness.freepik.seconds_per_state = 0
     await harness.settle(bot)
@@ -297,19 +298,13 @@ async def test_only_the_member_or_a_moderator_may_cancel(harness: Harness) -> No
 async def test_cancel_works_after_a_restart(harness: Harness) -> None:
     settings = {"describe_provider": "freepik", "max_inflight_per_provider": 1}
     bot = await harness.start_bot(**settings)
-    harness.freepik.seconds_per_state = 3600
-    await _ask(harness, ALICE, 1)
-    await _saved(bot, ALICE, 1)
-    waiting = await _ask(harness, ALICE, 2)
-    await eventually(lambda: bool(_titles(harness, waiting)), "the place is shown")
-    message = _message(harness, waiting)
+    waiting, message = await _one_running_one_waiting(harness, bot)
     await harness.stop_bot(bot)
 
     restarted = await harness.start_bot(**settings)
     click = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     token = await _click(harness, click)
-    answer = harness.discord.original_message(token)
-    assert answer is not None
+    answer = _message(harness, token)
     assert answer["content"] == "Cancelled; it did not count against the quota."
     assert _message(harness, waiting)["embeds"][0]["title"] == "Image to prompt · Cancelled"
     harness.freepik.seconds_per_state = 0
