@@ -181,6 +181,10 @@ class Harness:
         await self.settle(bot)
         return str(payload["token"])
 
+    async def answer(self, bot: ImageBot, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send an interaction, let it finish, and return its reply as it stands (the original response)."""
+        return self.discord.original_reply(await self.interact(bot, payload))
+
     def describe_payload(self, data: bytes | None = None, **kwargs: Any) -> dict[str, Any]:
         attachment = self.discord.add_attachment(
             data if data is not None else png_bytes(), "photo.png", "image/png"

@@ -43,10 +43,7 @@ async def describe(
 ) -> dict[str, Any]:
     """Run /describe with options; return the result message."""
     payload = harness.describe_payload(png_bytes(size), options=options or None)
-    token = await harness.interact(bot, payload)
-    message = harness.discord.original_message(token)
-    assert message is not None
-    return message
+    return await harness.answer(bot, payload)
 
 
 def labels(message: dict[str, Any]) -> list[str]:
@@ -147,8 +144,7 @@ async def test_show_as_text_numbers_the_suggestions(harness: Harness, vision: Fa
         bot, harness.discord.button_click(buttons(message)["Show as text"], message)
     )
     # The "thinking" message became the text (the fake, like Discord, makes the first follow-up the answer).
-    answer = harness.discord.original_message(token)
-    assert answer is not None
+    answer = harness.discord.original_reply(token)
     assert answer["content"].startswith("1. red fox, snow, dawn")
     assert "\nNegative prompt: blurry, lowres" in answer["content"]
     assert "\n\n2. red fox, snow, dawn" in answer["content"]

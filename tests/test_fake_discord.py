@@ -400,8 +400,7 @@ async def test_ping_defers_then_edits_original(fake: FakeDiscord, bot: TinyBot) 
     assert calls[0].query == {"with_response": "1"}
     assert calls[0].json == {"type": 5}
     assert calls[1].json["content"] == "pong"
-    original = fake.original_message(payload["token"])
-    assert original is not None
+    original = fake.original_reply(payload["token"])
     assert original["content"] == "pong"
     assert original["flags"] == 0  # the edit cleared the "thinking" flag
     assert original["author"]["id"] == str(fake.bot_user_id)
@@ -421,8 +420,7 @@ async def test_attachment_option_is_read_through_the_cdn(fake: FakeDiscord, bot:
         ("GET", f"/cdn/attachments/{attachment['id']}/cat.png", 200),
         ("PATCH", _original(fake, payload), 200),
     ]
-    original = fake.original_message(payload["token"])
-    assert original is not None
+    original = fake.original_reply(payload["token"])
     assert original["content"] == f"{len(data)} bytes"
 
 
@@ -433,8 +431,7 @@ async def test_file_in_edit_is_recorded_as_multipart(fake: FakeDiscord, bot: Tin
     assert patch.json["content"] == "rendered"
     assert patch.json["attachments"] == [{"id": 0, "filename": "out.png"}]
     assert patch.files == [("out.png", RENDERED_PNG, "application/octet-stream")]
-    original = fake.original_message(payload["token"])
-    assert original is not None
+    original = fake.original_reply(payload["token"])
     [uploaded] = original["attachments"]
     assert (uploaded["filename"], uploaded["size"], uploaded["width"], uploaded["height"]) == (
         "out.png",
@@ -471,16 +468,14 @@ async def test_fail_next_injects_a_forbidden_once(fake: FakeDiscord, bot: TinyBo
     fake.fail_next("POST", r"^/channels/\d+/messages$", status=403, code=50013, message="Missing Permissions")
     first = fake.slash("announce")
     await _run(fake, first)
-    failed = fake.original_message(first["token"])
-    assert failed is not None
+    failed = fake.original_reply(first["token"])
     assert failed["content"] == "failed 50013"
     assert failed["flags"] & 64  # the deferral was ephemeral, so is its message
     assert "hello" not in [m["content"] for m in fake.channel_messages()]
 
     second = fake.slash("announce")
     await _run(fake, second)
-    sent = fake.original_message(second["token"])
-    assert sent is not None
+    sent = fake.original_reply(second["token"])
     assert sent["content"] == "sent"
     posts = [
         c for c in fake.calls if c.method == "POST" and c.path == f"/channels/{fake.channel_id}/messages"
@@ -495,8 +490,7 @@ async def test_fail_next_rate_limit_is_retried(fake: FakeDiscord, bot: TinyBot) 
     await fake.send_interaction(payload)
     await fake.wait_for_call(lambda c: c.method == "PATCH" and c.status == 200 and payload["token"] in c.path)
     assert [c.status for c in fake.interaction_calls(payload["token"])] == [200, 429, 200]
-    original = fake.original_message(payload["token"])
-    assert original is not None
+    original = fake.original_reply(payload["token"])
     assert original["content"] == "pong"
 
 
@@ -508,8 +502,7 @@ async def test_message_context_menu_gets_the_resolved_message(fake: FakeDiscord,
     assert await bot.outcomes.get("count") == (int(target["id"]), "three little words", ["notes.txt"])
     assert _shape(calls) == [("POST", _callback(payload), 200)]
     assert calls[0].json["type"] == 4
-    original = fake.original_message(payload["token"])
-    assert original is not None
+    original = fake.original_reply(payload["token"])
     assert (original["content"], original["flags"]) == ("3", 64)
 
 
@@ -546,8 +539,7 @@ async def test_persistent_view_button_defers_and_follows_up(fake: FakeDiscord, b
 async def test_view_sent_by_a_command_handles_select_and_button(fake: FakeDiscord, bot: TinyBot) -> None:
     command = fake.slash("menu")
     await _run(fake, command, last="POST")
-    menu = fake.original_message(command["token"])
-    assert menu is not None
+    menu = fake.original_reply(command["token"])
     assert menu["content"] == "pick one"
 
     pick = fake.select("menu:pick", ["b"], menu)
@@ -571,8 +563,7 @@ async def test_modal_round_trip(fake: FakeDiscord, bot: TinyBot) -> None:
     assert calls[0].json["data"]["custom_id"] == "feedback"
     submit = fake.modal_submit("feedback", {"feedback:text": "great bot"})
     await _run(fake, submit, last="POST")
-    thanks = fake.original_message(submit["token"])
-    assert thanks is not None
+    thanks = fake.original_reply(submit["token"])
     assert (thanks["content"], thanks["flags"]) == ("thanks: great bot", 64)
 
 
@@ -581,8 +572,7 @@ async def test_dm_interaction(fake: FakeDiscord, bot: TinyBot) -> None:
     assert "member" not in payload
     assert payload["user"]["id"] == str(fake.default_user_id)
     await _run(fake, payload)
-    original = fake.original_message(payload["token"])
-    assert original is not None
+    original = fake.original_reply(payload["token"])
     assert original["content"] == "pong"
     assert original["channel_id"] == str(fake.dm_channel_id(fake.default_user_id))
     assert "guild_id" not in original
@@ -718,8 +708,7 @@ async def test_restart_and_non_resumable_reconnect(fake: FakeDiscord) -> None:
         await fake.wait_connected()
         payload = fake.slash("ping")
         await _run(fake, payload)
-        original = fake.original_message(payload["token"])
-        assert original is not None
+        original = fake.original_reply(payload["token"])
         assert original["content"] == "pong"
     finally:
         await stop_bot(second, fake)

@@ -14,7 +14,6 @@ from typing import Any
 import discord
 import pytest
 
-from bot.discord.client import ImageBot
 from tests.conftest import Harness, eventually, png_bytes
 from tests.fakes.discord import RecordedCall
 
@@ -267,16 +266,9 @@ async def test_the_usage_report_and_quota_in_the_members_language(harness: Harne
     ]
     assert embed["footer"]["text"] == expected["footer"]
 
-    quota = await _ask(harness, bot, harness.discord.slash("quota", locale=locale))
+    quota = await harness.answer(bot, harness.discord.slash("quota", locale=locale))
     first = quota["embeds"][0]["fields"][0]
     assert (first["name"], plain(first["value"])) == expected["quota"]
-
-
-async def _ask(harness: Harness, bot: ImageBot, payload: dict[str, Any]) -> dict[str, Any]:
-    token = await harness.interact(bot, payload)
-    message = harness.discord.original_message(token)
-    assert message is not None
-    return message
 
 
 # --- messages that belong to no member --------------------------------------------------------------

@@ -79,12 +79,6 @@ def _field(embed: dict[str, Any], name: str) -> str:
     return str(next(field["value"] for field in embed["fields"] if field["name"] == name))
 
 
-def _original(harness: Harness, token: str) -> dict[str, Any]:
-    message = harness.discord.original_message(token)
-    assert message is not None
-    return message
-
-
 def _mean_colour(data: bytes) -> tuple[int, ...]:
     with Image.open(io.BytesIO(data)) as image:
         rgb = image.convert("RGB")
@@ -99,8 +93,7 @@ async def _describe_result(harness: Harness, bot: ImageBot) -> tuple[str, dict[s
     """Describe an image through Freepik; return the token and the result message as Discord holds it."""
     harness.freepik.prompt_text = "a red square on a plain background"
     token = await harness.interact(bot, harness.describe_payload())
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     return token, message
 
 
@@ -108,8 +101,7 @@ async def _imagine_result(
     harness: Harness, bot: ImageBot, prompt: str = "a lighthouse at dusk", references: Sequence[bytes] = ()
 ) -> tuple[str, dict[str, Any]]:
     token = await harness.interact(bot, _imagine_payload(harness, prompt, references))
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     assert message["embeds"][0]["title"] == "Image generation · Done", message
     return token, message
 
@@ -165,8 +157,7 @@ async def test_prompt_only_generates_and_attaches_the_image(harness: Harness) ->
     ]
     assert list(_buttons(final.json)) == ["again", "edit"]
 
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     assert message["attachments"][0]["description"] == "a lighthouse at dusk, oil painting"
     assert _labels(message) == ["Run again", "Edit this"]
 
@@ -304,8 +295,7 @@ async def test_reference_that_is_not_an_image_is_refused(harness: Harness) -> No
         "imagine", {"prompt": "make it blue"}, attachments={"reference1": attachment}
     )
     token = await harness.interact(bot, payload)
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     assert "PDF" in message["content"]
     assert harness.freepik.count() == 0
     assert await _used(bot, harness, TaskKind.IMAGINE) == 0
@@ -315,8 +305,7 @@ async def test_imagine_quota_is_separate_and_shown_by_quota(harness: Harness) ->
     bot = await harness.start_bot(quota_imagine_per_day=1, quota_describe_per_day=5)
     await harness.interact(bot, _imagine_payload(harness, "a cat"))
     token = await harness.interact(bot, _imagine_payload(harness, "a dog"))
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     assert message["content"].startswith("You have used ")
     assert "generation" in message["content"]
     assert "renews <t:" in message["content"]
@@ -440,7 +429,7 @@ async def test_show_as_text_sends_the_prompt_privately(harness: Harness) -> None
     assert followup.method == "POST"
     assert followup.json["content"] == "a red square on a plain background"
     assert followup.json["flags"] == 64
-    assert _original(harness, token)["content"] == "a red square on a plain background"
+    assert harness.discord.original_reply(token)["content"] == "a red square on a plain background"
     assert harness.freepik.creates(GEMINI) == []
 
 
@@ -449,8 +438,7 @@ async def test_show_as_text_sends_a_long_prompt_as_a_file(harness: Harness) -> N
     long_prompt = "a very detailed scene, " * 100
     harness.freepik.prompt_text = long_prompt
     token = await harness.interact(bot, harness.describe_payload())
-    described = harness.discord.original_message(token)
-    assert described is not None
+    described = harness.discord.original_reply(token)
     token = await harness.interact(bot, harness.discord.button_click(_buttons(described)["text"], described))
     followup = harness.calls_for(token)[-1]
     assert [(name, data) for name, data, _ in followup.files] == [("prompt.txt", long_prompt.encode())]
@@ -495,8 +483,7 @@ async def test_a_button_spends_the_clickers_quota(harness: Harness) -> None:
     bot = await harness.start_bot(quota_imagine_per_day=1)
     _, result = await _imagine_result(harness, bot)
     token = await harness.interact(bot, harness.discord.button_click(_buttons(result)["again"], result))
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     assert message["content"].startswith("You have used ")
     assert "generation" in message["content"]
     assert "renews <t:" in message["content"]
@@ -531,7 +518,7 @@ async def test_a_button_of_the_wrong_kind_of_job_is_refused(harness: Harness) ->
         ],
     )
     token = await harness.interact(bot, harness.discord.button_click(custom_id, message))
-    assert _original(harness, token)["content"] == (
+    assert harness.discord.original_reply(token)["content"] == (
         "This result is too old to act on; run the command again."
     )
 
@@ -560,14 +547,13 @@ async def test_describe_buttons_work_after_a_restart(harness: Harness) -> None:
     describe_token, _ = await _describe_result(harness, bot)
     bot = await _restart(harness, bot)
 
-    stored = harness.discord.original_message(describe_token)
-    assert stored is not None
+    stored = harness.discord.original_reply(describe_token)
     token = await harness.interact(bot, harness.discord.button_click(_buttons(stored)["imagine"], stored))
     assert _titles(harness.calls_for(token))[-1] == "Image generation · Done"
     assert harness.freepik.creates(GEMINI)[0].json == {"prompt": "a red square on a plain background"}
 
     token = await harness.interact(bot, harness.discord.button_click(_buttons(stored)["text"], stored))
-    assert _original(harness, token)["content"] == "a red square on a plain background"
+    assert harness.discord.original_reply(token)["content"] == "a red square on a plain background"
 
 
 async def test_imagine_buttons_work_after_a_restart(harness: Harness) -> None:
@@ -577,8 +563,7 @@ async def test_imagine_buttons_work_after_a_restart(harness: Harness) -> None:
     result_token, _ = await _imagine_result(harness, bot, "a quiet harbour", [png_bytes((40, 40), RED)])
     bot = await _restart(harness, bot)
 
-    stored = harness.discord.original_message(result_token)
-    assert stored is not None
+    stored = harness.discord.original_reply(result_token)
     token = await harness.interact(bot, harness.discord.button_click(_buttons(stored)["again"], stored))
     assert _titles(harness.calls_for(token))[-1] == "Image generation · Done"
     first, second = (create.json for create in harness.freepik.creates(GEMINI))

@@ -175,8 +175,7 @@ async def ask(harness: Harness, bot: ImageBot, payload: dict[str, Any]) -> Answe
     if last.path.endswith("/callback"):
         data = last.json["data"]
         return Answer(token, data.get("content", ""), bool(data.get("flags", 0) & EPHEMERAL), False, calls)
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     return Answer(
         token, message["content"], bool(message["flags"] & EPHEMERAL), first.json["type"] == 5, calls
     )
@@ -468,8 +467,7 @@ async def test_context_menu_picks_one_of_three_images(harness: Harness, site: Si
     # A private picker, one numbered option per image: two attachments and the previewed link.
     assert menu.ephemeral
     assert menu.sentence == Words().say(PICK_IMAGE, count=3)
-    picker = harness.discord.original_message(menu.token)
-    assert picker is not None
+    picker = harness.discord.original_reply(menu.token)
     [select] = picker["components"][0]["components"]
     assert [option["label"] for option in select["options"]] == [
         "1. image.png",

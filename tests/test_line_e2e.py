@@ -57,12 +57,6 @@ async def _saved(bot: ImageBot, user_id: int, count: int) -> None:
     raise AssertionError(f"member {user_id}'s {count} jobs were never saved")
 
 
-def _message(harness: Harness, token: str) -> dict[str, Any]:
-    message = harness.discord.original_message(token)
-    assert message is not None
-    return message
-
-
 async def _click(harness: Harness, payload: dict[str, Any]) -> str:
     """Send a click and wait for its answer (not for every job to end, as `interact` does)."""
     await harness.discord.send_interaction(payload)
@@ -87,7 +81,7 @@ async def _one_running_one_waiting(harness: Harness, bot: ImageBot) -> tuple[str
     await _saved(bot, ALICE, 1)
     waiting = await _ask(harness, ALICE, 2)
     await eventually(lambda: bool(_titles(harness, waiting)), "the place is shown")
-    return waiting, _message(harness, waiting)
+    return waiting, harness.discord.original_reply(waiting)
 
 
 async def test_a_line_of_30_takes_turns_shows_places_and_edits_only_on_change(harness: Harness) -> None:
@@ -207,14 +201,14 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     await eventually(lambda: bool(_titles(harness, waiting)), "the second task's place is shown")
 
     # In line: gone at once, and it costs nothing.
-    message = _message(harness, waiting)
+    message = harness.discord.original_reply(waiting)
     assert _buttons(message) == {"Cancel": message["components"][0]["components"][0]["custom_id"]}
     token = await _click(
         harness, harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     )
-    answer = _message(harness, token)
+    answer = harness.discord.original_reply(token)
     assert answer["content"] == "Cancelled; it did not count against the quota."
-    cancelled = _message(harness, waiting)
+    cancelled = harness.discord.original_reply(waiting)
     assert cancelled["embeds"][0]["title"] == "Image to prompt · Cancelled"
     assert (
         cancelled["embeds"][0]["description"]
@@ -223,26 +217,26 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     assert not cancelled.get("components")
 
     # At the provider: the button says it will count, and acts only when confirmed.
-    message = _message(harness, running)
+    message = harness.discord.original_reply(running)
     token = await _click(
         harness, harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     )
-    confirmation = _message(harness, token)
+    confirmation = harness.discord.original_reply(token)
     assert confirmation["content"] == (
         "Freepik is already working on this task and charges for it, so it still counts against the quota "
         "if you cancel it now. Cancel it anyway?"
     )
-    assert _message(harness, running)["embeds"][0]["title"] != "Image to prompt · Cancelled"
+    assert harness.discord.original_reply(running)["embeds"][0]["title"] != "Image to prompt · Cancelled"
     sure = harness.discord.button_click(_buttons(confirmation)["Cancel anyway"], confirmation, user_id=ALICE)
     await _click(harness, sure)
     polls_before = len(harness.freepik.requests)  # the drive has ended: nothing asks for the task after this
-    confirmation = _message(harness, token)
+    confirmation = harness.discord.original_reply(token)
     assert (
         confirmation["content"]
         == "Cancelled; it counted against the quota, since Freepik had already taken it."
     )
     assert not confirmation.get("components")
-    shown = _message(harness, running)
+    shown = harness.discord.original_reply(running)
     assert shown["embeds"][0]["title"] == "Image to prompt · Cancelled"
     assert (
         shown["embeds"][0]["description"]
@@ -259,7 +253,7 @@ async def test_cancel_in_line_is_free_and_cancel_at_the_provider_counts(harness:
     )
     task_id = cancelled_task["provider_task_id"]
     assert not [r for r in harness.freepik.requests[polls_before:] if task_id in r.path]
-    assert _message(harness, running)["embeds"][0]["title"] == "Image to prompt · Cancelled"
+    assert harness.discord.original_reply(running)["embeds"][0]["title"] == "Image to prompt · Cancelled"
 
     usage = await query(bot.core.db, "SELECT state, outcome FROM usage ORDER BY id")
     assert [tuple(row.values()) for row in usage] == [
@@ -275,21 +269,23 @@ async def test_only_the_member_or_a_moderator_may_cancel(harness: Harness) -> No
 
     click = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=BOB)
     token = await _click(harness, click)
-    answer = _message(harness, token)
+    answer = harness.discord.original_reply(token)
     assert answer["content"] == (
         "Only the member who asked, or a member who may manage messages, can cancel this task."
     )
-    assert _message(harness, waiting)["embeds"][0]["title"].startswith("Image to prompt · Queued")
+    assert harness.discord.original_reply(waiting)["embeds"][0]["title"].startswith(
+        "Image to prompt · Queued"
+    )
 
     moderator = harness.discord.button_click(
         _buttons(message)["Cancel"], message, user_id=CAROL, permissions=MANAGE_MESSAGES
     )
     await _click(harness, moderator)
-    assert _message(harness, waiting)["embeds"][0]["title"] == "Image to prompt · Cancelled"
+    assert harness.discord.original_reply(waiting)["embeds"][0]["title"] == "Image to prompt · Cancelled"
 
     again = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     token = await _click(harness, again)
-    answer = _message(harness, token)
+    answer = harness.discord.original_reply(token)
     assert answer["content"] == "This task has already ended; there is nothing to cancel."
     harness.freepik.seconds_per_state = 0
     await harness.settle(bot)
@@ -304,8 +300,8 @@ async def test_cancel_works_after_a_restart(harness: Harness) -> None:
     restarted = await harness.start_bot(**settings)
     click = harness.discord.button_click(_buttons(message)["Cancel"], message, user_id=ALICE)
     token = await _click(harness, click)
-    answer = _message(harness, token)
+    answer = harness.discord.original_reply(token)
     assert answer["content"] == "Cancelled; it did not count against the quota."
-    assert _message(harness, waiting)["embeds"][0]["title"] == "Image to prompt · Cancelled"
+    assert harness.discord.original_reply(waiting)["embeds"][0]["title"] == "Image to prompt · Cancelled"
     harness.freepik.seconds_per_state = 0
     await harness.settle(restarted)

@@ -31,14 +31,6 @@ def renewal_of(value: str) -> int:
     return int(match.group(1))
 
 
-async def ask(harness: Harness, bot: ImageBot, payload: dict[str, Any]) -> dict[str, Any]:
-    """Send a command and return its answer as it now stands (the original response)."""
-    token = await harness.interact(bot, payload)
-    message = harness.discord.original_message(token)
-    assert message is not None, harness.calls_for(token)
-    return message
-
-
 def admin(harness: Harness, subcommand: str, options: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("user_id", ADMIN_ID)
     kwargs.setdefault("permissions", MANAGE_SERVER)
@@ -132,8 +124,7 @@ async def test_a_third_concurrent_task_waits_in_line_until_one_of_the_two_ends(h
     third = harness.describe_payload(png_bytes(colour=(3, 3, 3)))
     await harness.discord.send_interaction(third)
     await harness.discord.wait_for_call(lambda c: third["token"] in c.path and c.method == "PATCH")
-    answer = harness.discord.original_message(third["token"])
-    assert answer is not None
+    answer = harness.discord.original_reply(third["token"])
     assert answer["embeds"][0]["title"] == "Image to prompt · Queued · 1st in line"
     assert harness.freepik.count("POST") == 2  # nothing reached the provider for the third yet
     assert await used_describes(bot, member(harness)) == 3  # its unit is held while it waits
@@ -141,20 +132,19 @@ async def test_a_third_concurrent_task_waits_in_line_until_one_of_the_two_ends(h
     harness.freepik.seconds_per_state = 0
     await harness.settle(bot)
     assert harness.freepik.count("POST") == 3
-    answer = harness.discord.original_message(third["token"])
-    assert answer is not None
+    answer = harness.discord.original_reply(third["token"])
     assert answer["embeds"][0]["title"] == "Image to prompt · Done"
     assert await used_describes(bot, member(harness)) == 3
 
 
 async def test_limit_zero_blocks_with_its_own_sentence(harness: Harness) -> None:
     bot = await harness.start_bot(describe_provider="freepik")
-    answer = await ask(
-        harness, bot, admin(harness, "set", {"scope": "server", "kind": "describe", "limit": 0})
+    answer = await harness.answer(
+        bot, admin(harness, "set", {"scope": "server", "kind": "describe", "limit": 0})
     )
     assert answer["content"] == "Image to prompt for everyone on this server: blocked."
 
-    blocked = await ask(harness, bot, harness.describe_payload())
+    blocked = await harness.answer(bot, harness.describe_payload())
     assert blocked["content"] == "Image to prompt is switched off for you on this server."
     assert harness.freepik.count() == 0
     assert await used_describes(bot, member(harness)) == 0
@@ -167,7 +157,7 @@ async def test_admin_set_grant_reset_and_usage_end_to_end(harness: Harness) -> N
     alice = harness.discord.make_user(alice_id, "alice")
 
     async def content(payload: dict[str, Any]) -> str:
-        return str((await ask(harness, bot, payload))["content"])
+        return str((await harness.answer(bot, payload))["content"])
 
     assert (
         await content(admin(harness, "set", {"scope": "server", "kind": "describe", "limit": 3}))
@@ -194,10 +184,10 @@ async def test_admin_set_grant_reset_and_usage_end_to_end(harness: Harness) -> N
     await harness.interact(bot, harness.describe_payload(png_bytes(colour=(6, 6, 6))))
     harness.freepik.outcome = "FAILED"
     await harness.interact(bot, harness.describe_payload(png_bytes(colour=(7, 7, 7))))
-    fields = (await ask(harness, bot, harness.discord.slash("quota")))["embeds"][0]["fields"]
+    fields = (await harness.answer(bot, harness.discord.slash("quota")))["embeds"][0]["fields"]
     assert fields[0]["value"].startswith("2 used · **1 left** of 3\n")
     assert fields[1]["value"] == "0 used · unlimited"
-    patron = (await ask(harness, bot, harness.discord.slash("quota", user_id=123, roles=[ROLE_ID])))[
+    patron = (await harness.answer(bot, harness.discord.slash("quota", user_id=123, roles=[ROLE_ID])))[
         "embeds"
     ][0]
     assert patron["fields"][0]["value"].startswith("0 used · **7 left** of 7\n")
@@ -244,8 +234,7 @@ async def test_admin_set_grant_reset_and_usage_end_to_end(harness: Harness) -> N
         (str(alice_id), "describe", "freepik", "refunded", "failed", "0"),
     ]
     assert all(r["provider_task_id"] and r["started_at"].endswith("+00:00") for r in rows)
-    final = harness.discord.original_message(usage["token"])
-    assert final is not None
+    final = harness.discord.original_reply(usage["token"])
     assert final["attachments"][0]["filename"] == "usage-7days.csv"
 
     audit = await bot.core.quotas.audit_log(guild_id)
@@ -274,7 +263,7 @@ async def test_a_member_without_manage_server_is_refused(harness: Harness) -> No
         ("usage", {}),
     ]
     for subcommand, options in attempts:
-        answer = await ask(harness, bot, admin(harness, subcommand, options, permissions=0))
+        answer = await harness.answer(bot, admin(harness, subcommand, options, permissions=0))
         assert answer["content"] == "Only members with the Manage Server permission can change quotas here."
         assert answer["flags"] & 64
     assert await bot.core.quotas.audit_log(harness.discord.guild_ids[0]) == []

@@ -48,8 +48,7 @@ async def test_restart_mid_task_finishes_on_the_original_message(harness: Harnes
 
     second = await harness.start_bot()
     await harness.settle(second)
-    original = harness.discord.original_message(token)
-    assert original is not None
+    original = harness.discord.original_reply(token)
     assert original["embeds"][0]["title"] == "Image to prompt · Done"
     assert await _usage_states(second) == ["committed"]
     assert await second.core.jobs.unfinished() == []

@@ -96,12 +96,6 @@ class Scene:
         await self.shown(created)
         return token, route, created
 
-    def original(self, token: str) -> dict[str, Any]:
-        """The message the interaction's reply made (it must exist)."""
-        message = self.fake.original_message(token)
-        assert message is not None
-        return message
-
     async def shown(self, job: Job) -> None:
         """Wait until the reporter has shown `job`'s state and saved that it did."""
         await self.jobs.wait_until(
@@ -172,7 +166,7 @@ async def test_each_new_state_edits_the_original_message_once(scene: Scene) -> N
         TITLES[s] for s in (created.state, in_progress.state, done.state)
     ]
     assert [name for name, _, _ in edits[-1].files] == ["input.png"]
-    original = scene.original(token)
+    original = scene.fake.original_reply(token)
     assert "a red square" in original["embeds"][0]["description"]
     assert buttons(original) == ["imagine", "text"]
     # The message's id was learnt from the first edit and saved, once.
@@ -224,7 +218,7 @@ async def test_states_within_the_window_show_only_the_latest_once_it_is_over(sce
 
 async def test_past_fourteen_minutes_the_bot_reports_with_its_own_token(scene: Scene) -> None:
     token, route, created = await scene.created_and_shown()
-    original = scene.original(token)
+    original = scene.fake.original_reply(token)
     message_id = int(original["id"])
 
     scene.clock.advance(INTERACTION_TOKEN_LIFETIME + 1)
@@ -256,7 +250,7 @@ async def test_past_fourteen_minutes_the_bot_reports_with_its_own_token(scene: S
 
 async def test_a_deleted_message_gets_the_end_posted_anew_mentioning_the_member(scene: Scene) -> None:
     token, route, created = await scene.created_and_shown()
-    original = scene.original(token)
+    original = scene.fake.original_reply(token)
     scene.fake.delete_message(int(original["id"]))
 
     # The runner's jobs keep the route they were submitted with; the reporter goes where it learnt to.
@@ -289,7 +283,7 @@ async def test_a_deleted_message_gets_the_end_posted_anew_mentioning_the_member(
 
 async def test_the_reporter_keeps_the_route_it_learnt_whatever_route_the_job_carries(scene: Scene) -> None:
     token, route, created = await scene.created_and_shown()
-    original = scene.original(token)
+    original = scene.fake.original_reply(token)
 
     # Discord refuses the token early (it is not 14 minutes old): the reporter moves to the channel.
     scene.fake.fail_next("PATCH", r"/webhooks/.*/messages/@original", status=401, code=50027)
@@ -344,7 +338,7 @@ async def test_an_end_discord_answers_5xx_to_is_reported_as_not_shown_then_shown
     """Worth offering again: the runner does. Through the bot's own token, where discord.py does not retry
     a 503 by itself (on the interaction's webhook it retries any 5xx for about 25 s first)."""
     token, _, created = await scene.created_and_shown()
-    scene.original(token)  # the reply was made: the edits below go to it
+    scene.fake.original_reply(token)  # the reply was made: the edits below go to it
     scene.clock.advance(INTERACTION_TOKEN_LIFETIME + 1)
     scene.monotonic.advance(COALESCE + 1)
     done = replace(created, state=JobState.COMPLETED, suggestions=(Suggestion("a fox"),))

@@ -26,19 +26,11 @@ def harness(store: dict[str, Any], harness: Harness) -> Harness:
     return harness
 
 
-async def _answer(harness: Harness, bot: ImageBot, payload: dict[str, Any]) -> dict[str, Any]:
-    """Send an interaction, let it finish, and return its reply as it stands."""
-    token = await harness.interact(bot, payload)
-    message = harness.discord.original_message(token)
-    assert message is not None
-    return message
-
-
 async def _rules(harness: Harness, bot: ImageBot, subcommand: str, **options: Any) -> str:
     payload = harness.discord.slash(
         "rules", options, subcommand=subcommand, user_id=ADMIN, permissions=MANAGE_SERVER
     )
-    return str((await _answer(harness, bot, payload))["content"])
+    return str((await harness.answer(bot, payload))["content"])
 
 
 def _imagine(harness: Harness, prompt: str, **kwargs: Any) -> dict[str, Any]:
@@ -62,7 +54,7 @@ async def test_channel_switches_refuse_and_say_where_the_command_works(harness: 
 
     said = await _rules(harness, bot, "channel", channel=chat, imagine=False)
     assert said == f"<#{chat['id']}>: /describe on, /imagine off; spoilers: never."
-    answer = await _answer(harness, bot, _imagine(harness, "a cat", channel_id=int(chat["id"])))
+    answer = await harness.answer(bot, _imagine(harness, "a cat", channel_id=int(chat["id"])))
     assert answer["content"] == "/imagine is switched off in this channel; use it in another channel."
 
     # Off everywhere but where the server allows it: the refusal names that channel.
@@ -70,26 +62,25 @@ async def test_channel_switches_refuse_and_say_where_the_command_works(harness: 
         "Channels without their own rule: /describe on, /imagine off; spoilers: never."
     )
     await _rules(harness, bot, "channel", channel=art, imagine=True)
-    answer = await _answer(harness, bot, _imagine(harness, "a cat"))
+    answer = await harness.answer(bot, _imagine(harness, "a cat"))
     assert answer["content"] == f"/imagine is switched off in this channel; use it in <#{art['id']}>."
 
     await _rules(harness, bot, "channel", channel=art, imagine=False)
-    answer = await _answer(harness, bot, _imagine(harness, "a cat", channel_id=int(art["id"])))
+    answer = await harness.answer(bot, _imagine(harness, "a cat", channel_id=int(art["id"])))
     assert answer["content"] == "/imagine is switched off in every channel of this server."
 
     await _rules(harness, bot, "channel", channel=chat, describe=False)
-    answer = await _answer(harness, bot, harness.describe_payload(user_id=MEMBER, channel_id=int(chat["id"])))
+    answer = await harness.answer(bot, harness.describe_payload(user_id=MEMBER, channel_id=int(chat["id"])))
     # The art channel has a rule of its own that allows describing: the refusal names it.
     assert answer["content"] == f"/describe is switched off in this channel; use it in <#{art['id']}>."
     assert harness.freepik.count("POST") == 0  # nothing reached a provider
     assert await _usage_rows(bot) == 0  # and nothing was reserved
 
     # Describe still works where it is on.
-    answer = await _answer(harness, bot, harness.describe_payload(user_id=MEMBER, channel_id=int(art["id"])))
+    answer = await harness.answer(bot, harness.describe_payload(user_id=MEMBER, channel_id=int(art["id"])))
     assert answer["embeds"][0]["title"] == "Image to prompt · Done"
 
-    shown = await _answer(
-        harness,
+    shown = await harness.answer(
         bot,
         harness.discord.slash("rules", {}, subcommand="show", user_id=ADMIN, permissions=MANAGE_SERVER),
     )
@@ -117,14 +108,14 @@ async def test_spoilers_follow_the_channel_rule(
     channel = harness.discord.add_channel(harness.discord.guild_ids[0], "gallery", nsfw=age_restricted)
     await _rules(harness, bot, "channel", channel=channel, spoilers=rule)
 
-    result = await _answer(harness, bot, _imagine(harness, "a lighthouse", channel_id=int(channel["id"])))
+    result = await harness.answer(bot, _imagine(harness, "a lighthouse", channel_id=int(channel["id"])))
     (attachment,) = result["attachments"]
     assert attachment["filename"].startswith("SPOILER_") is spoilered
     # An embed cannot hide its image: a spoilered one is shown only as the (spoilered) attachment.
     assert ("image" in result["embeds"][0]) is not spoilered
 
-    described = await _answer(
-        harness, bot, harness.describe_payload(user_id=MEMBER, channel_id=int(channel["id"]))
+    described = await harness.answer(
+        bot, harness.describe_payload(user_id=MEMBER, channel_id=int(channel["id"]))
     )
     (thumbnail,) = described["attachments"]
     assert thumbnail["filename"].startswith("SPOILER_") is spoilered
@@ -149,7 +140,7 @@ async def test_each_blocklist_evasion_is_caught_before_anything_is_spent(
     assert await _rules(harness, bot, "blocklist-add", words="bad word, ugly") == (
         "Added 2 to the blocklist (2 in all)."
     )
-    answer = await _answer(harness, bot, _imagine(harness, prompt))
+    answer = await harness.answer(bot, _imagine(harness, prompt))
     assert answer["content"] == (
         "This prompt contains a word or phrase this server does not allow; reword it (this did not use your quota)."
     )
@@ -161,7 +152,7 @@ async def test_each_blocklist_evasion_is_caught_before_anything_is_spent(
 async def test_words_that_merely_contain_a_blocked_one_pass(harness: Harness, prompt: str) -> None:
     bot = await harness.start_bot()
     await _rules(harness, bot, "blocklist-add", words="bad word, ugly")
-    answer = await _answer(harness, bot, _imagine(harness, prompt))
+    answer = await harness.answer(bot, _imagine(harness, prompt))
     assert answer["embeds"][0]["title"] == "Image generation · Done"
 
 
@@ -173,7 +164,7 @@ async def test_blocklist_covers_the_edit_modal_and_buttons_and_hides_a_described
     await _rules(harness, bot, "blocklist-add", words="Gloomy")
 
     # A described prompt with a blocked word is shown behind a spoiler, with a note; not withheld.
-    described = await _answer(harness, bot, harness.describe_payload(user_id=MEMBER))
+    described = await harness.answer(bot, harness.describe_payload(user_id=MEMBER))
     embed = described["embeds"][0]
     assert embed["title"] == "Image to prompt · Done"
     assert embed["description"] == "||```\nA gloomy castle under a storm\n```||"
@@ -182,11 +173,11 @@ async def test_blocklist_covers_the_edit_modal_and_buttons_and_hides_a_described
 
     # Its Imagine button is refused, as is the Edit modal with a blocked word.
     click = harness.discord.button_click(_buttons(described)["Imagine this"], described, user_id=MEMBER)
-    refused = await _answer(harness, bot, click)
+    refused = await harness.answer(bot, click)
     assert refused["content"].startswith("This prompt contains a word or phrase this server does not allow")
 
     harness.freepik.prompt_text = "A calm lake"
-    generated = await _answer(harness, bot, _imagine(harness, "a sunny field"))
+    generated = await harness.answer(bot, _imagine(harness, "a sunny field"))
     menu = await harness.interact(
         bot, harness.discord.message_command("Edit image", generated, user_id=MEMBER)
     )
@@ -194,14 +185,14 @@ async def test_blocklist_covers_the_edit_modal_and_buttons_and_hides_a_described
     modal = modal_call.json["data"]
     text_input = modal["components"][0]["components"][0]["custom_id"]
     submit = harness.discord.modal_submit(modal["custom_id"], {text_input: "make it GLOOMY"}, user_id=MEMBER)
-    refused = await _answer(harness, bot, submit)
+    refused = await harness.answer(bot, submit)
     assert refused["content"].startswith("This prompt contains a word or phrase this server does not allow")
 
     assert len(harness.freepik.creates(GEMINI)) == 1  # only the sunny field
     assert await _rules(harness, bot, "blocklist-remove", words="gloomy") == (
         "Removed 1 from the blocklist (0 left)."
     )
-    answer = await _answer(harness, bot, _imagine(harness, "make it GLOOMY"))
+    answer = await harness.answer(bot, _imagine(harness, "make it GLOOMY"))
     assert answer["embeds"][0]["title"] == "Image generation · Done"
 
 
@@ -210,7 +201,7 @@ async def test_rules_need_manage_server_and_each_change_is_audited(harness: Harn
     payload = harness.discord.slash(
         "rules", {"words": "nope"}, subcommand="blocklist-add", user_id=MEMBER, permissions=0
     )
-    answer = await _answer(harness, bot, payload)
+    answer = await harness.answer(bot, payload)
     assert answer["content"] == "Only members with the Manage Server permission can change the rules here."
     assert await _rules(harness, bot, "blocklist-add", words=" , ,") == (
         "Give at least one word or phrase (separate several with commas)."
@@ -226,8 +217,8 @@ async def test_rules_need_manage_server_and_each_change_is_audited(harness: Harn
 
 async def test_forget_me_deletes_the_members_rows_and_keeps_todays_use_counted(harness: Harness) -> None:
     bot = await harness.start_bot(describe_provider="freepik", quota_describe_per_day=3)
-    await _answer(harness, bot, harness.describe_payload(user_id=MEMBER))
-    await _answer(harness, bot, _imagine(harness, "a boat"))
+    await harness.answer(bot, harness.describe_payload(user_id=MEMBER))
+    await harness.answer(bot, _imagine(harness, "a boat"))
     # An admin's changes about the member (a limit, a grant) stay in force, without the member's id.
     admin = {"user_id": ADMIN, "permissions": MANAGE_SERVER}
     user = harness.discord.make_user(MEMBER)
@@ -238,10 +229,10 @@ async def test_forget_me_deletes_the_members_rows_and_keeps_todays_use_counted(h
         ),
     )
 
-    ask = await _answer(harness, bot, harness.discord.slash("forget-me", {}, user_id=MEMBER))
+    ask = await harness.answer(bot, harness.discord.slash("forget-me", {}, user_id=MEMBER))
     assert ask["content"].startswith("This deletes what the bot keeps about you on this server")
     click = harness.discord.button_click(_buttons(ask)["Forget me"], ask, user_id=MEMBER)
-    done = await _answer(harness, bot, click)
+    done = await harness.answer(bot, click)
     assert done["content"] == (
         "Done. Deleted: tasks 2, stored images 2, cached prompts 1. Usage rows that no longer carry your user id: 2."
     )
@@ -256,7 +247,7 @@ async def test_forget_me_deletes_the_members_rows_and_keeps_todays_use_counted(h
     assert set(await table_names(bot.core.db)) >= {"audit", "jobs", "quota_grants", "quota_limits", "usage"}
 
     # Today's use still counts: three a day, one granted, one spent before forgetting.
-    quota = await _answer(harness, bot, harness.discord.slash("quota", {}, user_id=MEMBER))
+    quota = await harness.answer(bot, harness.discord.slash("quota", {}, user_id=MEMBER))
     describe_line = quota["embeds"][0]["fields"][0]["value"]
     assert describe_line.startswith("1 used · **3 left** of 4 (with 1 granted today)")
 
@@ -269,13 +260,11 @@ async def test_forget_me_waits_for_running_tasks(harness: Harness) -> None:
     ask = harness.discord.slash("forget-me", {}, user_id=MEMBER)
     await harness.discord.send_interaction(ask)
     await harness.discord.wait_for_call(lambda call: ask["token"] in call.path)
-    message = harness.discord.original_message(str(ask["token"]))
-    assert message is not None
+    message = harness.discord.original_reply(str(ask["token"]))
     click = harness.discord.button_click(_buttons(message)["Forget me"], message, user_id=MEMBER)
     await harness.discord.send_interaction(click)
     await harness.discord.wait_for_call(lambda call: click["token"] in call.path and call.method == "PATCH")
-    answer = harness.discord.original_message(str(click["token"]))
-    assert answer is not None
+    answer = harness.discord.original_reply(str(click["token"]))
     assert answer["content"] == (
         "You have 1 task running or waiting on this server; cancel it or let it finish, then ask again."
     )

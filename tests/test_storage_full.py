@@ -33,8 +33,7 @@ async def test_a_full_disk_fails_the_task_cleanly_refunds_it_and_the_bot_stays_u
 
     with caplog.at_level(logging.INFO):
         token = await harness.interact(bot, harness.describe_payload(noisy_png()))
-    message = harness.discord.original_message(token)
-    assert message is not None
+    message = harness.discord.original_reply(token)
     assert message["content"] == Words().say(STORAGE_FULL)
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1, [record.getMessage() for record in errors]
@@ -48,6 +47,5 @@ async def test_a_full_disk_fails_the_task_cleanly_refunds_it_and_the_bot_stays_u
     # Space again: the same bot, still connected, carries on.
     await bot.core.db.execute("PRAGMA max_page_count = 1073741823")
     token = await harness.interact(bot, harness.describe_payload(noisy_png()))
-    done = harness.discord.original_message(token)
-    assert done is not None
+    done = harness.discord.original_reply(token)
     assert done["embeds"][0]["title"] == "Image to prompt · Done"

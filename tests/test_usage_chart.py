@@ -251,8 +251,7 @@ async def test_usage_attaches_the_chart_beside_the_embed_and_the_csv(harness: Ha
     report = await bot.core.quotas.usage_report(harness.discord.guild_ids[0], 7)
     series = usage_series(report.rows, report.since.date(), report.until.date())
     assert series.kinds == {TaskKind.DESCRIBE: (DayCounts(),) * 6 + (DayCounts(completed=2, cached=1),)}
-    final = harness.discord.original_message(usage["token"])
-    assert final is not None
+    final = harness.discord.original_reply(usage["token"])
     assert [a["filename"] for a in final["attachments"]] == ["usage-7days.csv", "usage-7days.png"]
 
 

@@ -339,6 +339,14 @@ class FakeDiscord:
             return None
         return copy.deepcopy(self._state.messages[inter.original_id])
 
+    def original_reply(self, token: str) -> dict[str, Any]:
+        """Return the interaction's original response, which the test expects to exist (an assertion if not)."""
+        message = self.original_message(token)
+        assert message is not None, (
+            f"the interaction has no original response; its calls: {self.interaction_calls(token)}"
+        )
+        return message
+
     def followup_messages(self, token: str) -> list[dict[str, Any]]:
         """Return the current state of the interaction's follow-up messages that still exist."""
         inter = self._state.interaction_for_token(token)
