@@ -136,6 +136,22 @@ def test_a_language_the_bot_lacks_is_english(locale: str | None) -> None:
     assert said == "You have used all 3 generations for today; your quota renews <t:1893456000:R>."
 
 
+@pytest.mark.parametrize("locale", ["ko", "it", "zh-CN"])
+def test_a_language_the_bot_lacks_says_places_in_line_in_english(locale: str) -> None:
+    """The place follows the sentence around it: English words, English ordinals (not a bare "3")."""
+    assert Words(locale).state(JobState.QUEUED, 3) == "Queued · 3rd in line"
+    assert Words(locale).state(JobState.QUEUED, 12) == "Queued · about 12th in line"
+
+
+def test_a_place_in_line_is_said_the_way_its_catalogue_says_it() -> None:
+    assert Words("es-419").state(JobState.QUEUED, 3) == "En cola · 3.º puesto"
+    assert Words("pt-BR").state(JobState.QUEUED, 3) == "Na fila · 3º lugar"
+    assert Words("de").state(JobState.QUEUED, 3) == "In der Warteschlange · 3. Platz"
+    assert Words("fr").ordinal(1) == "1er"
+    assert Words("ja").ordinal(3) == "3番目"
+    assert Words("en-GB").ordinal(22) == "22nd"
+
+
 def test_a_regional_variant_reads_its_languages_catalogue() -> None:
     assert Words("es-419").say(words.STATE_WORDS[words.JobState.COMPLETED]) == "Listo"
     assert catalogues.catalogue_for("PT-br") == "pt_BR"

@@ -56,6 +56,11 @@ def _language(locale: str) -> str:
     return locale.replace("_", "-").split("-", 1)[0].lower()
 
 
+def language_of(folder: str | None) -> str:
+    """Return the language a catalogue is written in ("pt_BR" -> "pt"); None, the templates, is English."""
+    return _language(folder or SOURCE_LOCALE)
+
+
 @functools.cache
 def catalogue_for(locale: str | None) -> str | None:
     """Return the folder of the catalogue a locale reads, or None when it reads English (the templates)."""

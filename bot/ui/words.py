@@ -27,7 +27,7 @@ from bot.domain.errors import (
     StorageFull,
 )
 from bot.domain.tasks import DescribeStyle, Fault, JobState, Notice, NoticeCode, TaskKind
-from bot.ui.catalogues import SOURCE_LOCALE, babel_locale, catalogue_for, translations
+from bot.ui.catalogues import SOURCE_LOCALE, babel_locale, catalogue_for, language_of, translations
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,9 @@ class Words:
 
     def ordinal(self, number: int) -> str:
         """Say a place in line the reader's way: 3rd, 3., 3e, 3.º, 3º, 3番目."""
-        language = self.locale.split("-")[0]
+        # The language of the catalogue the sentence around it comes from: a locale the bot lacks reads
+        # English, so its places are English too ("3rd", not a bare "3").
+        language = language_of(self._catalogue)
         if language == "en":
             suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
             return f"{number}{suffix}"
