@@ -33,8 +33,8 @@ from babel.messages.plurals import get_plural
 from babel.messages.pofile import read_po, write_po
 from discord import Locale as DiscordLocale
 
-from bot.discord.translator import COMMAND_NAME, MENU_NAME, NAME_MAX, OPTION_NAME, SLASH_NAME, TEXT_MAX
-from bot.ui.catalogues import DOMAIN, folder_of, locale_of
+from bot.discord.translator import MENU_NAME, NAME_MAX, OPTION_NAME, SLASH_NAME, TEXT_MAX
+from bot.ui.catalogues import COMMAND_NAME, DOMAIN, folder_of, locale_of
 
 PROJECT = "imageprompt-bot"
 BOT_DIR = Path(__file__).resolve().parent

@@ -14,11 +14,12 @@ import pytest
 from babel.messages.pofile import read_po
 
 from bot import i18n
-from bot.discord.translator import COMMAND_NAME, MENU_NAME, OPTION_NAME
+from bot.discord.translator import MENU_NAME, OPTION_NAME
 from bot.domain.errors import Refusal
 from bot.domain.tasks import JobState, TaskKind
 from bot.settings import SettingsError, load_settings
 from bot.ui import catalogues, words
+from bot.ui.catalogues import COMMAND_NAME
 from bot.ui.views import PromptModal, job_button
 from bot.ui.words import PICK_IMAGE, Words, render
 from tests.conftest import Harness

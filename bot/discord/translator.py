@@ -17,12 +17,12 @@ import re
 from discord import Locale, app_commands
 from discord.app_commands import TranslationContextLocation as Where
 
-from bot.ui.catalogues import catalogue_for, translations
+from bot.ui.catalogues import COMMAND_NAME, catalogue_for, translations
 
 log = logging.getLogger(__name__)
 
-# Message contexts of the names in the catalogues (msgctxt), one per set of Discord's rules.
-COMMAND_NAME = "command name"
+# Message contexts of the names in the catalogues (msgctxt), one per set of Discord's rules (COMMAND_NAME
+# lives with the catalogues, since the words read command names too).
 OPTION_NAME = "option name"
 MENU_NAME = "context menu name"
 

@@ -17,6 +17,9 @@ from importlib.abc import Traversable
 # The language of the templates, and of every locale the bot has no catalogue for.
 SOURCE_LOCALE = "en-US"
 DOMAIN = "messages"
+# The message context (msgctxt) of slash command names: the command translator syncs them to Discord and
+# the words name commands in sentences, from the same catalogue entry.
+COMMAND_NAME = "command name"
 
 
 def locales_root() -> Traversable:

@@ -27,7 +27,14 @@ from bot.domain.errors import (
     StorageFull,
 )
 from bot.domain.tasks import DescribeStyle, Fault, JobState, Notice, NoticeCode, TaskKind
-from bot.ui.catalogues import SOURCE_LOCALE, babel_locale, catalogue_for, language_of, translations
+from bot.ui.catalogues import (
+    COMMAND_NAME,
+    SOURCE_LOCALE,
+    babel_locale,
+    catalogue_for,
+    language_of,
+    translations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +436,8 @@ class Words:
     def command_name(self, name: str) -> str:
         """Return a slash command's name as this reader's Discord shows it (the English name where the bot
         has no translation)."""
-        # The same catalogue entry the command translator syncs to Discord (context "command name").
-        translated = translations(catalogue_for(self.locale)).pgettext("command name", name)
+        # The same catalogue entry the command translator syncs to Discord.
+        translated = translations(self._catalogue).pgettext(COMMAND_NAME, name)
         return translated or name
 
     def in_locale(self, locale: str | None) -> Words:
