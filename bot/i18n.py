@@ -33,7 +33,7 @@ from babel.messages.plurals import get_plural
 from babel.messages.pofile import read_po, write_po
 from discord import Locale as DiscordLocale
 
-from bot.discord.translator import MENU_NAME, NAME_MAX, OPTION_NAME, SLASH_NAME, TEXT_MAX
+from bot.discord.translator import MENU_NAME, NAME_MAX, OPTION_NAME, TEXT_MAX, fits
 from bot.ui.catalogues import COMMAND_NAME, DOMAIN, folder_of, locale_of
 
 PROJECT = "imageprompt-bot"
@@ -363,13 +363,15 @@ def _message_problems(
 
 
 def _length_problems(text: str, template: Template) -> list[str]:
+    # Discord's rules are the command translator's own; an empty form is "not translated" before this, so
+    # outside the names only a text too long breaks them (and only a command's text has to keep them).
+    if fits(text, template.context):
+        return []
     if template.context in (COMMAND_NAME, OPTION_NAME):
-        if not SLASH_NAME.fullmatch(text) or text != text.lower():
-            return [f"-> {text!r}: Discord needs 1-32 lower-case letters, digits, - _ or ' (no spaces)"]
-    elif template.context == MENU_NAME:
-        if not 1 <= len(text) <= NAME_MAX:
-            return [f"-> {text!r}: a context menu name has 1-{NAME_MAX} characters"]
-    elif template.command_text and len(text) > TEXT_MAX:
+        return [f"-> {text!r}: Discord needs 1-32 lower-case letters, digits, - _ or ' (no spaces)"]
+    if template.context == MENU_NAME:
+        return [f"-> {text!r}: a context menu name has 1-{NAME_MAX} characters"]
+    if template.command_text:
         return [f"-> {len(text)} characters: Discord allows {TEXT_MAX} in a command's description or choice"]
     return []
 
