@@ -151,9 +151,14 @@ def reset_done(words: Words, user_id: int, kind: TaskKind | None, forgiven: int)
     return words.say(RESET[kind], user=user_id, forgiven=forgiven)
 
 
+def period_title(words: Words, period: str) -> str:
+    """Say a usage report's period ("last 7 days"); one without a title of its own is shown as it is."""
+    return words.say(PERIOD_TITLES[period]) if period in PERIOD_TITLES else period
+
+
 def usage_embed(words: Words, report: UsageReport, period: str) -> discord.Embed:
     """Sum up a server's usage: by kind and provider, failures, and the members who spent most."""
-    title = words.say(PERIOD_TITLES[period]) if period in PERIOD_TITLES else period
+    title = period_title(words, period)
     embed = discord.Embed(
         title=words.say(N_("Usage · {period}"), period=title), colour=discord.Colour.blurple()
     )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from bot.domain.quota import UsageReport
 from bot.domain.tasks import TaskKind
-from bot.ui.quota_text import PERIOD_TITLES
+from bot.ui.quota_text import period_title
 from bot.ui.words import N_, Words
 
 if TYPE_CHECKING:
@@ -225,11 +225,11 @@ async def usage_chart(report: UsageReport, words: Words, period: str) -> UsageCh
     filename = f"usage-{period.replace(' ', '')}.png"
     if series.empty:
         return UsageChart(filename, note=words.say(NOTHING_TO_CHART))
-    if not await asyncio.to_thread(font_writes, words.say(TITLE, period=words.say(PERIOD_TITLES["today"]))):
+    if not await asyncio.to_thread(font_writes, words.say(TITLE, period=period_title(words, "today"))):
         # The image's font (DejaVu Sans) has no glyphs for this language's script (Japanese): the chart is
         # drawn in English rather than in empty boxes; the reply around it stays in the member's language.
         words = words.in_locale(None)
-    title = words.say(PERIOD_TITLES[period]) if period in PERIOD_TITLES else period
+    title = period_title(words, period)
     png = await asyncio.to_thread(render_usage_chart, series, words, period_title=title)
     return UsageChart(filename, png=png)
 
