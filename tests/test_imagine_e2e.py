@@ -14,7 +14,7 @@ from PIL import Image, ImageStat
 from bot.discord.client import ImageBot
 from bot.domain.quota import Member
 from bot.domain.tasks import TaskKind
-from bot.ui.embeds import duration
+from bot.ui.words import Words
 from tests.conftest import Harness, png_bytes
 from tests.fakes.discord import DEFAULT_APP_PERMISSIONS, RecordedCall
 from tests.fakes.openapi import validate_freepik_request
@@ -255,7 +255,7 @@ async def test_result_over_discords_upload_limit_is_re_encoded_to_fit(harness: H
 
 
 def test_duration_reads_like_a_person_would_say_it() -> None:
-    assert [duration(s) for s in (-1, 0.04, 8.44, 59.9, 59.97, 125, 180)] == [
+    assert [Words().duration(s) for s in (-1, 0.04, 8.44, 59.9, 59.97, 125, 180)] == [
         "0.0 s",
         "0.0 s",
         "8.4 s",

@@ -75,11 +75,6 @@ def described(suggestions: Sequence[Suggestion], words: Words, *, hidden: bool =
     return "\n".join(parts)
 
 
-def duration(seconds: float, words: Words | None = None) -> str:
-    """Say how long something took: "8.4 s" under a minute, "2 min 5 s" above (in English by default)."""
-    return (words or Words()).duration(seconds)
-
-
 def _result_files(job: Job, outputs: Sequence[ImageBytes]) -> tuple[list[discord.File], int]:
     """Return the generated images as files within Discord's upload limit, and how many were left off."""
     files: list[discord.File] = []
@@ -146,7 +141,7 @@ def render_job(
     embed.add_field(name=words.say(N_("Started")), value=relative_time(job.created_at))
     if job.state is JobState.COMPLETED and job.kind is TaskKind.IMAGINE:
         # updated_at is when the result was saved: from the member's request to the image in hand.
-        embed.add_field(name=words.say(N_("Took")), value=duration(job.updated_at - job.created_at, words))
+        embed.add_field(name=words.say(N_("Took")), value=words.duration(job.updated_at - job.created_at))
     if job.notice:
         embed.add_field(name=words.say(N_("Note")), value=words.notice(job.notice), inline=False)
     if job.hidden and job.state is JobState.COMPLETED:
