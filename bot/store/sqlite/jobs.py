@@ -35,6 +35,11 @@ _LAST_SERVED_SQL = (
     "SELECT user_id, MAX(dispatched_at) AS last FROM jobs WHERE provider = ? AND dispatched_at IS NOT NULL "  # noqa: S608
     f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = ? AND {WAITING}) GROUP BY user_id"
 )
+# How many tasks each member waiting for a provider runs, at any provider.
+_RUNNING_OF_WAITING_SQL = (
+    f"SELECT user_id, COUNT(*) AS n FROM jobs WHERE {RUNNING} "  # noqa: S608
+    f"AND user_id IN (SELECT user_id FROM jobs WHERE provider = ? AND {WAITING}) GROUP BY user_id"
+)
 # How rows are read: the database's own reads, or a connection's inside a transaction.
 _Fetch = Callable[[str, tuple[Any, ...]], Awaitable[Iterable[aiosqlite.Row]]]
 
@@ -117,13 +122,7 @@ class SqliteJobRepository:
     ) -> Job | None:
         """Take the next job from the provider's line and mark it dispatched, in one write transaction."""
         async with self._db.transaction() as conn:
-            # A member's running tasks count at every provider; the provider's own cap counts its tasks.
-            per_member = {
-                int(row["user_id"]): int(row["n"])
-                for row in await conn.execute_fetchall(
-                    f"SELECT user_id, COUNT(*) AS n FROM jobs WHERE {RUNNING} GROUP BY user_id"  # noqa: S608
-                )
-            }
+            # The provider's own cap counts its tasks; a full provider or an empty line ends it here.
             (at_provider,) = next(
                 iter(
                     await conn.execute_fetchall(
@@ -134,7 +133,15 @@ class SqliteJobRepository:
             )
             if int(at_provider) >= max_running:
                 return None
-            for job in take_order(*await self._line_of(conn.execute_fetchall, provider)):
+            waiting, served = await self._line_of(conn.execute_fetchall, provider)
+            if not waiting:
+                return None
+            # A member's running tasks count at every provider; only the waiting members' are needed.
+            per_member = {
+                int(row["user_id"]): int(row["n"])
+                for row in await conn.execute_fetchall(_RUNNING_OF_WAITING_SQL, (provider,))
+            }
+            for job in take_order(waiting, served):
                 if per_member.get(job.user_id, 0) >= max_running_per_member:
                     continue
                 now = self._clock()
