@@ -82,6 +82,11 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def row_count(status: str) -> int:
+    """Return the row count of a command status such as 'UPDATE 3', 'DELETE 0' or 'INSERT 0 1'."""
+    return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
+
+
 def explain_connect_error(shown: str, error: BaseException) -> DatabaseUnreachable | DatabaseUnusable:
     """Sort a failed connection into one to retry (unreachable) and one the admin must fix (unusable)."""
     if isinstance(error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):

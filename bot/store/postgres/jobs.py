@@ -35,7 +35,7 @@ from bot.domain.errors import BadInput, LeaseLost, Refusal
 from bot.domain.line import take_order
 from bot.domain.ports import ImageRole
 from bot.domain.tasks import ImageBytes, Job, Route, Suggestion, TaskKind
-from bot.store.postgres.database import DB_NOW, PgDatabase
+from bot.store.postgres.database import DB_NOW, PgDatabase, row_count
 from bot.store.rows import (
     RUNNING,
     WAITING,
@@ -63,11 +63,6 @@ _CONTENDED_TRIES = 50
 _CONTENDED_WAIT = (0.002, 0.02)
 # Deliveries parked for another process and seen webhook ids live this long at most.
 _WEBHOOK_ROWS_TTL = 86400.0
-
-
-def _count(status: str) -> int:
-    """Return the row count of a command status such as 'UPDATE 3' or 'DELETE 0'."""
-    return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
 
 
 class PgJobRepository:
@@ -289,7 +284,7 @@ class PgJobRepository:
             self._clock(),
             job_id,
         )
-        return _count(status) == 1
+        return row_count(status) == 1
 
     async def cancel_requested(self) -> set[str]:
         """Return the ids of the unfinished jobs this process holds that a member asked to cancel."""
@@ -335,7 +330,7 @@ class PgJobRepository:
                 TaskKind.DESCRIBE.value,
             )
             tasks = await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", ids)
-            return _count(tasks), _count(images), _count(prompts)
+            return row_count(tasks), row_count(images), row_count(prompts)
 
     # --- leases ------------------------------------------------------------------------------------
 
@@ -442,7 +437,7 @@ class PgJobRepository:
             await conn.execute("DELETE FROM describe_cache WHERE created_at < $1", cutoff)
             await conn.execute("DELETE FROM webhook_inbox WHERE received_at < $1", now - _WEBHOOK_ROWS_TTL)
             await conn.execute("DELETE FROM webhook_seen WHERE seen_at < $1", now - _WEBHOOK_ROWS_TTL)
-        return _count(status)
+        return row_count(status)
 
 
 async def _insert_images(

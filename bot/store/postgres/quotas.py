@@ -26,7 +26,7 @@ from bot.domain.quota import (
     utc_day,
 )
 from bot.domain.tasks import TaskKind
-from bot.store.postgres.database import PgDatabase
+from bot.store.postgres.database import PgDatabase, row_count
 from bot.store.rows import usage_line_from_row
 
 # Taken by everything that changes what a member may still reserve; the same key bot_reserve takes first.
@@ -219,7 +219,7 @@ class PgQuotaLedger:
             now,
             now - self._ttl,
         )
-        return _count(status)
+        return row_count(status)
 
     # --- the admin's side --------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class PgQuotaLedger:
                 day,
                 kinds,
             )
-            forgiven = _count(status)
+            forgiven = row_count(status)
             await self._audit(
                 conn,
                 guild_id,
@@ -387,7 +387,7 @@ class PgQuotaLedger:
             await conn.execute(
                 "UPDATE quota_grants SET user_id = $1 WHERE user_id < 0 AND day < $2", FORGOTTEN, today
             )
-            return _count(status)
+            return row_count(status)
 
     async def forget_member(self, guild_id: int, user_id: int) -> int:
         """Take the member's id off their usage rows, grants, limits and audit lines in this server.
@@ -411,7 +411,7 @@ class PgQuotaLedger:
                         user_id,
                         today,
                     )
-                    changed += _count(status) if table == "usage" else 0
+                    changed += row_count(status) if table == "usage" else 0
             await conn.execute(
                 "UPDATE quota_limits SET target_id = $1 WHERE guild_id = $2 AND scope = 'user' "
                 "AND target_id = $3",
@@ -468,7 +468,7 @@ class PgQuotaLedger:
             self._clock(),
             usage_id,
         )
-        return _count(status) == 1
+        return row_count(status) == 1
 
     async def _limits(self, guild_id: int, kind: TaskKind, ids: _MemberIds) -> list[tuple[str, int, int]]:
         rows = await self._db.fetch(
@@ -522,8 +522,3 @@ async def write_audit(
         json.dumps(detail, sort_keys=True),
         at,
     )
-
-
-def _count(status: str) -> int:
-    """Return the row count of a command status such as 'UPDATE 3' or 'DELETE 0'."""
-    return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0

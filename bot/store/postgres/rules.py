@@ -9,7 +9,7 @@ import asyncpg
 
 from bot.domain.blocklist import phrase_key
 from bot.domain.rules import ChannelRule
-from bot.store.postgres.database import PgDatabase
+from bot.store.postgres.database import PgDatabase, row_count
 from bot.store.postgres.quotas import write_audit
 from bot.store.rows import channel_rule_detail, channel_rule_from_row, log_rules_change
 
@@ -69,7 +69,7 @@ class PgRules:
                     written,
                     self._clock(),
                 )
-                added += _count(status)
+                added += row_count(status)
             await self._audit(conn, guild_id, actor_id, "blocklist-add", {"phrases": sorted(keyed)})
             return added, await _blocked(conn, guild_id)
 
@@ -81,7 +81,7 @@ class PgRules:
                 "DELETE FROM blocklist WHERE guild_id = $1 AND phrase = ANY($2::text[])", guild_id, keys
             )
             await self._audit(conn, guild_id, actor_id, "blocklist-remove", {"phrases": keys})
-            return _count(status), await _blocked(conn, guild_id)
+            return row_count(status), await _blocked(conn, guild_id)
 
     async def _audit(
         self, conn: asyncpg.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]
@@ -92,8 +92,3 @@ class PgRules:
 
 async def _blocked(conn: asyncpg.Connection, guild_id: int) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM blocklist WHERE guild_id = $1", guild_id))
-
-
-def _count(status: str) -> int:
-    """Return the row count of a command status such as 'INSERT 0 1' or 'DELETE 2'."""
-    return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
