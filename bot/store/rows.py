@@ -2,7 +2,7 @@
 
 Both stores keep the same columns under the same names; only their SQL differs. What a row holds, the
 conditions that say whether a job waits in line or runs at its provider, and the log line of a change to a
-server's rules are written here once.
+server's rules are written here once, and so is what forgetting a member means outside their SQL.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from bot.domain.quota import UsageLine
+from bot.domain.privacy import pseudonym
+from bot.domain.quota import Member, UsageLine
 from bot.domain.rules import ChannelRule, SpoilerRule
 from bot.domain.tasks import (
     DescribeStyle,
@@ -46,6 +47,8 @@ WAITING = "finished_at IS NULL AND dispatched_at IS NULL AND state = 'QUEUED'"
 RUNNING = (
     "finished_at IS NULL AND dispatched_at IS NOT NULL AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
 )
+# The meta row of the key of forgotten members' stand-in ids (one per database).
+PSEUDONYM_KEY = "pseudonym_key"
 
 
 class Row(Protocol):
@@ -154,3 +157,30 @@ def usage_line_from_row(row: Row) -> UsageLine:
         int(row["cached"]),
         int(row["running"]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberIds:
+    guild_id: int
+    user_id: int
+    pseudonym: int  # the stand-in id of their rows of today, had they asked to be forgotten
+
+
+def member_ids(secret: bytes, member: Member) -> MemberIds:
+    """The member's id and the stand-in id their rows took if they asked to be forgotten today."""
+    return MemberIds(member.guild_id, member.user_id, pseudonym(secret, member.guild_id, member.user_id))
+
+
+def limit_target(row: Row, ids: MemberIds) -> int:
+    """A limit set for a member who then asked to be forgotten is kept under their stand-in id."""
+    target = int(row["target_id"])
+    return ids.user_id if target == ids.pseudonym else target
+
+
+def forget_in_detail(detail_text: str, user_id: int, stand_in: int) -> str:
+    """Return an audit row's detail (JSON) with the member's id, where it names them, as their stand-in id."""
+    detail = json.loads(detail_text)
+    for key in ("user_id", "target_id"):
+        if detail.get(key) == user_id:
+            detail[key] = stand_in
+    return json.dumps(detail, sort_keys=True)

@@ -6,13 +6,12 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from bot.domain.errors import LineFull, QuotaExceeded
-from bot.domain.privacy import FORGOTTEN, pseudonym
+from bot.domain.privacy import FORGOTTEN
 from bot.domain.quota import (
     USAGE_COLUMNS,
     KindStatus,
@@ -27,7 +26,14 @@ from bot.domain.quota import (
 )
 from bot.domain.tasks import TaskKind
 from bot.store.postgres.database import PgDatabase, row_count
-from bot.store.rows import usage_line_from_row
+from bot.store.rows import (
+    PSEUDONYM_KEY,
+    MemberIds,
+    forget_in_detail,
+    limit_target,
+    member_ids,
+    usage_line_from_row,
+)
 
 # Taken by everything that changes what a member may still reserve; the same key bot_reserve takes first.
 _MEMBER_LOCK = (
@@ -40,14 +46,6 @@ _HELD = (
     "state = 'reserved' AND (started_at > ${n} OR EXISTS "
     "(SELECT 1 FROM jobs WHERE jobs.usage_id = usage.id AND jobs.finished_at IS NULL))"
 )
-_PSEUDONYM_KEY = "pseudonym_key"
-
-
-@dataclass(frozen=True, slots=True)
-class _MemberIds:
-    guild_id: int
-    user_id: int
-    pseudonym: int  # the stand-in id of their rows of today, had they asked to be forgotten
 
 
 class PgQuotaLedger:
@@ -195,7 +193,7 @@ class PgQuotaLedger:
         statuses = []
         for kind in TaskKind:
             limits = [
-                (str(r["scope"]), self._limit_target(r, ids), int(r["daily_limit"]))
+                (str(r["scope"]), limit_target(r, ids), int(r["daily_limit"]))
                 for r in rows
                 if r["kind"] == kind.value
             ]
@@ -430,13 +428,9 @@ class PgQuotaLedger:
                 guild_id,
                 f"%{user_id}%",
             ):
-                detail = json.loads(str(row["detail"]))
-                for key in ("user_id", "target_id"):
-                    if detail.get(key) == user_id:
-                        detail[key] = stand_in
                 await conn.execute(
                     "UPDATE audit SET detail = $1 WHERE id = $2",
-                    json.dumps(detail, sort_keys=True),
+                    forget_in_detail(str(row["detail"]), user_id, stand_in),
                     row["id"],
                 )
             return changed
@@ -470,21 +464,15 @@ class PgQuotaLedger:
         )
         return row_count(status) == 1
 
-    async def _limits(self, guild_id: int, kind: TaskKind, ids: _MemberIds) -> list[tuple[str, int, int]]:
+    async def _limits(self, guild_id: int, kind: TaskKind, ids: MemberIds) -> list[tuple[str, int, int]]:
         rows = await self._db.fetch(
             "SELECT scope, target_id, daily_limit FROM quota_limits WHERE guild_id = $1 AND kind = $2",
             guild_id,
             kind.value,
         )
-        return [(str(r["scope"]), self._limit_target(r, ids), int(r["daily_limit"])) for r in rows]
+        return [(str(r["scope"]), limit_target(r, ids), int(r["daily_limit"])) for r in rows]
 
-    @staticmethod
-    def _limit_target(row: asyncpg.Record, ids: _MemberIds) -> int:
-        """A limit set for a member who then asked to be forgotten is kept under their stand-in id."""
-        target = int(row["target_id"])
-        return ids.user_id if target == ids.pseudonym else target
-
-    async def _ids(self, member: Member) -> _MemberIds:
+    async def _ids(self, member: Member) -> MemberIds:
         """Return the member's id and the stand-in id their rows took if they asked to be forgotten today.
 
         The key is made once per database: the first process to need it inserts it, and every process
@@ -493,16 +481,14 @@ class PgQuotaLedger:
         if self._secret is None:
             await self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                _PSEUDONYM_KEY,
+                PSEUDONYM_KEY,
                 secrets.token_hex(32),
             )
-            stored = await self._db.get_meta(_PSEUDONYM_KEY)
+            stored = await self._db.get_meta(PSEUDONYM_KEY)
             if stored is None:
                 raise RuntimeError("the database kept no pseudonym key")
             self._secret = bytes.fromhex(stored)
-        return _MemberIds(
-            member.guild_id, member.user_id, pseudonym(self._secret, member.guild_id, member.user_id)
-        )
+        return member_ids(self._secret, member)
 
     async def _audit(
         self, conn: asyncpg.Connection, guild_id: int, actor_id: int, action: str, detail: dict[str, object]

@@ -6,13 +6,12 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiosqlite
 
 from bot.domain.errors import LineFull, QuotaExceeded
-from bot.domain.privacy import FORGOTTEN, pseudonym
+from bot.domain.privacy import FORGOTTEN
 from bot.domain.quota import (
     USAGE_COLUMNS,
     KindStatus,
@@ -26,7 +25,14 @@ from bot.domain.quota import (
     utc_day,
 )
 from bot.domain.tasks import TaskKind
-from bot.store.rows import usage_line_from_row
+from bot.store.rows import (
+    PSEUDONYM_KEY,
+    MemberIds,
+    forget_in_detail,
+    limit_target,
+    member_ids,
+    usage_line_from_row,
+)
 from bot.store.sqlite.database import Database
 
 
@@ -337,13 +343,9 @@ class SqliteQuotaLedger:
                 "SELECT id, detail FROM audit WHERE guild_id = ? AND detail LIKE ?",
                 (guild_id, f"%{user_id}%"),
             ):
-                detail = json.loads(str(row["detail"]))
-                for key in ("user_id", "target_id"):
-                    if detail.get(key) == user_id:
-                        detail[key] = stand_in
                 await conn.execute(
                     "UPDATE audit SET detail = ? WHERE id = ?",
-                    (json.dumps(detail, sort_keys=True), row["id"]),
+                    (forget_in_detail(str(row["detail"]), user_id, stand_in), row["id"]),
                 )
             return changed
 
@@ -366,43 +368,33 @@ class SqliteQuotaLedger:
         return changed == 1
 
     def _member_day(
-        self, ids: _MemberIds, kind: TaskKind, day: str, now: float | None = None
+        self, ids: MemberIds, kind: TaskKind, day: str, now: float | None = None
     ) -> tuple[object, ...]:
         """Return the parameters of _USED_SQL (with `now`) or _GRANTED_SQL (without)."""
         base = (ids.guild_id, ids.user_id, ids.pseudonym, kind.value, day)
         return base if now is None else (*base, now - self._ttl)
 
-    async def _ids(self, member: Member) -> _MemberIds:
+    async def _ids(self, member: Member) -> MemberIds:
         """Return the member's id and the stand-in id their rows took if they asked to be forgotten today."""
         if self._secret is None:
-            stored = await self._db.get_meta(_PSEUDONYM_KEY)
+            stored = await self._db.get_meta(PSEUDONYM_KEY)
             if stored is None:
                 stored = secrets.token_hex(32)
-                await self._db.set_meta(_PSEUDONYM_KEY, stored)
-                stored = await self._db.get_meta(_PSEUDONYM_KEY) or stored  # another process may have won
+                await self._db.set_meta(PSEUDONYM_KEY, stored)
+                stored = await self._db.get_meta(PSEUDONYM_KEY) or stored  # another process may have won
             self._secret = bytes.fromhex(stored)
-        return _MemberIds(
-            member.guild_id, member.user_id, pseudonym(self._secret, member.guild_id, member.user_id)
-        )
+        return member_ids(self._secret, member)
 
     async def _resolve_limit(
-        self, conn: aiosqlite.Connection, member: Member, kind: TaskKind, ids: _MemberIds
+        self, conn: aiosqlite.Connection, member: Member, kind: TaskKind, ids: MemberIds
     ) -> tuple[int, str]:
         """Return the member's daily limit and its source: user, else the best role, else server, else default."""
         rows = await conn.execute_fetchall(
             "SELECT scope, target_id, daily_limit FROM quota_limits WHERE guild_id = ? AND kind = ?",
             (member.guild_id, kind.value),
         )
-        # A limit set for a member who then asked to be forgotten is kept under their stand-in id.
         return resolve_limit(
-            (
-                (
-                    str(r["scope"]),
-                    member.user_id if int(r["target_id"]) == ids.pseudonym else int(r["target_id"]),
-                    int(r["daily_limit"]),
-                )
-                for r in rows
-            ),
+            ((str(r["scope"]), limit_target(r, ids), int(r["daily_limit"])) for r in rows),
             member,
             self._defaults[kind],
         )
@@ -445,15 +437,6 @@ _GRANTED_SQL = (
     "SELECT COALESCE(SUM(amount), 0) FROM quota_grants WHERE guild_id = ? AND user_id IN (?, ?) AND kind = ? "
     "AND day = ?"
 )
-_PSEUDONYM_KEY = "pseudonym_key"
-
-
-@dataclass(frozen=True, slots=True)
-class _MemberIds:
-    guild_id: int
-    user_id: int
-    pseudonym: int
-
 
 _STATUS_COUNTS_SQL = f"SELECT ({_USED_SQL}) AS used, ({_GRANTED_SQL}) AS granted"
 # The line's count reads only 'reserved' rows, which the usage_state index finds without a scan.
