@@ -174,16 +174,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("webhook_public_url", "describe_provider", "shard_count", mode="before")
+    @field_validator("webhook_public_url", "describe_provider", "shard_count", "metrics_port", mode="before")
     @classmethod
     def _blank_optional(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-
-    @field_validator("metrics_port", mode="before")
-    @classmethod
-    def _blank_port(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
         return value
