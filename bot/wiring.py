@@ -79,9 +79,7 @@ class Core:
     service: TaskService
     downloader: SafeDownloader
     labels: dict[str, str]  # provider name -> the name members see
-    # Only on a store several processes share: webhook deliveries between them, and the replay guard
-    # they share (None: this process's own, in memory).
-    relay: DeliveryRelay | None = None
+    # Only on a store several processes share: their replay guard (None: this process's own, in memory).
     replays: ReplayStore | None = None
 
     async def close(self) -> None:
@@ -102,13 +100,9 @@ def build_core(
     downloader: SafeDownloader | None = None,
     clock: Callable[[], float] = time.time,
     metrics: Metrics = NO_METRICS,
-    owner: str | None = None,
     fall_back: bool = True,
 ) -> Core:
-    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's.
-
-    `owner` names this process in the job leases of a shared store (default: host, pid, random).
-    """
+    """Build the core from the settings: the reporter (a Discord message, a terminal) is the caller's."""
     providers = registry.build_providers(
         settings.providers, BuildContext(session=session, request_timeout=settings.request_timeout_seconds)
     )
@@ -141,7 +135,7 @@ def build_core(
         from bot.store.postgres.webhooks import PgDeliveryRelay, PgReplayGuard  # noqa: PLC0415
 
         jobs = PgJobRepository(
-            db, owner=owner or process_name(), lease_seconds=settings.job_lease_seconds, clock=clock
+            db, owner=process_name(), lease_seconds=settings.job_lease_seconds, clock=clock
         )
         quotas = PgQuotaLedger(db, **ledger_settings, clock=clock)
         rules = PgRules(db, clock=clock)
@@ -215,6 +209,5 @@ def build_core(
         service=service,
         downloader=downloader,
         labels=labels,
-        relay=relay,
         replays=replays,
     )
