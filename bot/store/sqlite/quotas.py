@@ -381,7 +381,9 @@ class SqliteQuotaLedger:
             if stored is None:
                 stored = secrets.token_hex(32)
                 await self._db.set_meta(PSEUDONYM_KEY, stored)
-                stored = await self._db.get_meta(PSEUDONYM_KEY) or stored  # another process may have won
+                # Two tasks may both have found no key and each written one: the last write stands, so both
+                # read back that one.
+                stored = await self._db.get_meta(PSEUDONYM_KEY) or stored
             self._secret = bytes.fromhex(stored)
         return member_ids(self._secret, member)
 
