@@ -476,3 +476,19 @@ async def test_a_forgotten_member_keeps_no_id_in_any_row_and_today_still_counts(
     assert await backend.value("SELECT COUNT(*) FROM usage WHERE user_id < 0") == 0
     assert await backend.value("SELECT COUNT(*) FROM quota_grants WHERE user_id < 0") == 0
     assert (await status_of(quotas, MEMBER)).used == 0
+
+
+async def test_ledgers_first_used_at_once_make_one_key_for_forgotten_members(
+    backend: Backend, clock: Clock
+) -> None:
+    """The key behind forgotten members' stand-in ids is made on first use; ledgers (tasks or processes)
+    that make it at the same moment must all end up with the one the database kept."""
+    ledgers = [backend.ledger(clock, describe=5, db=await backend.another_connection()) for _ in range(4)]
+    await asyncio.gather(*(status_of(ledger, MEMBER) for ledger in ledgers))  # each makes its key
+    await spend(ledgers[0], MEMBER, 2)
+
+    assert await ledgers[0].forget_member(GUILD, FORGOTTEN_ID) == 2
+
+    # Every ledger finds today's use under the stand-in id the first one wrote.
+    assert [(await status_of(ledger, MEMBER)).used for ledger in ledgers] == [2, 2, 2, 2]
+    assert await backend.value("SELECT COUNT(*) FROM meta WHERE key = 'pseudonym_key'") == 1

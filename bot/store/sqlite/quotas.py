@@ -377,13 +377,14 @@ class SqliteQuotaLedger:
     async def _ids(self, member: Member) -> MemberIds:
         """Return the member's id and the stand-in id their rows took if they asked to be forgotten today."""
         if self._secret is None:
+            # The first key written stands (two tasks may get here at once): both read back that one.
+            await self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (PSEUDONYM_KEY, secrets.token_hex(32)),
+            )
             stored = await self._db.get_meta(PSEUDONYM_KEY)
             if stored is None:
-                stored = secrets.token_hex(32)
-                await self._db.set_meta(PSEUDONYM_KEY, stored)
-                # Two tasks may both have found no key and each written one: the last write stands, so both
-                # read back that one.
-                stored = await self._db.get_meta(PSEUDONYM_KEY) or stored
+                raise RuntimeError("the database kept no pseudonym key")
             self._secret = bytes.fromhex(stored)
         return member_ids(self._secret, member)
 
