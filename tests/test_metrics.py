@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -11,8 +12,10 @@ import pytest
 from aiohttp import web
 
 from bot.core.breaker import CircuitBreaker
+from bot.core.metered import MeteredJobs
 from bot.domain.errors import ProviderError
 from bot.domain.metrics import (
+    NO_METRICS,
     BreakerState,
     LiveState,
     Phase,
@@ -34,6 +37,7 @@ from bot.observability.discord_http import (
     snowflake_time,
 )
 from bot.observability.prometheus import PrometheusMetrics
+from tests.memory import SharedMemoryJobRepository
 
 
 def _job(state: JobState, fault: Fault | None = None, notice: Notice | None = None) -> Job:
@@ -59,6 +63,31 @@ def test_phases_split_waiting_from_in_flight() -> None:
     }
     assert phase_of(JobState.COMPLETED) is None
     assert phase_of(JobState.FAILED) is None
+
+
+class _TakenOver(SharedMemoryJobRepository):
+    """A shared store on which another process took some jobs over: this one's renewals no longer list them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elsewhere: set[str] = set()
+
+    async def renew(self) -> set[str]:
+        return await super().renew() - self.elsewhere
+
+
+async def test_a_job_another_process_took_over_leaves_the_live_gauge() -> None:
+    store = _TakenOver()
+    jobs = MeteredJobs(store, NO_METRICS)
+    kept, lost = _job(JobState.QUEUED), _job(JobState.QUEUED)
+    for job in (kept, lost):
+        await jobs.create(job)
+        await jobs.update(job, state=JobState.CREATED)
+    assert jobs.live() == Counter({("freepik", Phase.IN_FLIGHT): 2})
+
+    store.elsewhere.add(lost.id)
+    assert await jobs.renew() == {kept.id}
+    assert jobs.live() == Counter({("freepik", Phase.IN_FLIGHT): 1})
 
 
 def test_statuses_come_from_a_bounded_set() -> None:

@@ -148,6 +148,25 @@ async def test_metrics_work_with_webhooks_off_and_show_running_tasks(harness: Ha
     assert done.moved(running, "imagebot_provider_requests_total", operation="poll", status="ok") >= 1
 
 
+async def test_a_task_resumed_at_a_restart_counts_in_flight_before_its_next_save(harness: Harness) -> None:
+    harness.freepik.seconds_per_state = 60  # the task stays CREATED across the restart: nothing new to save
+    first = await _start(harness, webhooks=False)
+    payload = _describe(harness, 10)
+    await harness.discord.send_interaction(payload)
+    await harness.discord.wait_for_call(lambda c: payload["token"] in c.path and c.method == "PATCH")
+    await harness.stop_bot(first)  # graceful: the job is paused CREATED
+
+    second = await _start(harness, webhooks=False)  # resumed (claimed) before the bot is up
+    resumed = await scrape(second)
+    assert resumed.value("imagebot_tasks_in_flight", provider="freepik") == 1
+    assert resumed.value("imagebot_tasks_waiting") == 0
+    harness.freepik.seconds_per_state = 0
+    await harness.settle(second)
+    done = await scrape(second)
+    assert done.value("imagebot_tasks_in_flight", provider="freepik") == 0
+    assert done.value("imagebot_tasks_finished_total", outcome="completed") == 1
+
+
 async def test_provider_failures_open_the_breaker_and_show_their_status(harness: Harness) -> None:
     harness.freepik.fail_next(
         "POST",

@@ -41,7 +41,10 @@ from bot.domain.tasks import DescribeRequest, ImageBytes, Job, JobState, TaskKin
 
 
 class MeteredJobs:
-    """The runner's job repository: counts starts, provider completions and ends, and tracks live jobs."""
+    """The runner's job repository: counts starts, provider completions and ends, and tracks live jobs.
+
+    A job is live from its creation or claim until it ends, or until a lease renewal no longer lists it.
+    """
 
     def __init__(
         self, inner: JobRepository, metrics: Metrics, *, clock: Callable[[], float] = time.time
@@ -76,11 +79,19 @@ class MeteredJobs:
         self._metrics.task_finished(job.kind, job.provider, outcome_of(job), job.fault)
         return finished
 
-    async def unfinished(self) -> list[Job]:
-        jobs = await self._inner.unfinished()
-        for job in jobs:  # resumed at start: they count as live from now on
+    async def claim(self, limit: int) -> list[Job]:
+        jobs = await self._inner.claim(limit)
+        for job in jobs:  # resumed at start or taken over: they count as live from now on
             self._track(job)
         return jobs
+
+    async def renew(self) -> set[str]:
+        # Read before renewing: a job created meanwhile is live without being in this renewal's answer.
+        tracked = set(self._live)
+        held = await self._inner.renew()
+        for job_id in tracked - held:  # another process drives it now (the runner stops its drive)
+            self._live.pop(job_id, None)
+        return held
 
     def _saw(self, before: Job, after: Job) -> Job:
         if after.state is JobState.COMPLETED and before.state is not JobState.COMPLETED:
