@@ -37,7 +37,7 @@ from bot.observability.discord_http import (
     snowflake_time,
 )
 from bot.observability.prometheus import PrometheusMetrics
-from tests.memory import SharedMemoryJobRepository
+from tests.memory import MemoryJobRepository, SharedMemoryJobRepository
 
 
 def _job(state: JobState, fault: Fault | None = None, notice: Notice | None = None) -> Job:
@@ -57,12 +57,25 @@ def test_an_outcome_is_the_rule_that_charges_or_refunds() -> None:
 
 
 def test_phases_split_waiting_from_in_flight() -> None:
-    assert phase_of(JobState.QUEUED) is Phase.WAITING
-    assert {phase_of(s) for s in (JobState.STARTING, JobState.CREATED, JobState.IN_PROGRESS)} == {
+    assert phase_of(_job(JobState.QUEUED)) is Phase.WAITING
+    assert {phase_of(_job(s)) for s in (JobState.STARTING, JobState.CREATED, JobState.IN_PROGRESS)} == {
         Phase.IN_FLIGHT
     }
-    assert phase_of(JobState.COMPLETED) is None
-    assert phase_of(JobState.FAILED) is None
+    # Dispatched, then saved back to QUEUED (a refused create, a fallback): out of the line, not waiting.
+    assert phase_of(replace(_job(JobState.QUEUED), dispatched_at=time.time())) is Phase.IN_FLIGHT
+    assert phase_of(_job(JobState.COMPLETED)) is None
+    assert phase_of(_job(JobState.FAILED)) is None
+
+
+async def test_a_dispatched_job_saved_back_to_queued_counts_in_flight() -> None:
+    jobs = MeteredJobs(MemoryJobRepository(), NO_METRICS)
+    job = _job(JobState.QUEUED)
+    await jobs.create(job)
+    assert jobs.live() == Counter({("freepik", Phase.WAITING): 1})
+    # Out of the line (`next_in_line`), its create refused: saved back to QUEUED for a fallback or its end.
+    starting = await jobs.update(replace(job, dispatched_at=time.time()), state=JobState.STARTING)
+    await jobs.update(starting, state=JobState.QUEUED)
+    assert jobs.live() == Counter({("freepik", Phase.IN_FLIGHT): 1})
 
 
 class _TakenOver(SharedMemoryJobRepository):

@@ -100,7 +100,7 @@ class MeteredJobs:
         return after
 
     def _track(self, job: Job) -> None:
-        phase = phase_of(job.state)
+        phase = phase_of(job)
         if phase is None:
             self._live.pop(job.id, None)
         else:

@@ -69,15 +69,18 @@ class BreakerState(enum.StrEnum):
 class Phase(enum.StrEnum):
     """Where an unfinished job is, as far as its provider's capacity goes."""
 
-    WAITING = "waiting"  # saved, not sent to the provider yet
-    IN_FLIGHT = "in_flight"  # sent: the provider is working on it (or its answer is on its way)
+    WAITING = "waiting"  # in line: saved, not dispatched yet (`Job.waiting`)
+    IN_FLIGHT = "in_flight"  # dispatched: counts against its provider's cap, whatever its create became
 
 
-def phase_of(state: JobState) -> Phase | None:
-    """Return the phase of an unfinished job's state; None once it ended."""
-    if state.finished:
+def phase_of(job: Job) -> Phase | None:
+    """Return the phase of an unfinished job; None once it ended.
+
+    A dispatched job saved back to QUEUED (its create refused, or on its way to a fallback) has left the line.
+    """
+    if job.finished:
         return None
-    return Phase.WAITING if state is JobState.QUEUED else Phase.IN_FLIGHT
+    return Phase.WAITING if job.waiting else Phase.IN_FLIGHT
 
 
 def outcome_of(job: Job) -> TaskOutcome:
