@@ -854,13 +854,7 @@ class JobRunner:
         """Spend or give back the reservation (once), show the end, and close the job once it is shown."""
         if job.usage_id is not None:
             outcome = str(job.fault or job.state)
-            # Cancelled after leaving the line, the provider had (or was about to have) it: it counts.
-            cancelled_late = job.state is JobState.CANCELLED and job.dispatched_at is not None
-            if (
-                job.state is JobState.COMPLETED
-                or cancelled_late
-                or (job.fault is not None and job.fault.member_pays)
-            ):
+            if job.charged:
                 await self._quotas.commit(job.usage_id, outcome=outcome)
             else:
                 await self._quotas.refund(job.usage_id, outcome=outcome)

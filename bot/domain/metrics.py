@@ -84,15 +84,13 @@ def phase_of(job: Job) -> Phase | None:
 
 
 def outcome_of(job: Job) -> TaskOutcome:
-    """Return how a job that ended counts: the same rule that commits or refunds its reservation."""
+    """Return how a job that ended counts: by the rule that commits or refunds its reservation (`Job.charged`)."""
     if job.state is JobState.CANCELLED:
         return TaskOutcome.CANCELLED
     if job.state is JobState.COMPLETED:
         cached = job.notice is not None and job.notice.code is NoticeCode.CACHED
         return TaskOutcome.CACHED if cached else TaskOutcome.COMPLETED
-    if job.fault is not None and job.fault.member_pays:
-        return TaskOutcome.FAILED
-    return TaskOutcome.REFUNDED
+    return TaskOutcome.FAILED if job.charged else TaskOutcome.REFUNDED
 
 
 # HTTP statuses that are their own label value; any other is counted as its class ("4xx", "5xx").

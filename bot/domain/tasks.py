@@ -39,11 +39,6 @@ class JobState(enum.StrEnum):
     def finished(self) -> bool:
         return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
-    @property
-    def at_provider(self) -> bool:
-        """Whether the provider has (or may have) the task: what cancelling then still costs."""
-        return self in (JobState.STARTING, JobState.CREATED, JobState.IN_PROGRESS)
-
     @classmethod
     def following(cls, status: ProviderStatus) -> JobState:
         """Return the job state a provider status moves a job to."""
@@ -256,6 +251,18 @@ class Job:
     def waiting(self) -> bool:
         """Whether it waits in line (saved, not yet handed to its provider)."""
         return self.state is JobState.QUEUED and self.dispatched_at is None
+
+    @property
+    def charged(self) -> bool:
+        """Whether an ended job spends its member's reserved task (else it is given back).
+
+        A result, a cancel once its provider had (or was about to have) the task, or the member's own fault.
+        """
+        return (
+            self.state is JobState.COMPLETED
+            or (self.state is JobState.CANCELLED and self.dispatched_at is not None)
+            or (self.fault is not None and self.fault.member_pays)
+        )
 
     @property
     def result_text(self) -> str | None:
