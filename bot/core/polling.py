@@ -230,9 +230,8 @@ class Schedule:
         self._config = config
         self.ends = ends
         self.price = 0.0
-        self.polls_per_task = math.nan  # expected, on the learned distribution
         if ends is not None:
-            self.price, self.polls_per_task = self._price_for(ends)
+            self.price = self._price_for(ends)
 
     @property
     def learned(self) -> bool:
@@ -251,20 +250,19 @@ class Schedule:
         chance = (ends.cdf(seen + d) - (1.0 - alive)) / alive
         return Look(seen + d, chance)
 
-    def _price_for(self, ends: EndDistribution) -> tuple[float, float]:
+    def _price_for(self, ends: EndDistribution) -> float:
         """Find the price of a poll that makes a task cost `saving` x the fixed poller's polls."""
         target = self._config.saving * ends.fixed_polls(self._config.first_wait)
         low, high = (math.log(p) for p in _PRICE_RANGE)
-        polls = self._polls_at(ends, math.exp(high))
-        if polls >= target:  # even the longest waits spend more: spend the least there is
-            return math.exp(high), polls
+        if self._polls_at(ends, math.exp(high)) >= target:
+            return math.exp(high)  # even the longest waits spend more: spend the least there is
         for _ in range(_PRICE_STEPS):
             middle = (low + high) / 2
             if self._polls_at(ends, math.exp(middle)) > target:
                 low = middle
             else:
                 high = middle
-        return math.exp(high), self._polls_at(ends, math.exp(high))
+        return math.exp(high)
 
     def _polls_at(self, ends: EndDistribution, price: float) -> float:
         """Return the polls a task that ends within `last` costs on average, looks following the rule."""
