@@ -201,8 +201,7 @@ class JobRunner:
                 return Cancelled.ENDED
             if not spend:
                 return Cancelled.NEEDS_CONSENT
-            self._cancelling.add(job_id)
-            drive.cancel()
+            self._stop_as_cancelled(job_id, drive)
             await asyncio.wait({drive})
             return Cancelled.SPENT
         job = await self._jobs.get(job_id)
@@ -270,8 +269,7 @@ class JobRunner:
         interval = self._config.lease_renewal
         wait = interval
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+            await self._sleep_unless_stopping(wait)
             if self._stopping.is_set():
                 return
             wait = interval
@@ -307,8 +305,12 @@ class JobRunner:
             if task is None or task.done() or current is None or current.finished:
                 continue  # not driven here, or its end is saved already (never undone)
             log.info("job %s: cancelled by its member through another process", job_id)
-            self._cancelling.add(job_id)
-            task.cancel()
+            self._stop_as_cancelled(job_id, task)
+
+    def _stop_as_cancelled(self, job_id: str, drive: asyncio.Task[None]) -> None:
+        """Stop a drive so that it ends its job as CANCELLED (a shutdown or a lost lease only stops it)."""
+        self._cancelling.add(job_id)
+        drive.cancel()
 
     def _lose(self, job_id: str) -> None:
         task = self._running.get(job_id)
@@ -886,9 +888,13 @@ class JobRunner:
                 return True
             if wait is None or self._stopping.is_set():
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+            await self._sleep_unless_stopping(wait)
         return False
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        """Wait `seconds`, or less when shutdown starts meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _forget_stale_early(self) -> None:
         cutoff = self._clock() - _EARLY_DELIVERY_TTL
