@@ -55,7 +55,6 @@ def ledger_settings(limit: int) -> LedgerSettings:
     """A ledger's settings in these benchmarks: `limit` a day for everyone, and no in-flight cap in the way."""
     return LedgerSettings(
         defaults={TaskKind.DESCRIBE: limit, TaskKind.IMAGINE: limit},
-        max_inflight_per_user=1_000_000,
         max_inflight_per_provider=1_000_000,
         reservation_ttl=3600.0,
     )

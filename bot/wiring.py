@@ -111,7 +111,6 @@ def build_core(
             TaskKind.DESCRIBE: settings.quota_describe_per_day,
             TaskKind.IMAGINE: settings.quota_imagine_per_day,
         },
-        max_inflight_per_user=settings.max_inflight_per_user,
         max_inflight_per_provider=settings.max_inflight_per_provider,
         max_queue_per_provider=settings.max_queue_per_provider,
         reservation_ttl=settings.task_timeout_seconds + RESERVATION_MARGIN,

@@ -49,8 +49,13 @@ class QuotaCog(commands.Cog):
         member = member_of(interaction)
         statuses = await quotas.status(member)
         running, waiting = await self.bot.core.jobs.tasks_of(member.user_id)
+        # The per-member cap is the runner's (MAX_INFLIGHT_PER_USER); the ledger only counts the quota.
         embed = quota_text.quota_embed(
-            self.bot.words_for(interaction), statuses, running, quotas.max_inflight_per_user, waiting
+            self.bot.words_for(interaction),
+            statuses,
+            running,
+            self.bot.settings.max_inflight_per_user,
+            waiting,
         )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

@@ -476,7 +476,6 @@ class MemoryQuotaLedger:
         self,
         *,
         defaults: Mapping[TaskKind, int] | None = None,
-        max_inflight_per_user: int = 3,
         max_inflight_per_provider: int = 10,
         max_queue_per_provider: int = 0,
         reservation_ttl: float = 3600.0,
@@ -484,7 +483,6 @@ class MemoryQuotaLedger:
         jobs: MemoryJobRepository | None = None,
     ) -> None:
         self._defaults = dict(defaults or {TaskKind.DESCRIBE: 10, TaskKind.IMAGINE: 10})
-        self._max_inflight_per_user = max_inflight_per_user
         self._max_inflight_per_provider = max_inflight_per_provider
         self._max_queue_per_provider = max_queue_per_provider
         self._ttl = reservation_ttl
@@ -497,10 +495,6 @@ class MemoryQuotaLedger:
         self.audit: list[tuple[int, int, str, dict[str, object]]] = []  # guild, actor, action, detail
         # Every settle, in order: (commit or refund, usage id, outcome, whether it settled anything).
         self.settles: list[tuple[str, int, str, bool]] = []
-
-    @property
-    def max_inflight_per_user(self) -> int:
-        return self._max_inflight_per_user
 
     # --- the member's side ----------------------------------------------------------------------------
 

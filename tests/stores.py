@@ -41,7 +41,6 @@ class Backend:
         *,
         describe: int = 5,
         imagine: int = 3,
-        per_user: int = 10_000,
         per_provider: int = 10_000,
         queue: int = 0,
         ttl: float = TTL,
@@ -50,7 +49,6 @@ class Backend:
         database = db or self.db
         settings = LedgerSettings(
             defaults={TaskKind.DESCRIBE: describe, TaskKind.IMAGINE: imagine},
-            max_inflight_per_user=per_user,
             max_inflight_per_provider=per_provider,
             max_queue_per_provider=queue,
             reservation_ttl=ttl,

@@ -263,7 +263,7 @@ async def test_the_utc_day_rolls_over_at_midnight(backend: Backend) -> None:
 async def test_a_provider_holds_its_running_tasks_and_its_line_and_no_more(
     backend: Backend, clock: Clock
 ) -> None:
-    quotas = backend.ledger(clock, describe=50, imagine=50, per_user=1, per_provider=2, queue=2)
+    quotas = backend.ledger(clock, describe=50, imagine=50, per_provider=2, queue=2)
     first = await quotas.reserve(ALICE, DESCRIBE, "freepik")
     # Past the member's cap a task waits in line rather than being refused: reserving still holds it.
     await quotas.reserve(ALICE, IMAGINE, "freepik")
@@ -281,7 +281,7 @@ async def test_a_provider_holds_its_running_tasks_and_its_line_and_no_more(
 
 
 async def test_a_used_up_quota_is_said_before_the_in_flight_cap(backend: Backend, clock: Clock) -> None:
-    quotas = backend.ledger(clock, describe=2, per_user=2)
+    quotas = backend.ledger(clock, describe=2)
     await quotas.reserve(ALICE, DESCRIBE, "freepik")
     await quotas.reserve(ALICE, DESCRIBE, "freepik")
     with pytest.raises(QuotaExceeded):  # waiting for the two running ones would not help
@@ -289,7 +289,7 @@ async def test_a_used_up_quota_is_said_before_the_in_flight_cap(backend: Backend
 
 
 async def test_an_abandoned_reservation_expires_and_is_never_leaked(backend: Backend, clock: Clock) -> None:
-    quotas = backend.ledger(clock, describe=2, per_user=1)
+    quotas = backend.ledger(clock, describe=2)
     jobs = backend.jobs(clock)
     abandoned = await quotas.reserve(ALICE, DESCRIBE, "freepik")  # the bot died before the job was saved
     clock.advance(TTL + 1)

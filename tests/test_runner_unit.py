@@ -329,7 +329,6 @@ async def _ledger_scenario(quotas: QuotaLedger, jobs: JobRepository, clock: Cloc
             await quotas.reserve(member, TaskKind.IMAGINE, "gamma")
         except LineFull as exc:
             seen.append(("line full", exc.provider, exc.waiting))
-    seen.append(quotas.max_inflight_per_user)
     seen.append(await quotas.reset_today(10, 1, None, actor_id=99))
     seen.append(await quotas.status(alice))
     report = await quotas.usage_report(10, 1)
@@ -349,7 +348,6 @@ async def test_the_memory_ledger_answers_as_the_sqlite_ledger_does(tmp_path: Pat
 
     settings = LedgerSettings(
         defaults={TaskKind.DESCRIBE: 4, TaskKind.IMAGINE: 2},
-        max_inflight_per_user=2,
         max_inflight_per_provider=3,
         max_queue_per_provider=1,
         reservation_ttl=3600.0,

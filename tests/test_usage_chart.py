@@ -79,7 +79,6 @@ async def test_the_series_agrees_with_the_reports_totals(tmp_path: Path) -> None
         ledger = SqliteQuotaLedger(
             db,
             defaults={TaskKind.DESCRIBE: 1, TaskKind.IMAGINE: 1},
-            max_inflight_per_user=1,
             max_inflight_per_provider=1,
             reservation_ttl=60,
             clock=until.timestamp,

@@ -117,10 +117,6 @@ class MeteredQuotas:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    @property
-    def max_inflight_per_user(self) -> int:
-        return self._inner.max_inflight_per_user
-
     async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
         try:
             return await self._inner.reserve(member, kind, provider)

@@ -163,9 +163,6 @@ class QuotaLedger(Protocol):
     keeps that true (one SQLite write transaction; a row lock on the member's day in PostgreSQL).
     """
 
-    @property
-    def max_inflight_per_user(self) -> int: ...
-
     async def reserve(self, member: Member, kind: TaskKind, provider: str) -> Reservation:
         """Hold one task for the member, or raise QuotaExceeded or LineFull (the provider's line is full)."""
         ...

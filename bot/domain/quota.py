@@ -27,7 +27,6 @@ class LedgerSettings(TypedDict):
     """What a quota ledger enforces, whichever store keeps it: every ledger takes these as keyword arguments."""
 
     defaults: Mapping[TaskKind, int]  # the daily limit of each kind where no rule sets one
-    max_inflight_per_user: int
     max_inflight_per_provider: int
     reservation_ttl: float  # a reservation older than this belongs to a task that can no longer be running
     max_queue_per_provider: NotRequired[int]  # 0 (the default): past the in-flight cap a task is refused

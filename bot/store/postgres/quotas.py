@@ -60,7 +60,6 @@ class PgQuotaLedger:
         db: PgDatabase,
         *,
         defaults: Mapping[TaskKind, int],
-        max_inflight_per_user: int,
         max_inflight_per_provider: int,
         reservation_ttl: float,
         max_queue_per_provider: int = 0,
@@ -68,17 +67,12 @@ class PgQuotaLedger:
     ) -> None:
         self._db = db
         self._defaults = dict(defaults)
-        self._max_inflight_per_user = max_inflight_per_user
         self._max_inflight_per_provider = max_inflight_per_provider
         self._max_queue_per_provider = max_queue_per_provider
         self._secret: bytes | None = None  # the key of forgotten members' stand-in ids, read once
         # As in SQLite: a reservation older than this belongs to a task that can no longer be running.
         self._ttl = reservation_ttl
         self._clock = clock
-
-    @property
-    def max_inflight_per_user(self) -> int:
-        return self._max_inflight_per_user
 
     # --- the member's side -------------------------------------------------------------------
 

@@ -45,7 +45,6 @@ class SqliteQuotaLedger:
         db: Database,
         *,
         defaults: Mapping[TaskKind, int],
-        max_inflight_per_user: int,
         max_inflight_per_provider: int,
         reservation_ttl: float,
         max_queue_per_provider: int = 0,
@@ -53,7 +52,6 @@ class SqliteQuotaLedger:
     ) -> None:
         self._db = db
         self._defaults = dict(defaults)
-        self._max_inflight_per_user = max_inflight_per_user
         self._max_inflight_per_provider = max_inflight_per_provider
         self._max_queue_per_provider = max_queue_per_provider
         self._secret: bytes | None = None  # the key of forgotten members' stand-in ids, read once
@@ -61,10 +59,6 @@ class SqliteQuotaLedger:
         # and its job was never resumed): it stops counting as used or in flight, and `expire` settles it.
         self._ttl = reservation_ttl
         self._clock = clock
-
-    @property
-    def max_inflight_per_user(self) -> int:
-        return self._max_inflight_per_user
 
     # --- the member's side -------------------------------------------------------------------
 
