@@ -103,6 +103,19 @@ async def test_a_job_another_process_took_over_leaves_the_live_gauge() -> None:
     assert jobs.live() == Counter({("freepik", Phase.IN_FLIGHT): 1})
 
 
+async def test_a_job_cancelled_in_line_leaves_the_live_gauge_at_once() -> None:
+    jobs = MeteredJobs(SharedMemoryJobRepository(), NO_METRICS)
+    waiting = _job(JobState.QUEUED)
+    await jobs.create(waiting)
+    assert jobs.live() == Counter({("freepik", Phase.WAITING): 1})
+
+    cancelled = await jobs.cancel_waiting(waiting.id)
+    assert cancelled is not None
+    assert cancelled.state is JobState.CANCELLED
+    # Its end is not shown yet (the job is not closed), and it no longer waits.
+    assert jobs.live() == Counter()
+
+
 def test_statuses_come_from_a_bounded_set() -> None:
     assert request_status(None) == "ok"
     assert request_status(ProviderError("freepik", Fault.BUSY, status=503)) == "503"

@@ -85,6 +85,13 @@ class MeteredJobs:
             self._track(job)
         return jobs
 
+    async def cancel_waiting(self, job_id: str) -> Job | None:
+        # Ended in line: it leaves the gauge now, not when its end is shown (which may never come).
+        cancelled = await self._inner.cancel_waiting(job_id)
+        if cancelled is not None:
+            self._track(cancelled)
+        return cancelled
+
     async def renew(self) -> set[str]:
         # Read before renewing: a job created meanwhile is live without being in this renewal's answer.
         tracked = set(self._live)
